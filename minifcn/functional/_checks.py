@@ -1,0 +1,38 @@
+"""Argument checking shared by the ops: every bad argument becomes a ValueError
+that names the parameter and the sizes involved (never a broadcasting error)."""
+from __future__ import annotations
+
+import numbers
+
+
+def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
+    """Turn an int or an (h, w) pair into an (h, w) tuple of ints >= ``minimum``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        h = w = int(value)
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
+        h, w = int(value[0]), int(value[1])
+    else:
+        raise ValueError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
+    if h < minimum or w < minimum:
+        what = "positive" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return h, w
+
+
+def check_4d(x, name: str = "input", layout: str = "(N, C, H, W)"):
+    if getattr(x, "ndim", None) != 4:
+        shape = getattr(x, "shape", None)
+        raise ValueError(f"{name} must be a 4-D array {layout}, got shape {shape}")
+
+
+def check_float(x, name: str = "input"):
+    if x.dtype.kind != "f":
+        raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}")
+
+
+def check_positive_size(name: str, out_hw, in_hw, **params):
+    if out_hw[0] <= 0 or out_hw[1] <= 0:
+        detail = ", ".join(f"{k}={v}" for k, v in params.items())
+        raise ValueError(f"{name}: the output size would be {out_hw[0]}x{out_hw[1]} "
+                         f"(empty) for input size {in_hw[0]}x{in_hw[1]} with {detail}")

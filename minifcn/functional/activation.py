@@ -1,0 +1,75 @@
+r"""ReLU and dropout, forward and backward.
+
+- ReLU: ``y = max(x, 0)``; ``dx = dy * [x > 0]`` (0 at the kink x = 0, as torch).
+- Dropout (inverted): in training, ``y = x * m / (1 - p)`` with ``m ~ Bernoulli(1 - p)``,
+  so ``E[y] = x`` and nothing needs rescaling at test time; in eval mode ``y = x``.
+  ``dx = dy * m / (1 - p)`` — the backward pass reuses the very mask of the forward pass.
+  The channel-wise form (``Dropout2d``) draws one ``m`` per (n, c) feature map.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ..backend import get_array_module
+
+
+def relu(x):
+    """``y = max(x, 0)``."""
+    xp = get_array_module(x)
+    return xp.maximum(x, 0)
+
+
+def relu_backward(dy, y):
+    """``dx = dy * [y > 0]`` — computed from the output ``y``, which is > 0 exactly
+    where the input was (so the layer keeps one array, not two)."""
+    if getattr(dy, "shape", None) != getattr(y, "shape", None):
+        raise ValueError(f"relu_backward: grad_output {getattr(dy, 'shape', None)} does not "
+                         f"match the forward output {getattr(y, 'shape', None)}")
+    xp = get_array_module(dy)
+    if xp is not np:
+        from ..kernels import gpu_relu_backward
+        return gpu_relu_backward(dy, y)
+    return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
+
+
+def check_p(p):
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability p must be a number in [0, 1], got {p!r}")
+    return float(p)
+
+
+def dropout_mask(shape, p, rng, dtype, xp=np, channelwise=False):
+    """The scaled keep-mask ``m / (1 - p)``: 0 with probability p, else ``1/(1-p)``.
+
+    ``rng`` is a ``numpy.random.Generator`` (or CuPy's); ``channelwise`` draws one value
+    per (n, c) for (N, C, H, W) inputs, broadcast over H and W.
+    """
+    p = check_p(p)
+    if channelwise:
+        if len(shape) != 4:
+            raise ValueError(f"channel-wise dropout needs a 4-D input (N, C, H, W), got shape {shape}")
+        shape = (shape[0], shape[1], 1, 1)
+    if p == 1.0:                        # everything dropped; avoid 0 * inf = NaN
+        return xp.zeros(shape, dtype=dtype)
+    keep = rng.random(shape, dtype=np.float32) >= p
+    return keep.astype(dtype) * dtype.type(1.0 / (1.0 - p))
+
+
+def dropout(x, p=0.5, training=True, rng=None, channelwise=False):
+    """Inverted dropout. Returns ``(y, mask)``; ``mask`` is None when nothing is dropped
+    (eval mode or p = 0), else the scaled mask to hand to :func:`dropout_backward`."""
+    p = check_p(p)
+    if not training or p == 0.0:
+        return x, None
+    xp = get_array_module(x)
+    if rng is None:
+        rng = xp.random.default_rng()
+    mask = dropout_mask(x.shape, p, rng, x.dtype, xp, channelwise)
+    return x * mask, mask
+
+
+def dropout_backward(dy, mask):
+    """``dx = dy * mask`` with the forward pass's own mask (identity if mask is None)."""
+    return dy if mask is None else dy * mask

@@ -1,0 +1,305 @@
+r"""Convolution and transposed convolution, forward and backward, as GEMM + im2col/col2im.
+
+Shapes: ``x (N, C, H, W)``; a convolution weight is ``(O, C/g, kh, kw)``; a transposed
+convolution weight is ``(C, O/g, kh, kw)`` as in torch (``g`` = groups). ``s, p, d`` are
+stride, padding and dilation; every int parameter also takes an ``(h, w)`` pair.
+
+The one idea of this file: **a convolution and a transposed convolution are each other's
+input gradient.** Writing ``C`` for the (huge, sparse) matrix of a convolution with
+weight ``W``, so that ``conv2d(x) = C x``:
+
+=====================================  =================================================
+conv2d forward        ``y = C x``       ``col = im2col(x)``;  ``y = W @ col``
+conv2d input grad     ``dx = C^T dy``   ``dx = col2im(W^T @ dy)``
+conv_transpose2d fwd  ``y = C^T x``     ``y = col2im(W^T @ x)``     (the same two lines)
+conv_transpose2d grad ``dx = C dy``     ``col = im2col(dy)``; ``dx = W @ col``
+weight gradients      outer products    ``dW = dy @ im2col(x)^T`` (conv),
+                                        ``dW = x @ im2col(dy)^T`` (transposed, same col)
+=====================================  =================================================
+
+That is why the op is called *transposed* convolution, and why it is not a
+deconvolution: ``C^T`` is not ``C^{-1}`` (see :mod:`minifcn.explain`).
+
+The GEMM helpers below are shared by both ops; each is named for the product it forms.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from ..backend import get_array_module
+from ._checks import check_4d, check_float, check_positive_size, pair
+from .im2col import _col2im, _im2col, conv_output_size, conv_transpose_output_size
+
+
+# -- the three GEMMs -------------------------------------------------------------------
+
+def _weight_times_col(weight, col, groups):
+    """``y = W @ col`` per group.  weight (O, C/g, kh, kw), col (N, C, kh, kw, Ho, Wo)
+    -> y (N, O, Ho, Wo)."""
+    xp = get_array_module(col)
+    n, c, kh, kw, ho, wo = col.shape
+    o = weight.shape[0]
+    w = weight.reshape(groups, o // groups, (c // groups) * kh * kw)
+    y = xp.matmul(w, col.reshape(n, groups, (c // groups) * kh * kw, ho * wo))  # (N, g, O/g, L)
+    return y.reshape(n, o, ho, wo)
+
+
+def _weight_t_times(weight, dy, groups):
+    """``dcol = W^T @ dy`` per group.  weight (O, C/g, kh, kw), dy (N, O, Ho, Wo)
+    -> dcol (N, C, kh, kw, Ho, Wo)."""
+    xp = get_array_module(dy)
+    n, o, ho, wo = dy.shape
+    cg, kh, kw = weight.shape[1:]
+    wt = weight.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)  # (g, K, O/g)
+    dcol = xp.matmul(wt, dy.reshape(n, groups, o // groups, ho * wo))          # (N, g, K, L)
+    return dcol.reshape(n, groups * cg, kh, kw, ho, wo)
+
+
+def _dy_times_col_t(dy, col, groups):
+    """``dW = sum_n dy[n] @ col[n]^T`` per group.  dy (N, O, Ho, Wo), col (N, C, kh, kw,
+    Ho, Wo) -> dW (O, C/g, kh, kw).  One GEMM per image, summed (no copy of col)."""
+    n, c, kh, kw, ho, wo = col.shape
+    o = dy.shape[1]
+    dym = dy.reshape(n, groups, o // groups, ho * wo)
+    colm = col.reshape(n, groups, (c // groups) * kh * kw, ho * wo)
+    dw = dym[0] @ colm[0].transpose(0, 2, 1)                                   # (g, O/g, K)
+    for i in range(1, n):
+        dw += dym[i] @ colm[i].transpose(0, 2, 1)
+    return dw.reshape(o, c // groups, kh, kw)
+
+
+def _bias_grad(dy):
+    """``db[o] = sum over n, h, w of dy[n, o, h, w]``."""
+    return dy.sum(axis=(0, 2, 3))
+
+
+def _add_bias(y, bias):
+    y += bias.reshape(1, -1, 1, 1)
+    return y
+
+
+# -- argument checking -------------------------------------------------------------------
+
+def _geometry(op, x, weight, bias, stride, padding, dilation, groups, output_padding=None):
+    """Check every argument of a (transposed) convolution; return the sizes involved."""
+    check_4d(x, "input")
+    check_float(x, "input")
+    check_4d(weight, "weight", "(O, C/groups, kh, kw)" if output_padding is None
+             else "(C, O/groups, kh, kw)")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    g = SimpleNamespace(groups=groups)
+    g.n, g.c, g.h, g.w = x.shape
+    g.kh, g.kw = weight.shape[2:]
+    g.sh, g.sw = pair(stride, "stride", minimum=1)
+    g.ph, g.pw = pair(padding, "padding", minimum=0)
+    g.dh, g.dw = pair(dilation, "dilation", minimum=1)
+    if g.kh < 1 or g.kw < 1:
+        raise ValueError(f"{op}: kernel size must be positive, got weight shape {tuple(weight.shape)}")
+    if g.c % groups:
+        raise ValueError(f"{op}: input channels ({g.c}) must be divisible by groups ({groups})")
+    if output_padding is None:                       # convolution: weight (O, C/g, kh, kw)
+        g.o = weight.shape[0]
+        if weight.shape[1] * groups != g.c:
+            raise ValueError(f"{op}: input has {g.c} channels, but weight {tuple(weight.shape)} "
+                             f"with groups={groups} expects {weight.shape[1] * groups}")
+        if g.o % groups:
+            raise ValueError(f"{op}: output channels ({g.o}) must be divisible by groups ({groups})")
+        g.ho = conv_output_size(g.h, g.kh, g.sh, g.ph, g.dh)
+        g.wo = conv_output_size(g.w, g.kw, g.sw, g.pw, g.dw)
+    else:                                            # transposed: weight (C, O/g, kh, kw)
+        if weight.shape[0] != g.c:
+            raise ValueError(f"{op}: input has {g.c} channels, but weight {tuple(weight.shape)} "
+                             f"expects {weight.shape[0]} (weight layout (C_in, C_out/groups, kh, kw))")
+        g.o = weight.shape[1] * groups
+        g.oph, g.opw = pair(output_padding, "output_padding", minimum=0)
+        for name, op_, s, d in (("height", g.oph, g.sh, g.dh), ("width", g.opw, g.sw, g.dw)):
+            if op_ >= max(s, d):
+                raise ValueError(f"{op}: output_padding ({op_}) must be smaller than "
+                                 f"max(stride, dilation) = {max(s, d)} along the {name}")
+        g.ho = conv_transpose_output_size(g.h, g.kh, g.sh, g.ph, g.dh, g.oph)
+        g.wo = conv_transpose_output_size(g.w, g.kw, g.sw, g.pw, g.dw, g.opw)
+    check_positive_size(op, (g.ho, g.wo), (g.h, g.w), kernel_size=(g.kh, g.kw),
+                        stride=(g.sh, g.sw), padding=(g.ph, g.pw), dilation=(g.dh, g.dw))
+    if bias is not None and tuple(bias.shape) != (g.o,):
+        raise ValueError(f"{op}: bias must have shape ({g.o},), got {tuple(bias.shape)}")
+    return g
+
+
+def _check_grad_shape(op, dy, g):
+    want = (g.n, g.o, g.ho, g.wo)
+    if tuple(getattr(dy, "shape", ())) != want:
+        raise ValueError(f"{op}: grad_output must have shape {want}, got {getattr(dy, 'shape', None)}")
+
+
+# -- conv2d ------------------------------------------------------------------------------
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    r"""2-D convolution (cross-correlation, as in torch).
+
+    ``y[n, o, i, j] = b[o] + sum_{c, u, v} W[o, c, u, v] * xpad[n, g(o)*C/g + c, i*s + u*d, j*s + v*d]``
+
+    Computed as ``col = im2col(x)`` (N, C*kh*kw, Ho*Wo) and one GEMM per group,
+    ``y = W (O, C*kh*kw) @ col``.  Returns y (N, O, Ho, Wo).
+    """
+    g = _geometry("conv2d", x, weight, bias, stride, padding, dilation, groups)
+    col = _im2col(x, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.ho, g.wo)
+    y = _weight_times_col(weight, col, groups)
+    return y if bias is None else _add_bias(y, bias)
+
+
+def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
+                    need_input_grad=True, need_bias_grad=True):
+    r"""Gradients of :func:`conv2d`; returns ``(dx, dW, db)`` (``None`` where not asked for).
+
+    With ``L`` the loss and ``dy = dL/dy``:
+
+    - ``dW = dy @ col^T`` — each weight multiplies the window entries it saw:
+      ``dW[o, c, u, v] = sum_{n,i,j} dy[n, o, i, j] * xpad[n, c, i*s + u*d, j*s + v*d]``.
+    - ``dx = col2im(W^T @ dy)`` — every input pixel gathers ``dy`` from each window it
+      sat in, weighted by the tap it sat under. That is a *transposed convolution* of
+      ``dy`` with the same weight: ``dx = conv_transpose2d(dy, W)`` (tested).
+    - ``db[o] = sum_{n,i,j} dy[n, o, i, j]``.
+
+    ``need_input_grad=False`` skips the col2im (the first layer of a network needs no dx).
+    im2col(x) is recomputed rather than kept from the forward pass: it costs one
+    gather and saves holding kh*kw copies of every activation.
+    """
+    g = _geometry("conv2d_backward", x, weight, None, stride, padding, dilation, groups)
+    _check_grad_shape("conv2d_backward", dy, g)
+    col = _im2col(x, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.ho, g.wo)
+    dw = _dy_times_col_t(dy, col, groups)
+    del col
+    dx = None
+    if need_input_grad:
+        dx = _col2im(_weight_t_times(weight, dy, groups), g.h, g.w,
+                     g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)
+    db = _bias_grad(dy) if need_bias_grad else None
+    return dx, dw, db
+
+
+# -- conv_transpose2d ----------------------------------------------------------------------
+
+ALGORITHMS = ("auto", "col2im", "subpixel")
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, algorithm="auto"):
+    r"""2-D transposed convolution (torch's ``conv_transpose2d``), weight (C, O/g, kh, kw).
+
+    Every input pixel stamps a weighted copy of the kernel onto the output, the stamps
+    ``s`` apart; overlaps add up; then ``padding`` is cropped from each border::
+
+        y[n, o, i*s + u*d - p, j*s + v*d - p] += x[n, c, i, j] * W[c, o, u, v]
+
+    Output size: ``(H - 1)*s - 2p + d*(kh - 1) + output_padding + 1``.
+
+    ``algorithm``:
+
+    - ``'col2im'`` — the textbook: ``col = W^T @ x`` (N, O*kh*kw, H*W), then ``col2im``
+      adds the stamps up. Any stride, dilation, groups.
+    - ``'subpixel'`` — dilation 1, groups 1. Split the kernel into ``s x s`` phases of
+      ``A x B = ceil(kh/s) x ceil(kw/s)`` taps each. Output row ``q*s + r`` only sees
+      taps ``r, r+s, r+2s, ...``, i.e. inputs ``q, q-1, ..., q-A+1``; so the transposed
+      convolution is an ordinary ``A x B`` convolution of ``x`` (padded by A-1) into
+      ``O*s*s`` channels, followed by ``col2im`` with kernel = stride (windows that do
+      not overlap: a pure rearrangement, the "pixel shuffle") which also crops the
+      padding. The overlap sum happens inside the GEMM instead of in col2im, so the
+      GEMM writes ``s*s*(H+A-1)*(W+B-1)`` values per output channel instead of
+      ``kh*kw*H*W`` (3.5x fewer for FCN-32s's k64 s32 on 16x16), for the same FLOPs
+      when ``s`` divides ``k`` (FCN's upsamplers all have k = 2s).
+    - ``'auto'`` — ``'subpixel'`` when it applies and ``s`` divides ``k`` (no padded taps)
+      with ``s > 1``, else ``'col2im'``. ``benchmarks/deconv.py`` measures both.
+    """
+    g = _geometry("conv_transpose2d", x, weight, bias, stride, padding, dilation, groups,
+                  output_padding)
+    algorithm = _pick_algorithm(algorithm, g)
+    if algorithm == "subpixel":
+        wsub = _subpixel_weight(weight, g)
+        ysub = conv2d(x, wsub, None, 1, (g.ah - 1, g.aw - 1))         # (N, O*sh*sw, Hq, Wq)
+        n, _, hq, wq = ysub.shape
+        y = _col2im(ysub.reshape(n, g.o, g.sh, g.sw, hq, wq), g.ho, g.wo,
+                    g.sh, g.sw, g.ph, g.pw, 1, 1)                      # pixel shuffle + crop
+    else:
+        col = _weight_t_times(weight, x, groups)                       # (N, O, kh, kw, H, W)
+        y = _col2im(col, g.ho, g.wo, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)
+    return y if bias is None else _add_bias(y, bias)
+
+
+def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding=0, groups=1,
+                              dilation=1, *, need_input_grad=True, need_bias_grad=True,
+                              algorithm="auto"):
+    r"""Gradients of :func:`conv_transpose2d`; returns ``(dx, dW, db)``.
+
+    The forward pass is ``y = C^T x`` (C: the matrix of the convolution with the same
+    weight), so ``dx = C dy`` — an ordinary **convolution** of ``dy`` with the same
+    weight: ``col = im2col(dy)``; ``dx = W @ col``.  The weight gradient reuses that
+    one col: ``dW[c, o, u, v] = sum_{n,i,j} x[n, c, i, j] * dypad[n, o, i*s + u*d, j*s + v*d]``,
+    i.e. ``dW = x @ col^T``.  ``db[o] = sum dy[n, o, :, :]``.
+
+    The ``'subpixel'`` algorithm runs the same algebra in phase space: ``im2col`` with
+    kernel = stride un-shuffles ``dy`` (and zero-pads the cropped border back), then
+    the backward pass of the small ``A x B`` convolution gives dx and the phase
+    weights' gradient, which is rearranged back to ``(C, O, kh, kw)``.
+    """
+    g = _geometry("conv_transpose2d_backward", x, weight, None, stride, padding, dilation,
+                  groups, output_padding)
+    _check_grad_shape("conv_transpose2d_backward", dy, g)
+    algorithm = _pick_algorithm(algorithm, g)
+    if algorithm == "subpixel":
+        hq, wq = g.h + g.ah - 1, g.w + g.aw - 1
+        dysub = _im2col(dy, g.sh, g.sw, g.sh, g.sw, g.ph, g.pw, 1, 1, hq, wq)  # (N,O,sh,sw,Hq,Wq)
+        dysub = dysub.reshape(g.n, g.o * g.sh * g.sw, hq, wq)
+        dx, dwsub, _ = conv2d_backward(dysub, x, _subpixel_weight(weight, g), 1,
+                                       (g.ah - 1, g.aw - 1), need_input_grad=need_input_grad,
+                                       need_bias_grad=False)
+        dw = _subpixel_weight_grad(dwsub, g)
+    else:
+        col = _im2col(dy, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.h, g.w)
+        dx = _weight_times_col(weight, col, groups) if need_input_grad else None
+        dw = _dy_times_col_t(x, col, groups)
+    db = _bias_grad(dy) if need_bias_grad else None
+    return dx, dw, db
+
+
+def _pick_algorithm(algorithm, g):
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    subpixel_ok = (g.dh, g.dw) == (1, 1) and g.groups == 1
+    if algorithm == "subpixel" and not subpixel_ok:
+        raise ValueError("algorithm 'subpixel' needs dilation 1 and groups 1, got "
+                         f"dilation {(g.dh, g.dw)} and groups {g.groups}")
+    if algorithm == "auto":
+        algorithm = "subpixel" if (subpixel_ok and (g.sh, g.sw) != (1, 1)
+                                   and g.kh % g.sh == 0 and g.kw % g.sw == 0) else "col2im"
+    if algorithm == "subpixel":
+        g.ah, g.aw = -(-g.kh // g.sh), -(-g.kw // g.sw)          # taps per phase, ceil(k/s)
+    return algorithm
+
+
+def _subpixel_weight(weight, g):
+    """Rearrange a transposed-conv weight (C, O, kh, kw) into the weight of the
+    equivalent ordinary convolution, (O*sh*sw, C, A, B):
+
+    ``Wsub[(o, r, t), c, A-1-a, B-1-b] = W[c, o, a*sh + r, b*sw + t]`` (zero past kh, kw).
+    The flip (``A-1-a``) is the one a transposed convolution always carries: input
+    ``q - a`` is ``a`` rows *above* output block ``q``.
+    """
+    xp = get_array_module(weight)
+    c, o, kh, kw = weight.shape
+    full = weight
+    if (g.ah * g.sh, g.aw * g.sw) != (kh, kw):
+        full = xp.zeros((c, o, g.ah * g.sh, g.aw * g.sw), dtype=weight.dtype)
+        full[:, :, :kh, :kw] = weight
+    w6 = full.reshape(c, o, g.ah, g.sh, g.aw, g.sw)[:, :, ::-1, :, ::-1, :]
+    return xp.ascontiguousarray(w6.transpose(1, 3, 5, 0, 2, 4)).reshape(
+        o * g.sh * g.sw, c, g.ah, g.aw)
+
+
+def _subpixel_weight_grad(dwsub, g):
+    """The adjoint of :func:`_subpixel_weight`: (O*sh*sw, C, A, B) -> (C, O, kh, kw)."""
+    xp = get_array_module(dwsub)
+    c = dwsub.shape[1]
+    w6 = dwsub.reshape(g.o, g.sh, g.sw, c, g.ah, g.aw)[:, :, :, :, ::-1, ::-1]
+    full = w6.transpose(3, 0, 4, 1, 5, 2).reshape(c, g.o, g.ah * g.sh, g.aw * g.sw)
+    return xp.ascontiguousarray(full[:, :, :g.kh, :g.kw])

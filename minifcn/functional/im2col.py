@@ -1,0 +1,191 @@
+r"""im2col and col2im: the two gathers every convolution here stands on.
+
+Notation (used across :mod:`minifcn.functional`): an image batch ``x`` has shape
+``(N, C, H, W)``; a window of ``kh x kw`` taps with stride ``s``, zero padding ``p``
+and dilation ``d`` gives ``Ho = (H + 2p - d(kh-1) - 1) // s + 1`` output rows
+(likewise ``Wo``).
+
+**im2col** copies every window into a column::
+
+    col[n, c, i, j, oh, ow] = xpad[n, c, oh*s + i*d, ow*s + j*d]
+
+so that a convolution becomes one matrix product: with ``col`` reshaped to
+``(N, C*kh*kw, Ho*Wo)`` and the weight to ``(C_out, C*kh*kw)``, ``y = W @ col``.
+
+**col2im** is its adjoint: every entry of ``col`` is *added back* to the pixel it
+was copied from (pixels that sit in several windows receive several values)::
+
+    x[n, c, h, w] = sum over (i, j, oh, ow) with oh*s + i*d - p == h and
+                    ow*s + j*d - p == w   of   col[n, c, i, j, oh, ow]
+
+"Adjoint" means ``<im2col(x), c> == <x, col2im(c)>`` for every ``x`` and ``c``
+(``tests/test_im2col.py`` checks it). That is the whole reason a convolution's
+input gradient, and a transposed convolution's forward pass, are GEMM + col2im.
+
+Both functions are written once against ``xp`` (NumPy or CuPy); on the GPU the
+hot loops are replaced by the kernels in :mod:`minifcn.kernels`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import as_strided, get_array_module
+from ._checks import check_4d, check_positive_size, pair
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0,
+                     dilation: int = 1, ceil_mode: bool = False) -> int:
+    """Output length of a convolution or pooling window along one axis.
+
+    ``floor((size + 2p - d(k-1) - 1) / s) + 1``; with ``ceil_mode`` the division
+    rounds up, but the last window must still start inside the input or its
+    left padding (the rule torch and Caffe use).
+    """
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    if span < 0:
+        return 0
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    if (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def conv_transpose_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0,
+                               dilation: int = 1, output_padding: int = 0) -> int:
+    """Output length of a transposed convolution along one axis:
+
+    ``(size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1``
+
+    Read it as the notes do: stride spreads the ``size`` inputs apart
+    (``(size-1)*stride + 1`` positions), each stamps a kernel of span
+    ``dilation*(kernel-1) + 1``, and padding then *crops* ``padding`` from each side.
+    """
+    return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+
+
+def _window_view(xpad, kh, kw, sh, sw, dh, dw, ho, wo):
+    """A strided (no-copy) view ``v[n, c, i, j, oh, ow] = xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]``."""
+    sn, sc, sy, sx = xpad.strides
+    return as_strided(xpad, (xpad.shape[0], xpad.shape[1], kh, kw, ho, wo),
+                      (sn, sc, sy * dh, sx * dw, sy * sh, sx * sw))
+
+
+def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
+    """Copy every ``kh x kw`` window of ``x`` into a column.
+
+    x: (N, C, H, W)  ->  col: (N, C, kh, kw, Ho, Wo), C-contiguous, so that
+    ``col.reshape(N, C*kh*kw, Ho*Wo)`` is free.
+    """
+    check_4d(x, "x")
+    kh, kw = pair(kernel_size, "kernel_size", minimum=1)
+    sh, sw = pair(stride, "stride", minimum=1)
+    ph, pw = pair(padding, "padding", minimum=0)
+    dh, dw = pair(dilation, "dilation", minimum=1)
+    h, w = x.shape[2:]
+    ho, wo = conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw)
+    check_positive_size("im2col", (ho, wo), (h, w), kernel_size=(kh, kw), stride=(sh, sw),
+                        padding=(ph, pw), dilation=(dh, dw))
+    return _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
+
+
+def col2im(col, image_size, stride=1, padding=0, dilation=1, method="auto"):
+    """Add every column entry back to the pixel it came from (the adjoint of im2col).
+
+    col: (N, C, kh, kw, Ho, Wo)  ->  x: (N, C, H, W) with ``(H, W) = image_size``.
+
+    Two NumPy strategies, which give the same sums (tests hold both to a naive loop):
+
+    - ``'taps'``: one strided ``+=`` per kernel tap (kh*kw of them). Simple, any dilation.
+    - ``'blocks'`` (dilation 1): group the taps by the stride-block they land in.
+      Tap ``i = a*s + r`` of window ``oh`` lands on padded row ``(oh + a)*s + r``:
+      block ``oh + a``, phase ``r``. So all taps with the same ``a`` are one shifted
+      ``+=`` on the output viewed as ``(N, C, blocks, s, blocks, s)``: ``ceil(kh/s) *
+      ceil(kw/s)`` large operations instead of ``kh*kw`` small ones (4 instead of
+      4096 for FCN-32s's 64x64 kernel with stride 32).
+
+    ``'auto'`` picks ``'blocks'`` when dilation is 1, else ``'taps'``. There is no
+    ``np.add.at``: each ``+=`` touches every element of its target once.
+    """
+    if getattr(col, "ndim", None) != 6:
+        raise ValueError("col must be a 6-D array (N, C, kh, kw, Ho, Wo), "
+                         f"got shape {getattr(col, 'shape', None)}")
+    h, w = pair(image_size, "image_size", minimum=1)
+    sh, sw = pair(stride, "stride", minimum=1)
+    ph, pw = pair(padding, "padding", minimum=0)
+    dh, dw = pair(dilation, "dilation", minimum=1)
+    kh, kw, ho, wo = col.shape[2:]
+    want = (conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw))
+    if (ho, wo) != want:
+        raise ValueError(
+            f"col has {ho}x{wo} windows, but image_size {h}x{w} with kernel {kh}x{kw}, "
+            f"stride {(sh, sw)}, padding {(ph, pw)}, dilation {(dh, dw)} has {want[0]}x{want[1]}")
+    if method not in ("auto", "taps", "blocks"):
+        raise ValueError(f"col2im method must be 'auto', 'taps' or 'blocks', got {method!r}")
+    if method == "blocks" and (dh, dw) != (1, 1):
+        raise ValueError(f"col2im method 'blocks' needs dilation 1, got {(dh, dw)}")
+    return _col2im(col, h, w, sh, sw, ph, pw, dh, dw, method)
+
+
+# -- the unchecked cores, called by conv.py / pool.py with sizes they computed ---------
+
+def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
+    """im2col with the output grid given: ``ho`` may be fewer windows than fit."""
+    xp = get_array_module(x)
+    if xp is not np:
+        from ..kernels import gpu_im2col
+        return gpu_im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
+    # rows/cols past the padded image that the requested windows still reach read as 0
+    extra_h = max(0, (ho - 1) * sh + (kh - 1) * dh + 1 - (x.shape[2] + 2 * ph))
+    extra_w = max(0, (wo - 1) * sw + (kw - 1) * dw + 1 - (x.shape[3] + 2 * pw))
+    if ph or pw or extra_h or extra_w:
+        x = np.pad(x, ((0, 0), (0, 0), (ph, ph + extra_h), (pw, pw + extra_w)))
+    return np.ascontiguousarray(_window_view(x, kh, kw, sh, sw, dh, dw, ho, wo))
+
+
+def _col2im(col, h, w, sh, sw, ph, pw, dh, dw, method="auto"):
+    """col2im onto an (h, w) image; pixels no window reaches are 0."""
+    xp = get_array_module(col)
+    if xp is not np:
+        from ..kernels import gpu_col2im
+        return gpu_col2im(col, h, w, sh, sw, ph, pw, dh, dw)
+    if method == "auto":
+        method = "blocks" if (dh, dw) == (1, 1) else "taps"
+    if method == "blocks":
+        out = _col2im_blocks(col, h + 2 * ph, w + 2 * pw, sh, sw)
+    else:
+        out = _col2im_taps(col, h + 2 * ph, w + 2 * pw, sh, sw, dh, dw)
+    return np.ascontiguousarray(out[:, :, ph:ph + h, pw:pw + w])
+
+
+def _col2im_taps(col, hp, wp, sh, sw, dh, dw):
+    """Padded image (N, C, >=hp, >=wp): one strided += per kernel tap."""
+    n, c, kh, kw, ho, wo = col.shape
+    out = np.zeros((n, c, max(hp, (ho - 1) * sh + (kh - 1) * dh + 1),
+                    max(wp, (wo - 1) * sw + (kw - 1) * dw + 1)), dtype=col.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh,
+                j * dw:j * dw + sw * (wo - 1) + 1:sw] += col[:, :, i, j]
+    return out
+
+
+def _col2im_blocks(col, hp, wp, sh, sw):
+    """Padded image (N, C, >=hp, >=wp): one shifted += per stride-block of taps."""
+    n, c, kh, kw, ho, wo = col.shape
+    a_blocks, b_blocks = -(-kh // sh), -(-kw // sw)          # ceil(k / s)
+    hb = max(ho + a_blocks - 1, -(-hp // sh))                 # blocks covering the padded image
+    wb = max(wo + b_blocks - 1, -(-wp // sw))
+    out = np.zeros((n, c, hb, sh, wb, sw), dtype=col.dtype)  # padded row = block*s + phase
+    for a in range(a_blocks):
+        rows = min(sh, kh - a * sh)                           # taps a*s .. a*s+rows-1
+        for b in range(b_blocks):
+            cols = min(sw, kw - b * sw)
+            src = col[:, :, a * sh:a * sh + rows, b * sw:b * sw + cols]   # (n, c, r, q, ho, wo)
+            dst = out[:, :, a:a + ho, :rows, b:b + wo, :cols]
+            if a_blocks == b_blocks == 1:
+                dst[...] = src.transpose(0, 1, 4, 2, 5, 3)     # windows do not overlap: copy
+            else:
+                dst += src.transpose(0, 1, 4, 2, 5, 3)
+    return out.reshape(n, c, hb * sh, wb * sw)

@@ -1,0 +1,86 @@
+r"""Softmax cross-entropy over every pixel, with an ignored label.
+
+For logits ``z (N, K, H, W)`` and labels ``t (N, H, W)``, at each pixel whose label is not
+``ignore_index``::
+
+    loss_pixel = -log softmax(z)[t] = logsumexp(z) - z[t]
+
+computed stably as ``m + log(sum exp(z - m)) - z[t]`` with ``m = max z`` (no overflow for
+logits of any size). ``reduction='sum'`` adds the pixel losses (the FCN paper's
+un-normalised loss); ``'mean'`` divides by the number of non-ignored pixels.
+
+Gradient: ``dloss/dz = softmax(z) - onehot(t)`` at counted pixels, 0 at ignored ones,
+divided by the count for ``'mean'``. If every pixel is ignored the loss and the gradient
+are 0 (torch returns NaN there; a batch of pure "void" should not poison training).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_array_module
+
+REDUCTIONS = ("mean", "sum")
+
+
+def _check(logits, labels, ignore_index, reduction):
+    if getattr(logits, "ndim", None) != 4:
+        raise ValueError(f"logits must be a 4-D array (N, C, H, W), got shape {getattr(logits, 'shape', None)}")
+    if logits.dtype.kind != "f":
+        raise ValueError(f"logits must be floating-point, got dtype {logits.dtype}")
+    n, k, h, w = logits.shape
+    if getattr(labels, "shape", None) != (n, h, w):
+        raise ValueError(f"labels must have shape (N, H, W) = {(n, h, w)} to match logits "
+                         f"{tuple(logits.shape)}, got {getattr(labels, 'shape', None)}")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be an integer array, got dtype {labels.dtype}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    xp = get_array_module(labels)
+    bad = ((labels < 0) | (labels >= k)) & (labels != ignore_index)
+    if bool(bad.any()):
+        values = sorted({int(v) for v in xp.unique(labels[bad])[:5].tolist()})
+        raise ValueError(f"labels must lie in [0, {k}) or equal ignore_index={ignore_index}; "
+                         f"found {values} ({int(bad.sum())} pixels)")
+
+
+def log_softmax(z, axis=1):
+    """``z - logsumexp(z)`` along ``axis``, with the max subtracted first."""
+    xp = get_array_module(z)
+    m = z.max(axis=axis, keepdims=True)
+    shifted = z - m
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def _gather_label(a, labels, valid):
+    """``a[n, labels[n,h,w], h, w]`` (0 where not valid)."""
+    xp = get_array_module(a)
+    safe = xp.where(valid, labels, 0).astype(np.int64)
+    return xp.take_along_axis(a, safe[:, None], axis=1)[:, 0]
+
+
+def softmax_cross_entropy(logits, labels, ignore_index=255, reduction="mean"):
+    """The loss as a Python float (accumulated in float64)."""
+    _check(logits, labels, ignore_index, reduction)
+    xp = get_array_module(logits)
+    valid = labels != ignore_index
+    count = int(valid.sum())
+    if count == 0:
+        return 0.0
+    nll = -_gather_label(log_softmax(logits), labels, valid)
+    total = float(xp.where(valid, nll, 0).sum(dtype=np.float64))
+    return total / count if reduction == "mean" else total
+
+
+def softmax_cross_entropy_backward(logits, labels, ignore_index=255, reduction="mean"):
+    """``dloss/dlogits = (softmax(z) - onehot(t)) * [t != ignore] / (count or 1)``."""
+    _check(logits, labels, ignore_index, reduction)
+    xp = get_array_module(logits)
+    valid = labels != ignore_index
+    count = int(valid.sum())
+    p = xp.exp(log_softmax(logits))
+    safe = xp.where(valid, labels, 0).astype(np.int64)
+    onehot = xp.arange(logits.shape[1]).reshape(1, -1, 1, 1) == safe[:, None]
+    grad = (p - onehot) * valid[:, None]
+    if reduction == "mean" and count > 0:
+        grad /= count
+    return grad.astype(logits.dtype, copy=False)

@@ -1,0 +1,7 @@
+"""Layers: parameters + what backward needs + forward/backward over :mod:`minifcn.functional`."""
+from .layers import (Conv2d, ConvTranspose2d, Dropout, Dropout2d, MaxPool2d, ReLU,
+                     SoftmaxCrossEntropy)
+from .module import Layer
+
+__all__ = ["Layer", "Conv2d", "ConvTranspose2d", "ReLU", "MaxPool2d", "Dropout", "Dropout2d",
+           "SoftmaxCrossEntropy"]

@@ -1,0 +1,306 @@
+"""The layers of an FCN, with torch's constructor signatures, over :mod:`minifcn.functional`.
+
+Each layer keeps exactly what its backward pass needs (the input for a convolution, the
+output for a ReLU, the winning taps for a max pool, the mask for a dropout).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import functional as F
+from ..backend import get_array_module
+from ..functional._checks import pair
+from .module import Layer, default_rng
+
+
+def _check_channels(name, x, expected):
+    if getattr(x, "ndim", None) != 4:
+        raise ValueError(f"{name}: input must be a 4-D array (N, C, H, W), got shape {getattr(x, 'shape', None)}")
+    if x.shape[1] != expected:
+        raise ValueError(f"{name}: expected {expected} input channels, got input of shape {tuple(x.shape)}")
+
+
+def _check_backward(name, dy, expected_shape):
+    if expected_shape is None:
+        raise RuntimeError(f"{name}: backward() called before forward()")
+    if tuple(getattr(dy, "shape", ())) != tuple(expected_shape):
+        raise ValueError(f"{name}: backward got grad of shape {getattr(dy, 'shape', None)}, "
+                         f"but forward produced {tuple(expected_shape)}")
+
+
+class _ConvBase(Layer):
+    """Shared by Conv2d and ConvTranspose2d: weight + optional bias, torch's default init
+    (uniform in +-1/sqrt(fan_in), fan_in = weight.shape[1] * kh * kw, for both)."""
+
+    def __init__(self, weight_shape, bias, dtype, seed):
+        super().__init__()
+        rng = default_rng(seed)
+        fan_in = weight_shape[1] * weight_shape[2] * weight_shape[3]
+        bound = 1.0 / math.sqrt(fan_in)
+        dtype = np.dtype(dtype)
+        self.params["weight"] = rng.uniform(-bound, bound, weight_shape).astype(dtype)
+        if bias:
+            n_out = self._n_out(weight_shape)
+            self.params["bias"] = rng.uniform(-bound, bound, (n_out,)).astype(dtype)
+        self._x = None
+        self._y_shape = None
+
+    @property
+    def weight(self):
+        return self.params["weight"]
+
+    @property
+    def bias(self):
+        return self.params.get("bias")
+
+    def clear_cache(self):
+        self._x = None
+
+
+class Conv2d(_ConvBase):
+    """``Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+    groups=1, bias=True)``; weight (O, C/groups, kh, kw).  See :func:`minifcn.functional.conv2d`.
+
+    ``need_input_grad=False`` (set by a model on its first layer) skips computing dx.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, *, dtype=np.float32, seed=None):
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: in_channels ({in_channels}) and out_channels "
+                             f"({out_channels}) must be divisible by groups ({groups})")
+        kh, kw = pair(kernel_size, "kernel_size", minimum=1)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = (kh, kw), pair(stride, "stride", minimum=1)
+        self.padding = pair(padding, "padding", minimum=0)
+        self.dilation = pair(dilation, "dilation", minimum=1)
+        self.groups = groups
+        self.need_input_grad = True
+        super().__init__((out_channels, in_channels // groups, kh, kw), bias, dtype, seed)
+
+    @staticmethod
+    def _n_out(weight_shape):
+        return weight_shape[0]
+
+    def forward(self, x):
+        _check_channels("Conv2d", x, self.in_channels)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                     self.groups)
+        self._x, self._y_shape = x, y.shape
+        return y
+
+    def backward(self, dy):
+        _check_backward("Conv2d", dy, self._y_shape)
+        dx, dw, db = F.conv2d_backward(dy, self._x, self.weight, self.stride, self.padding,
+                                       self.dilation, self.groups,
+                                       need_input_grad=self.need_input_grad,
+                                       need_bias_grad=self.bias is not None)
+        self.grads["weight"] = dw
+        if db is not None:
+            self.grads["bias"] = db
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}"
+                + (f", dilation={self.dilation}" if self.dilation != (1, 1) else "")
+                + (f", groups={self.groups}" if self.groups != 1 else "")
+                + ("" if self.bias is not None else ", bias=False"))
+
+
+class ConvTranspose2d(_ConvBase):
+    """``ConvTranspose2d(in_channels, out_channels, kernel_size, stride=1, padding=0,
+    output_padding=0, groups=1, bias=True, dilation=1)``; weight (C_in, C_out/groups, kh, kw).
+
+    Forward GEMM + col2im, backward im2col + GEMM: see
+    :func:`minifcn.functional.conv_transpose2d`. ``algorithm`` picks the col2im strategy.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, *, dtype=np.float32,
+                 seed=None, algorithm="auto"):
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"ConvTranspose2d: in_channels ({in_channels}) and out_channels "
+                             f"({out_channels}) must be divisible by groups ({groups})")
+        kh, kw = pair(kernel_size, "kernel_size", minimum=1)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = (kh, kw), pair(stride, "stride", minimum=1)
+        self.padding = pair(padding, "padding", minimum=0)
+        self.output_padding = pair(output_padding, "output_padding", minimum=0)
+        self.dilation = pair(dilation, "dilation", minimum=1)
+        for axis in range(2):
+            if self.output_padding[axis] >= max(self.stride[axis], self.dilation[axis]):
+                raise ValueError(f"ConvTranspose2d: output_padding {self.output_padding} must be "
+                                 f"smaller than max(stride, dilation) = "
+                                 f"{max(self.stride[axis], self.dilation[axis])}")
+        self.groups = groups
+        self.algorithm = algorithm
+        self.need_input_grad = True
+        self._groups_for_init = groups
+        super().__init__((in_channels, out_channels // groups, kh, kw), bias, dtype, seed)
+
+    def _n_out(self, weight_shape):
+        return weight_shape[1] * self._groups_for_init
+
+    def output_size(self, size):
+        """(H, W) of the output for an (H, W) input: the formula of the notes."""
+        h, w = pair(size, "size", minimum=1)
+        return tuple(F.conv_transpose_output_size(n, k, s, p, d, op) for n, k, s, p, d, op in
+                     zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation,
+                         self.output_padding))
+
+    def forward(self, x):
+        _check_channels("ConvTranspose2d", x, self.in_channels)
+        y = F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
+                               self.output_padding, self.groups, self.dilation, self.algorithm)
+        self._x, self._y_shape = x, y.shape
+        return y
+
+    def backward(self, dy):
+        _check_backward("ConvTranspose2d", dy, self._y_shape)
+        dx, dw, db = F.conv_transpose2d_backward(
+            dy, self._x, self.weight, self.stride, self.padding, self.output_padding,
+            self.groups, self.dilation, need_input_grad=self.need_input_grad,
+            need_bias_grad=self.bias is not None, algorithm=self.algorithm)
+        self.grads["weight"] = dw
+        if db is not None:
+            self.grads["bias"] = db
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}"
+                + (f", output_padding={self.output_padding}" if any(self.output_padding) else "")
+                + (f", groups={self.groups}" if self.groups != 1 else "")
+                + (f", dilation={self.dilation}" if self.dilation != (1, 1) else "")
+                + ("" if self.bias is not None else ", bias=False"))
+
+
+class ReLU(Layer):
+    """``y = max(x, 0)``; keeps y (y > 0 exactly where x > 0)."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self._y = None
+
+    def forward(self, x):
+        self._y = F.relu(x)
+        return self._y
+
+    def backward(self, dy):
+        _check_backward("ReLU", dy, None if self._y is None else self._y.shape)
+        return F.relu_backward(dy, self._y)
+
+    def clear_cache(self):
+        self._y = None
+
+
+class MaxPool2d(Layer):
+    """``MaxPool2d(kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
+    ceil_mode=False)``; keeps the winning tap of each window."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
+                 ceil_mode=False):
+        super().__init__()
+        if return_indices:
+            raise ValueError("MaxPool2d: return_indices=True is not supported "
+                             "(the layer keeps the indices for its own backward)")
+        self.kernel_size = pair(kernel_size, "kernel_size", minimum=1)
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride", minimum=1)
+        self.padding = pair(padding, "padding", minimum=0)
+        self.dilation = pair(dilation, "dilation", minimum=1)
+        self.ceil_mode = bool(ceil_mode)
+        self._tap = self._in_size = None
+
+    def forward(self, x):
+        y, self._tap = F.max_pool2d(x, self.kernel_size, self.stride, self.padding,
+                                    self.dilation, self.ceil_mode, return_indices=True)
+        self._in_size = x.shape[2:]
+        return y
+
+    def backward(self, dy):
+        _check_backward("MaxPool2d", dy, None if self._tap is None else self._tap.shape)
+        return F.max_pool2d_backward(dy, self._tap, self._in_size, self.kernel_size,
+                                     self.stride, self.padding, self.dilation, self.ceil_mode)
+
+    def clear_cache(self):
+        self._tap = None
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+                + (", ceil_mode=True" if self.ceil_mode else ""))
+
+
+class Dropout(Layer):
+    """``Dropout(p=0.5)``: inverted dropout, element-wise; identity in eval mode.
+
+    ``seed`` makes the masks reproducible (a NumPy Generator is drawn from it; on the GPU a
+    CuPy generator seeded from the same stream)."""
+
+    channelwise = False
+
+    def __init__(self, p=0.5, inplace=False, *, seed=None):
+        super().__init__()
+        self.p = F.activation.check_p(p)
+        self.rng = default_rng(seed)
+        self._gpu_rng = None
+        self._mask = None
+        self._shape = None
+
+    def _rng_for(self, x):
+        xp = get_array_module(x)
+        if xp is np:
+            return self.rng
+        if self._gpu_rng is None:
+            self._gpu_rng = xp.random.default_rng(int(self.rng.integers(2**63)))
+        return self._gpu_rng
+
+    def forward(self, x):
+        y, self._mask = F.dropout(x, self.p, self.training, self._rng_for(x), self.channelwise)
+        self._shape = x.shape
+        return y
+
+    def backward(self, dy):
+        _check_backward(type(self).__name__, dy, self._shape)
+        return F.dropout_backward(dy, self._mask)
+
+    def clear_cache(self):
+        self._mask = None
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Dropout2d(Dropout):
+    """``Dropout2d(p=0.5)``: drops whole feature maps (one draw per (n, c))."""
+
+    channelwise = True
+
+
+class SoftmaxCrossEntropy:
+    """``SoftmaxCrossEntropy(ignore_index=255, reduction='mean')``.
+
+    ``loss = crit.forward(logits, labels)`` returns a float; ``crit.backward()`` returns
+    d loss / d logits. See :mod:`minifcn.functional.loss` for the formula.
+    """
+
+    def __init__(self, ignore_index=255, reduction="mean"):
+        if reduction not in F.loss.REDUCTIONS:
+            raise ValueError(f"reduction must be one of {F.loss.REDUCTIONS}, got {reduction!r}")
+        self.ignore_index, self.reduction = ignore_index, reduction
+        self._logits = self._labels = None
+
+    def forward(self, logits, labels):
+        loss = F.softmax_cross_entropy(logits, labels, self.ignore_index, self.reduction)
+        self._logits, self._labels = logits, labels
+        return loss
+
+    __call__ = forward
+
+    def backward(self):
+        if self._logits is None:
+            raise RuntimeError("SoftmaxCrossEntropy: backward() called before forward()")
+        return F.softmax_cross_entropy_backward(self._logits, self._labels, self.ignore_index,
+                                                self.reduction)
