@@ -149,7 +149,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
-                    need_input_grad=True, need_bias_grad=True):
+                    need_input_grad=True, need_weight_grad=True, need_bias_grad=True):
     r"""Gradients of :func:`conv2d`; returns ``(dx, dW, db)`` (``None`` where not asked for).
 
     With ``L`` the loss and ``dy = dL/dy``:
@@ -161,16 +161,18 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
       ``dy`` with the same weight: ``dx = conv_transpose2d(dy, W)`` (tested).
     - ``db[o] = sum_{n,i,j} dy[n, o, i, j]``.
 
-    ``need_input_grad=False`` skips the col2im (the first layer of a network needs no dx).
+    ``need_input_grad=False`` skips the col2im (the first layer of a network needs no dx);
+    ``need_weight_grad=False`` skips im2col and the weight GEMM (a frozen weight).
     im2col(x) is recomputed rather than kept from the forward pass: it costs one
     gather and saves holding kh*kw copies of every activation.
     """
     g = _geometry("conv2d_backward", x, weight, None, stride, padding, dilation, groups)
     _check_grad_shape("conv2d_backward", dy, g)
-    col = _im2col(x, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.ho, g.wo)
-    dw = _dy_times_col_t(dy, col, groups)
-    del col
-    dx = None
+    dw = dx = None
+    if need_weight_grad:
+        col = _im2col(x, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.ho, g.wo)
+        dw = _dy_times_col_t(dy, col, groups)
+        del col
     if need_input_grad:
         dx = _col2im(_weight_t_times(weight, dy, groups), g.h, g.w,
                      g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)
@@ -227,8 +229,8 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
 
 
 def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding=0, groups=1,
-                              dilation=1, *, need_input_grad=True, need_bias_grad=True,
-                              algorithm="auto"):
+                              dilation=1, *, need_input_grad=True, need_weight_grad=True,
+                              need_bias_grad=True, algorithm="auto"):
     r"""Gradients of :func:`conv_transpose2d`; returns ``(dx, dW, db)``.
 
     The forward pass is ``y = C^T x`` (C: the matrix of the convolution with the same
@@ -252,12 +254,12 @@ def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding
         dysub = dysub.reshape(g.n, g.o * g.sh * g.sw, hq, wq)
         dx, dwsub, _ = conv2d_backward(dysub, x, _subpixel_weight(weight, g), 1,
                                        (g.ah - 1, g.aw - 1), need_input_grad=need_input_grad,
-                                       need_bias_grad=False)
-        dw = _subpixel_weight_grad(dwsub, g)
+                                       need_weight_grad=need_weight_grad, need_bias_grad=False)
+        dw = _subpixel_weight_grad(dwsub, g) if need_weight_grad else None
     else:
         col = _im2col(dy, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.h, g.w)
         dx = _weight_times_col(weight, col, groups) if need_input_grad else None
-        dw = _dy_times_col_t(x, col, groups)
+        dw = _dy_times_col_t(x, col, groups) if need_weight_grad else None
     db = _bias_grad(dy) if need_bias_grad else None
     return dx, dw, db
 

@@ -5,3 +5,7 @@ from .module import Layer
 
 __all__ = ["Layer", "Conv2d", "ConvTranspose2d", "ReLU", "MaxPool2d", "Dropout", "Dropout2d",
            "SoftmaxCrossEntropy"]
+from .graph import Graph
+from .structural import Add, Crop, PadTo, Scale
+
+__all__ += ["Graph", "Add", "Crop", "PadTo", "Scale"]

@@ -6,6 +6,7 @@ output for a ReLU, the winning taps for a max pool, the mask for a dropout).
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -58,6 +59,18 @@ class _ConvBase(Layer):
     def clear_cache(self):
         self._x = None
 
+    def _needs_bias_grad(self):
+        return self.bias is not None and "bias" not in self.frozen
+
+    def _store_grads(self, dw, db, dx):
+        """Frozen parameters get no gradient (and cost no GEMM)."""
+        for name, grad in (("weight", dw), ("bias", db)):
+            if grad is None:
+                self.grads.pop(name, None)
+            else:
+                self.grads[name] = grad
+        return dx
+
 
 class Conv2d(_ConvBase):
     """``Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
@@ -96,11 +109,20 @@ class Conv2d(_ConvBase):
         dx, dw, db = F.conv2d_backward(dy, self._x, self.weight, self.stride, self.padding,
                                        self.dilation, self.groups,
                                        need_input_grad=self.need_input_grad,
-                                       need_bias_grad=self.bias is not None)
-        self.grads["weight"] = dw
-        if db is not None:
-            self.grads["bias"] = db
-        return dx
+                                       need_weight_grad="weight" not in self.frozen,
+                                       need_bias_grad=self._needs_bias_grad())
+        return self._store_grads(dw, db, dx)
+
+    def output_shape(self, in_shape):
+        n, _, h, w = in_shape
+        return (n, self.out_channels) + tuple(
+            F.conv_output_size(size, k, s, p, d) for size, k, s, p, d in
+            zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation))
+
+    def coord_map(self):
+        # output pixel o sees inputs o*s - p .. o*s - p + d(k-1): centre o*s + d(k-1)/2 - p
+        return tuple((Fraction(s), Fraction(d * (k - 1), 2) - p) for k, s, p, d in
+                     zip(self.kernel_size, self.stride, self.padding, self.dilation))
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -151,6 +173,14 @@ class ConvTranspose2d(_ConvBase):
                      zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation,
                          self.output_padding))
 
+    def output_shape(self, in_shape):
+        return (in_shape[0], self.out_channels) + self.output_size(in_shape[2:])
+
+    def coord_map(self):
+        # the inverse of the convolution's map: o_in = (o_out - (d(k-1)/2 - p)) / s
+        return tuple((Fraction(1, s), -(Fraction(d * (k - 1), 2) - p) / s) for k, s, p, d in
+                     zip(self.kernel_size, self.stride, self.padding, self.dilation))
+
     def forward(self, x):
         _check_channels("ConvTranspose2d", x, self.in_channels)
         y = F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
@@ -163,11 +193,9 @@ class ConvTranspose2d(_ConvBase):
         dx, dw, db = F.conv_transpose2d_backward(
             dy, self._x, self.weight, self.stride, self.padding, self.output_padding,
             self.groups, self.dilation, need_input_grad=self.need_input_grad,
-            need_bias_grad=self.bias is not None, algorithm=self.algorithm)
-        self.grads["weight"] = dw
-        if db is not None:
-            self.grads["bias"] = db
-        return dx
+            need_weight_grad="weight" not in self.frozen, need_bias_grad=self._needs_bias_grad(),
+            algorithm=self.algorithm)
+        return self._store_grads(dw, db, dx)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -227,6 +255,15 @@ class MaxPool2d(Layer):
 
     def clear_cache(self):
         self._tap = None
+
+    def output_shape(self, in_shape):
+        return tuple(in_shape[:2]) + tuple(
+            F.conv_output_size(size, k, s, p, d, self.ceil_mode) for size, k, s, p, d in
+            zip(in_shape[2:], self.kernel_size, self.stride, self.padding, self.dilation))
+
+    def coord_map(self):
+        return tuple((Fraction(s), Fraction(d * (k - 1), 2) - p) for k, s, p, d in
+                     zip(self.kernel_size, self.stride, self.padding, self.dilation))
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"

@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
 from ..backend import to_device
@@ -59,6 +61,16 @@ class Layer:
 
     def clear_cache(self):
         """Drop what forward kept for backward (frees memory after evaluation)."""
+
+    # -- geometry, used by summaries and by the models' crop offsets -------------------
+    def output_shape(self, in_shape):
+        """Output shape for an input shape, without computing anything (default: same)."""
+        return tuple(in_shape)
+
+    def coord_map(self):
+        """Per axis (h, w), the affine map ``(a, b)`` with ``input_coord = a * output_coord + b``
+        (coordinates of receptive-field centres; exact Fractions). Default: identity."""
+        return (Fraction(1), Fraction(0)), (Fraction(1), Fraction(0))
 
     def extra_repr(self) -> str:
         return ""
