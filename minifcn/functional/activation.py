@@ -18,12 +18,19 @@ from ..backend import get_array_module
 def relu(x):
     """``y = max(x, 0)``."""
     xp = get_array_module(x)
+    if xp is not np and x.dtype in (np.float32, np.float64):
+        from ..kernels import gpu_relu
+        return gpu_relu(x)
     return xp.maximum(x, 0)
 
 
 def relu_backward(dy, y):
     """``dx = dy * [y > 0]`` — computed from the output ``y``, which is > 0 exactly
-    where the input was (so the layer keeps one array, not two)."""
+    where the input was (so the layer keeps one array, not two).
+
+    Shapes: dy, y (any, equal) -> dx (same). Why: ``max(x, 0)`` has slope 1 where
+    ``x > 0`` and 0 where ``x < 0``; at the kink ``x = 0`` we take 0, as torch does.
+    """
     if getattr(dy, "shape", None) != getattr(y, "shape", None):
         raise ValueError(f"relu_backward: grad_output {getattr(dy, 'shape', None)} does not "
                          f"match the forward output {getattr(y, 'shape', None)}")
@@ -66,10 +73,27 @@ def dropout(x, p=0.5, training=True, rng=None, channelwise=False):
     xp = get_array_module(x)
     if rng is None:
         rng = xp.random.default_rng()
+    if xp is not np and x.dtype in (np.float32, np.float64):
+        from ..kernels import gpu_dropout          # same draws, one fused pass
+        return gpu_dropout(x, p, rng, channelwise)
     mask = dropout_mask(x.shape, p, rng, x.dtype, xp, channelwise)
     return x * mask, mask
 
 
 def dropout_backward(dy, mask):
-    """``dx = dy * mask`` with the forward pass's own mask (identity if mask is None)."""
-    return dy if mask is None else dy * mask
+    """``dx = dy * mask`` with the forward pass's own mask (identity if mask is None).
+
+    Shapes: dy like the forward input; mask broadcastable to it ((N, C, 1, 1) for the
+    channel-wise form) -> dx like dy. Why: for a fixed mask ``y = x * mask`` is linear,
+    with slope ``mask`` per element; a fresh mask would differentiate another function.
+    """
+    if mask is None:
+        return dy
+    shape, mshape = tuple(getattr(dy, "shape", ())), tuple(getattr(mask, "shape", ()))
+    if mshape != shape and not (len(shape) == 4 and mshape == shape[:2] + (1, 1)):
+        raise ValueError(f"dropout_backward: the mask {mshape} must have the grad_output's shape "
+                         f"{shape} (or {shape[:2] + (1, 1)} for channel-wise dropout)")
+    if get_array_module(dy) is not np:
+        from ..kernels import gpu_dropout_backward
+        return gpu_dropout_backward(dy, mask)
+    return dy * mask

@@ -152,6 +152,11 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
                     need_input_grad=True, need_weight_grad=True, need_bias_grad=True):
     r"""Gradients of :func:`conv2d`; returns ``(dx, dW, db)`` (``None`` where not asked for).
 
+    Shapes: dy (N, O, Ho, Wo) and the forward input x (N, C, H, W) -> dx (N, C, H, W),
+    dW (O, C/g, kh, kw), db (O,).
+
+    Why these formulas: ``y = C x + b`` is linear in ``x`` (and in ``W``), and the chain
+    rule through a matrix product is the transposed product: ``dL/dx = C^T dL/dy``.
     With ``L`` the loss and ``dy = dL/dy``:
 
     - ``dW = dy @ col^T`` — each weight multiplies the window entries it saw:
@@ -233,11 +238,18 @@ def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding
                               need_bias_grad=True, algorithm="auto"):
     r"""Gradients of :func:`conv_transpose2d`; returns ``(dx, dW, db)``.
 
+    Shapes: dy (N, O, Ho, Wo) and the forward input x (N, C, H, W) -> dx (N, C, H, W),
+    dW (C, O/g, kh, kw) (torch's transposed layout), db (O,).
+
     The forward pass is ``y = C^T x`` (C: the matrix of the convolution with the same
     weight), so ``dx = C dy`` — an ordinary **convolution** of ``dy`` with the same
     weight: ``col = im2col(dy)``; ``dx = W @ col``.  The weight gradient reuses that
     one col: ``dW[c, o, u, v] = sum_{n,i,j} x[n, c, i, j] * dypad[n, o, i*s + u*d, j*s + v*d]``,
-    i.e. ``dW = x @ col^T``.  ``db[o] = sum dy[n, o, :, :]``.
+    i.e. ``dW = x @ col^T``: each weight multiplied an input pixel onto an output pixel, so
+    its gradient pairs that input with the gradient that reached that output.
+    ``db[o] = sum dy[n, o, :, :]`` (the bias was added to every output pixel).
+    With ``output_padding >= stride`` (possible when dilation > stride) the convolution of
+    ``dy`` has windows past the first H x W; no input fed them, so they are not computed.
 
     The ``'subpixel'`` algorithm runs the same algebra in phase space: ``im2col`` with
     kernel = stride un-shuffles ``dy`` (and zero-pads the cropped border back), then

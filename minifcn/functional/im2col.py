@@ -42,14 +42,12 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0,
     left padding (the rule torch and Caffe use).
     """
     span = size + 2 * padding - dilation * (kernel - 1) - 1
-    if span < 0:
-        return 0
     if not ceil_mode:
-        return span // stride + 1
-    out = -(-span // stride) + 1
+        return span // stride + 1 if span >= 0 else 0
+    out = -(-span // stride) + 1          # ceil; a window may hang past the bottom edge
     if (out - 1) * stride >= size + padding:
         out -= 1
-    return out
+    return max(out, 0)
 
 
 def conv_transpose_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0,

@@ -66,17 +66,31 @@ def softmax_cross_entropy(logits, labels, ignore_index=255, reduction="mean"):
     count = int(valid.sum())
     if count == 0:
         return 0.0
+    if xp is not np:
+        from ..kernels import gpu_softmax_cross_entropy   # per-pixel loss, 0 where ignored
+        total = float(gpu_softmax_cross_entropy(logits, labels, ignore_index).sum(dtype=np.float64))
+        return total / count if reduction == "mean" else total
     nll = -_gather_label(log_softmax(logits), labels, valid)
     total = float(xp.where(valid, nll, 0).sum(dtype=np.float64))
     return total / count if reduction == "mean" else total
 
 
 def softmax_cross_entropy_backward(logits, labels, ignore_index=255, reduction="mean"):
-    """``dloss/dlogits = (softmax(z) - onehot(t)) * [t != ignore] / (count or 1)``."""
+    """``dloss/dlogits = (softmax(z) - onehot(t)) * [t != ignore] / (count or 1)``.
+
+    Shapes: logits (N, K, H, W), labels (N, H, W) -> gradient (N, K, H, W), logits' dtype.
+    Why: a pixel's loss is ``logsumexp(z) - z[t]``; ``d logsumexp(z) / dz_k = softmax(z)_k``
+    and ``d z[t] / dz_k = [k == t]``. Ignored pixels add nothing to the loss, so nothing
+    to the gradient; ``'mean'`` divides the loss, hence the gradient, by the count.
+    """
     _check(logits, labels, ignore_index, reduction)
     xp = get_array_module(logits)
     valid = labels != ignore_index
     count = int(valid.sum())
+    if xp is not np:
+        from ..kernels import gpu_softmax_cross_entropy_backward
+        denom = count if reduction == "mean" and count > 0 else 1
+        return gpu_softmax_cross_entropy_backward(logits, labels, ignore_index, denom)
     p = xp.exp(log_softmax(logits))
     safe = xp.where(valid, labels, 0).astype(np.int64)
     onehot = xp.arange(logits.shape[1]).reshape(1, -1, 1, 1) == safe[:, None]

@@ -73,6 +73,12 @@ def max_pool2d_backward(dy, tap, input_size, kernel_size, stride=None, padding=0
     """Route each ``dy`` to its window's winning input: ``dx = col2im(onehot(tap) * dy)``.
 
     dy, tap: (N, C, Ho, Wo); input_size: (H, W) of the forward input -> dx (N, C, H, W).
+
+    Why the argmax: near the forward input (no ties), ``y[n, c, i, j]`` *is* one input
+    pixel, the winner, and nudging any other pixel of the window does not change it. So
+    ``dy[i, j] / dx[winner] = 1`` and 0 for the rest: ``dx[h, w] = sum of dy over the
+    windows that pixel (h, w) won``. The one-hot column has a single 1 per window at the
+    winning tap, and col2im adds those back to the pixels they came from.
     """
     h, w = pair(input_size, "input_size", minimum=1)
     kh, kw = pair(kernel_size, "kernel_size", minimum=1)
@@ -84,6 +90,11 @@ def max_pool2d_backward(dy, tap, input_size, kernel_size, stride=None, padding=0
                          f"indices {getattr(tap, 'shape', None)} must be equal 4-D shapes")
     xp = get_array_module(dy)
     n, c, ho, wo = dy.shape
+    fits = [(conv_output_size(size, k, s, p, d, ceil_mode), conv_output_size(size, k, s, p, d, False))
+            for size, k, s, p, d in ((h, kh, sh, ph, dh), (w, kw, sw, pw, dw))]
+    if not (ho in fits[0] and wo in fits[1]):
+        raise ValueError(f"max_pool2d_backward: input_size {(h, w)} does not give the "
+                         f"{ho}x{wo} windows of grad_output")
     if xp is not np:
         from ..kernels import gpu_max_pool2d_backward
         return gpu_max_pool2d_backward(dy, tap, h, w, kh, kw, sh, sw, ph, pw, dh, dw)

@@ -56,24 +56,31 @@ class Graph(Layer):
                 self._readers[i].append(name)
 
     # -- forward / backward ----------------------------------------------------------
-    def forward(self, x):
+    def forward(self, x, hook=None):
+        """Run every node in order. ``hook(name, output)``, if given, sees each output
+        (the trainer uses it to find the first layer whose output is not finite)."""
         values = {INPUT: x}
         pending = {k: len(v) for k, v in self._readers.items()}
         for name, layer, inputs in self.nodes:
             values[name] = layer.forward(*(values[i] for i in inputs))
+            if hook is not None:
+                hook(name, values[name])
             for i in inputs:                      # free maps nobody reads any more
                 pending[i] -= 1
                 if pending[i] == 0 and i != INPUT:
                     del values[i]
         return values[self.output]
 
-    def backward(self, dy):
-        """Returns d loss / d input, and fills every layer's ``grads``."""
+    def backward(self, dy, hook=None):
+        """Returns d loss / d input, and fills every layer's ``grads``.
+        ``hook(name, grad_of_output)``, if given, sees each gradient as it arrives."""
         grads = {self.output: dy}
         for name, layer, inputs in reversed(self.nodes):
             g = grads.pop(name, None)
             if g is None:                          # output unused by the loss: no gradient
                 continue
+            if hook is not None:
+                hook(name, g)
             dxs = layer.backward(g)
             if len(inputs) == 1:
                 dxs = (dxs,)

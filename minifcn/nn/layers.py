@@ -16,6 +16,12 @@ from ..functional._checks import pair
 from .module import Layer, default_rng
 
 
+def _check_counts(name, **counts):
+    for param, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}: {param} must be a positive int, got {v!r}")
+
+
 def _check_channels(name, x, expected):
     if getattr(x, "ndim", None) != 4:
         raise ValueError(f"{name}: input must be a 4-D array (N, C, H, W), got shape {getattr(x, 'shape', None)}")
@@ -81,6 +87,7 @@ class Conv2d(_ConvBase):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, *, dtype=np.float32, seed=None):
+        _check_counts("Conv2d", in_channels=in_channels, out_channels=out_channels, groups=groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: in_channels ({in_channels}) and out_channels "
                              f"({out_channels}) must be divisible by groups ({groups})")
@@ -143,6 +150,8 @@ class ConvTranspose2d(_ConvBase):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, *, dtype=np.float32,
                  seed=None, algorithm="auto"):
+        _check_counts("ConvTranspose2d", in_channels=in_channels, out_channels=out_channels,
+                      groups=groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"ConvTranspose2d: in_channels ({in_channels}) and out_channels "
                              f"({out_channels}) must be divisible by groups ({groups})")
@@ -282,20 +291,21 @@ class Dropout(Layer):
         super().__init__()
         self.p = F.activation.check_p(p)
         self.rng = default_rng(seed)
-        self._gpu_rng = None
         self._mask = None
         self._shape = None
 
     def _rng_for(self, x):
+        """The NumPy generator on the CPU; on the GPU a CuPy generator seeded afresh from it
+        at every call, so the NumPy generator's state alone decides every mask (and a
+        checkpoint that saves it resumes the same masks on either device)."""
         xp = get_array_module(x)
         if xp is np:
             return self.rng
-        if self._gpu_rng is None:
-            self._gpu_rng = xp.random.default_rng(int(self.rng.integers(2**63)))
-        return self._gpu_rng
+        return xp.random.default_rng(int(self.rng.integers(2**63)))
 
     def forward(self, x):
-        y, self._mask = F.dropout(x, self.p, self.training, self._rng_for(x), self.channelwise)
+        rng = self._rng_for(x) if (self.training and self.p > 0) else None
+        y, self._mask = F.dropout(x, self.p, self.training, rng, self.channelwise)
         self._shape = x.shape
         return y
 
