@@ -1,0 +1,276 @@
+"""Bad input raises ValueError naming the parameter — never a NumPy broadcasting error,
+an IndexError, a ZeroDivisionError, or a silently wrong answer.
+
+Note that NumPy's own broadcasting error is *also* a ValueError, so every case asserts the
+message with ``match=``: the name of the offending parameter must be in it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minifcn.functional as F
+from minifcn import nn
+
+
+def _a(xp, *shape, dtype=np.float64):
+    return xp.ones(shape, dtype=dtype)
+
+
+# (id, call(xp), regex the message must match)
+FUNCTIONAL = [
+    # -- wrong ndim
+    ("conv2d-input-3d", lambda xp: F.conv2d(_a(xp, 2, 5, 5), _a(xp, 3, 2, 3, 3)), r"input.*4-D"),
+    ("conv2d-input-5d", lambda xp: F.conv2d(_a(xp, 1, 1, 2, 5, 5), _a(xp, 3, 2, 3, 3)),
+     r"input.*4-D"),
+    ("conv2d-weight-3d", lambda xp: F.conv2d(_a(xp, 1, 2, 5, 5), _a(xp, 2, 3, 3)), r"weight.*4-D"),
+    ("conv_transpose2d-input-3d",
+     lambda xp: F.conv_transpose2d(_a(xp, 2, 5, 5), _a(xp, 2, 3, 3, 3)), r"input.*4-D"),
+    ("conv_transpose2d-weight-2d",
+     lambda xp: F.conv_transpose2d(_a(xp, 1, 2, 5, 5), _a(xp, 2, 3)), r"weight.*4-D"),
+    ("max_pool2d-input-3d", lambda xp: F.max_pool2d(_a(xp, 2, 5, 5), 2), r"input.*4-D"),
+    ("im2col-x-2d", lambda xp: F.im2col(_a(xp, 5, 5), 2), r"x.*4-D"),
+    ("col2im-col-4d", lambda xp: F.col2im(_a(xp, 1, 1, 3, 3), (3, 3)), r"col.*6-D"),
+    ("loss-logits-3d", lambda xp: F.softmax_cross_entropy(_a(xp, 3, 2, 2),
+                                                          xp.zeros((1, 2, 2), dtype=np.int64)),
+     r"logits.*4-D"),
+    # -- wrong dtype
+    ("conv2d-int-input", lambda xp: F.conv2d(_a(xp, 1, 2, 5, 5, dtype=np.int64),
+                                             _a(xp, 3, 2, 3, 3)), r"input.*floating"),
+    ("max_pool2d-int-input", lambda xp: F.max_pool2d(_a(xp, 1, 2, 5, 5, dtype=np.int32), 2),
+     r"input.*floating"),
+    ("loss-float-labels", lambda xp: F.softmax_cross_entropy(_a(xp, 1, 3, 2, 2),
+                                                             xp.zeros((1, 2, 2))),
+     r"labels.*integer"),
+    # -- channels that do not match the weight
+    ("conv2d-channels", lambda xp: F.conv2d(_a(xp, 1, 3, 5, 5), _a(xp, 4, 2, 3, 3)),
+     r"3 channels.*\(4, 2, 3, 3\)"),
+    ("conv_transpose2d-channels",
+     lambda xp: F.conv_transpose2d(_a(xp, 1, 2, 5, 5), _a(xp, 3, 2, 3, 3)),
+     r"2 channels.*\(3, 2, 3, 3\)"),
+    ("conv2d-bias-shape", lambda xp: F.conv2d(_a(xp, 1, 2, 5, 5), _a(xp, 3, 2, 3, 3),
+                                              _a(xp, 4)), r"bias.*\(3,\)"),
+    ("conv_transpose2d-bias-shape",
+     lambda xp: F.conv_transpose2d(_a(xp, 1, 2, 5, 5), _a(xp, 2, 3, 3, 3), _a(xp, 2)),
+     r"bias.*\(3,\)"),
+    # -- groups
+    ("conv2d-in-channels-not-divisible-by-groups",
+     lambda xp: F.conv2d(_a(xp, 1, 4, 5, 5), _a(xp, 3, 2, 3, 3), groups=3), r"groups.*3"),
+    ("conv2d-out-channels-not-divisible-by-groups",
+     lambda xp: F.conv2d(_a(xp, 1, 4, 5, 5), _a(xp, 3, 2, 3, 3), groups=2), r"groups.*2"),
+    ("conv_transpose2d-channels-not-divisible-by-groups",
+     lambda xp: F.conv_transpose2d(_a(xp, 1, 4, 5, 5), _a(xp, 4, 1, 3, 3), groups=3),
+     r"groups.*3"),
+    ("conv2d-groups-0", lambda xp: F.conv2d(_a(xp, 1, 2, 5, 5), _a(xp, 3, 2, 3, 3), groups=0),
+     r"groups"),
+    ("conv2d-groups-negative",
+     lambda xp: F.conv2d(_a(xp, 1, 2, 5, 5), _a(xp, 3, 2, 3, 3), groups=-1), r"groups"),
+    ("conv_transpose2d-groups-0",
+     lambda xp: F.conv_transpose2d(_a(xp, 1, 2, 5, 5), _a(xp, 2, 3, 3, 3), groups=0), r"groups"),
+    # -- non-positive stride / kernel / dilation, negative padding
+    ("conv2d-stride-0", lambda xp: F.conv2d(_a(xp, 1, 2, 5, 5), _a(xp, 3, 2, 3, 3), stride=0),
+     r"stride"),
+    ("conv2d-stride-negative-pair",
+     lambda xp: F.conv2d(_a(xp, 1, 2, 5, 5), _a(xp, 3, 2, 3, 3), stride=(1, -2)), r"stride"),
+    ("conv2d-stride-float", lambda xp: F.conv2d(_a(xp, 1, 2, 5, 5), _a(xp, 3, 2, 3, 3),
+                                                stride=1.5), r"stride"),
+    ("conv2d-stride-triple", lambda xp: F.conv2d(_a(xp, 1, 2, 5, 5), _a(xp, 3, 2, 3, 3),
+                                                 stride=(1, 1, 1)), r"stride"),
+    ("conv2d-dilation-0",
+     lambda xp: F.conv2d(_a(xp, 1, 2, 5, 5), _a(xp, 3, 2, 3, 3), dilation=0), r"dilation"),
+    ("conv2d-padding-negative",
+     lambda xp: F.conv2d(_a(xp, 1, 2, 5, 5), _a(xp, 3, 2, 3, 3), padding=-1), r"padding"),
+    ("conv2d-kernel-0", lambda xp: F.conv2d(_a(xp, 1, 2, 5, 5), _a(xp, 3, 2, 0, 3)), r"kernel"),
+    ("conv_transpose2d-stride-0",
+     lambda xp: F.conv_transpose2d(_a(xp, 1, 2, 5, 5), _a(xp, 2, 3, 3, 3), stride=0), r"stride"),
+    ("conv_transpose2d-dilation-negative",
+     lambda xp: F.conv_transpose2d(_a(xp, 1, 2, 5, 5), _a(xp, 2, 3, 3, 3), dilation=(1, -1)),
+     r"dilation"),
+    ("conv_transpose2d-padding-negative",
+     lambda xp: F.conv_transpose2d(_a(xp, 1, 2, 5, 5), _a(xp, 2, 3, 3, 3), padding=(-1, 0)),
+     r"padding"),
+    ("conv_transpose2d-kernel-0",
+     lambda xp: F.conv_transpose2d(_a(xp, 1, 2, 5, 5), _a(xp, 2, 3, 3, 0)), r"kernel"),
+    ("max_pool2d-kernel-0", lambda xp: F.max_pool2d(_a(xp, 1, 2, 5, 5), 0), r"kernel_size"),
+    ("max_pool2d-stride-0", lambda xp: F.max_pool2d(_a(xp, 1, 2, 5, 5), 2, 0), r"stride"),
+    ("max_pool2d-padding-negative", lambda xp: F.max_pool2d(_a(xp, 1, 2, 5, 5), 2, 2, -1),
+     r"padding"),
+    ("max_pool2d-padding-over-half-kernel",
+     lambda xp: F.max_pool2d(_a(xp, 1, 2, 8, 8), 3, 1, 2), r"padding"),
+    ("max_pool2d-dilation-0", lambda xp: F.max_pool2d(_a(xp, 1, 2, 5, 5), 2, 2, 0, 0),
+     r"dilation"),
+    ("im2col-kernel-0", lambda xp: F.im2col(_a(xp, 1, 1, 5, 5), 0), r"kernel_size"),
+    ("im2col-padding-negative", lambda xp: F.im2col(_a(xp, 1, 1, 5, 5), 2, 1, -1), r"padding"),
+    # -- output_padding >= max(stride, dilation)
+    ("conv_transpose2d-output_padding-eq-stride",
+     lambda xp: F.conv_transpose2d(_a(xp, 1, 2, 5, 5), _a(xp, 2, 3, 3, 3), stride=2,
+                                   output_padding=2), r"output_padding.*2"),
+    ("conv_transpose2d-output_padding-stride1",
+     lambda xp: F.conv_transpose2d(_a(xp, 1, 2, 5, 5), _a(xp, 2, 3, 3, 3), output_padding=1),
+     r"output_padding"),
+    ("conv_transpose2d-output_padding-width-only",
+     lambda xp: F.conv_transpose2d(_a(xp, 1, 2, 5, 5), _a(xp, 2, 3, 3, 3), stride=(3, 2),
+                                   dilation=(1, 1), output_padding=(2, 2)), r"output_padding"),
+    ("conv_transpose2d-output_padding-negative",
+     lambda xp: F.conv_transpose2d(_a(xp, 1, 2, 5, 5), _a(xp, 2, 3, 3, 3), stride=2,
+                                   output_padding=-1), r"output_padding"),
+    # -- empty output size
+    ("conv2d-empty-output", lambda xp: F.conv2d(_a(xp, 1, 2, 2, 5), _a(xp, 3, 2, 3, 3)),
+     r"output size.*empty"),
+    ("conv2d-empty-output-dilation",
+     lambda xp: F.conv2d(_a(xp, 1, 2, 5, 5), _a(xp, 3, 2, 3, 3), dilation=3),
+     r"output size.*empty"),
+    ("conv_transpose2d-empty-output",
+     lambda xp: F.conv_transpose2d(_a(xp, 1, 1, 1, 1), _a(xp, 1, 1, 1, 1), padding=1),
+     r"output size.*empty"),
+    ("max_pool2d-empty-output", lambda xp: F.max_pool2d(_a(xp, 1, 2, 1, 5), 2),
+     r"output size.*empty"),
+    ("im2col-empty-output", lambda xp: F.im2col(_a(xp, 1, 1, 2, 2), 3), r"output size.*empty"),
+    ("col2im-image_size-mismatch", lambda xp: F.col2im(_a(xp, 1, 1, 3, 3, 2, 2), (3, 3)),
+     r"image_size"),
+    # -- algorithms / methods
+    ("conv_transpose2d-subpixel-dilation",
+     lambda xp: F.conv_transpose2d(_a(xp, 1, 2, 5, 5), _a(xp, 2, 3, 3, 3), dilation=2,
+                                   algorithm="subpixel"), r"subpixel.*dilation"),
+    ("conv_transpose2d-subpixel-groups",
+     lambda xp: F.conv_transpose2d(_a(xp, 1, 2, 5, 5), _a(xp, 2, 1, 3, 3), groups=2,
+                                   algorithm="subpixel"), r"subpixel.*groups"),
+    ("conv_transpose2d-algorithm-unknown",
+     lambda xp: F.conv_transpose2d(_a(xp, 1, 2, 5, 5), _a(xp, 2, 3, 3, 3), algorithm="fft"),
+     r"algorithm"),
+    ("col2im-method-unknown", lambda xp: F.col2im(_a(xp, 1, 1, 2, 2, 2, 2), (3, 3), method="x"),
+     r"method"),
+    ("col2im-blocks-dilation",
+     lambda xp: F.col2im(_a(xp, 1, 1, 2, 2, 1, 1), (3, 3), dilation=2, method="blocks"),
+     r"blocks.*dilation"),
+    # -- labels outside [0, C) other than ignore_index
+    ("loss-label-eq-C", lambda xp: F.softmax_cross_entropy(
+        _a(xp, 1, 3, 2, 2), xp.asarray(np.array([[[0, 1], [3, 255]]]))), r"labels.*\[0, 3\).*3"),
+    ("loss-label-negative", lambda xp: F.softmax_cross_entropy(
+        _a(xp, 1, 3, 2, 2), xp.asarray(np.array([[[0, -1], [2, 255]]]))), r"labels.*-1"),
+    ("loss-label-254-uint8", lambda xp: F.softmax_cross_entropy(
+        _a(xp, 1, 3, 2, 2), xp.asarray(np.array([[[0, 254], [2, 255]]], np.uint8))),
+     r"labels.*254"),
+    ("loss-backward-label-out-of-range", lambda xp: F.softmax_cross_entropy_backward(
+        _a(xp, 1, 3, 2, 2), xp.asarray(np.array([[[0, 7], [2, 255]]]))), r"labels.*7"),
+    ("loss-255-is-bad-when-ignore-is-other", lambda xp: F.softmax_cross_entropy(
+        _a(xp, 1, 3, 2, 2), xp.asarray(np.array([[[0, 1], [2, 255]]])), ignore_index=-1),
+     r"labels.*255"),
+    ("loss-labels-shape", lambda xp: F.softmax_cross_entropy(
+        _a(xp, 2, 3, 2, 2), xp.zeros((2, 2, 3), dtype=np.int64)), r"labels.*shape"),
+    ("loss-reduction", lambda xp: F.softmax_cross_entropy(
+        _a(xp, 1, 3, 2, 2), xp.zeros((1, 2, 2), dtype=np.int64), reduction="none"),
+     r"reduction"),
+    # -- dropout
+    ("dropout-p-above-1", lambda xp: F.dropout(_a(xp, 1, 2, 3, 3), 1.5), r"\bp\b"),
+    ("dropout-p-negative", lambda xp: F.dropout(_a(xp, 1, 2, 3, 3), -0.1), r"\bp\b"),
+    ("dropout2d-3d-input", lambda xp: F.dropout(_a(xp, 2, 3, 3), 0.5, channelwise=True),
+     r"4-D"),
+    # -- backward with a grad_output of the wrong shape
+    ("conv2d_backward-grad-shape", lambda xp: F.conv2d_backward(
+        _a(xp, 1, 3, 4, 4), _a(xp, 1, 2, 5, 5), _a(xp, 3, 2, 3, 3)), r"grad_output"),
+    ("conv_transpose2d_backward-grad-shape", lambda xp: F.conv_transpose2d_backward(
+        _a(xp, 1, 3, 8, 8), _a(xp, 1, 2, 5, 5), _a(xp, 2, 3, 3, 3)), r"grad_output"),
+    ("relu_backward-grad-shape", lambda xp: F.relu_backward(_a(xp, 1, 2, 3, 3),
+                                                            _a(xp, 1, 2, 3, 4)), r"grad_output"),
+    ("max_pool2d_backward-indices-shape", lambda xp: F.max_pool2d_backward(
+        _a(xp, 1, 2, 3, 3), xp.zeros((1, 2, 3, 4), dtype=np.int32), (6, 6), 2), r"indices"),
+    ("dropout_backward-grad-shape", lambda xp: F.dropout_backward(
+        _a(xp, 2, 3, 4, 4), _a(xp, 2, 3, 4, 5)), r"grad_output|mask"),
+]
+
+
+@pytest.mark.parametrize("call,match", [pytest.param(c, m, id=i) for i, c, m in FUNCTIONAL])
+def test_functional_bad_input(xp, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(xp)
+
+
+def _fwd(layer, *shape, dtype=np.float32):
+    return lambda: layer.forward(np.ones(shape, dtype))
+
+
+NN = [
+    # -- constructors
+    ("Conv2d-kernel-0", lambda: nn.Conv2d(3, 4, 0), r"kernel_size"),
+    ("Conv2d-kernel-pair-0", lambda: nn.Conv2d(3, 4, (3, 0)), r"kernel_size"),
+    ("Conv2d-stride-0", lambda: nn.Conv2d(3, 4, 3, stride=0), r"stride"),
+    ("Conv2d-padding-negative", lambda: nn.Conv2d(3, 4, 3, padding=-1), r"padding"),
+    ("Conv2d-dilation-0", lambda: nn.Conv2d(3, 4, 3, dilation=(1, 0)), r"dilation"),
+    ("Conv2d-in-not-divisible-by-groups", lambda: nn.Conv2d(4, 6, 3, groups=3), r"groups.*3"),
+    ("Conv2d-out-not-divisible-by-groups", lambda: nn.Conv2d(4, 6, 3, groups=4), r"groups.*4"),
+    ("Conv2d-groups-0", lambda: nn.Conv2d(4, 4, 3, groups=0), r"groups"),
+    ("Conv2d-groups-negative", lambda: nn.Conv2d(4, 4, 3, groups=-1), r"groups"),
+    ("Conv2d-in_channels-0", lambda: nn.Conv2d(0, 4, 3), r"in_channels"),
+    ("ConvTranspose2d-kernel-0", lambda: nn.ConvTranspose2d(3, 4, 0), r"kernel_size"),
+    ("ConvTranspose2d-stride-negative", lambda: nn.ConvTranspose2d(3, 4, 3, stride=-2),
+     r"stride"),
+    ("ConvTranspose2d-padding-negative", lambda: nn.ConvTranspose2d(3, 4, 3, padding=(0, -1)),
+     r"padding"),
+    ("ConvTranspose2d-dilation-0", lambda: nn.ConvTranspose2d(3, 4, 3, dilation=0), r"dilation"),
+    ("ConvTranspose2d-not-divisible-by-groups", lambda: nn.ConvTranspose2d(4, 6, 3, groups=4),
+     r"groups.*4"),
+    ("ConvTranspose2d-groups-0", lambda: nn.ConvTranspose2d(4, 4, 3, groups=0), r"groups"),
+    ("ConvTranspose2d-output_padding-eq-stride",
+     lambda: nn.ConvTranspose2d(3, 3, 4, stride=2, output_padding=2), r"output_padding"),
+    ("ConvTranspose2d-output_padding-stride1",
+     lambda: nn.ConvTranspose2d(3, 3, 3, output_padding=(0, 1)), r"output_padding"),
+    ("ConvTranspose2d-output_padding-negative",
+     lambda: nn.ConvTranspose2d(3, 3, 3, stride=2, output_padding=-1), r"output_padding"),
+    ("ConvTranspose2d-subpixel-with-dilation",
+     lambda: nn.ConvTranspose2d(3, 3, 3, dilation=2, algorithm="subpixel")
+     .forward(np.ones((1, 3, 4, 4), np.float32)), r"subpixel"),
+    ("MaxPool2d-kernel-0", lambda: nn.MaxPool2d(0), r"kernel_size"),
+    ("MaxPool2d-stride-0", lambda: nn.MaxPool2d(2, 0), r"stride"),
+    ("MaxPool2d-padding-negative", lambda: nn.MaxPool2d(2, 2, -1), r"padding"),
+    ("MaxPool2d-dilation-0", lambda: nn.MaxPool2d(2, 2, 0, 0), r"dilation"),
+    ("MaxPool2d-return_indices", lambda: nn.MaxPool2d(2, return_indices=True), r"return_indices"),
+    ("Dropout-p", lambda: nn.Dropout(1.5), r"\bp\b"),
+    ("Dropout2d-p", lambda: nn.Dropout2d(-0.5), r"\bp\b"),
+    ("SoftmaxCrossEntropy-reduction", lambda: nn.SoftmaxCrossEntropy(reduction="none"),
+     r"reduction"),
+    # -- forward
+    ("Conv2d-forward-3d", _fwd(nn.Conv2d(3, 4, 3), 3, 5, 5), r"4-D"),
+    ("Conv2d-forward-channels", _fwd(nn.Conv2d(3, 4, 3), 1, 2, 5, 5), r"3 input channels"),
+    ("Conv2d-forward-empty-output", _fwd(nn.Conv2d(3, 4, 3), 1, 3, 2, 7),
+     r"output size.*empty"),
+    ("Conv2d-forward-int", _fwd(nn.Conv2d(3, 4, 3), 1, 3, 5, 5, dtype=np.int64), r"floating"),
+    ("ConvTranspose2d-forward-5d", _fwd(nn.ConvTranspose2d(3, 4, 3), 1, 1, 3, 5, 5), r"4-D"),
+    ("ConvTranspose2d-forward-channels", _fwd(nn.ConvTranspose2d(3, 4, 3), 1, 4, 5, 5),
+     r"3 input channels"),
+    ("ConvTranspose2d-forward-empty-output", _fwd(nn.ConvTranspose2d(1, 1, 1, padding=1),
+                                                  1, 1, 1, 1), r"output size.*empty"),
+    ("MaxPool2d-forward-3d", _fwd(nn.MaxPool2d(2), 3, 5, 5), r"4-D"),
+    ("MaxPool2d-forward-empty-output", _fwd(nn.MaxPool2d(3), 1, 1, 2, 9), r"output size.*empty"),
+    ("MaxPool2d-forward-padding-over-half", _fwd(nn.MaxPool2d(3, 1, 2), 1, 1, 8, 8), r"padding"),
+    ("Dropout2d-forward-3d", _fwd(nn.Dropout2d(0.5), 3, 5, 5), r"4-D"),
+    ("SoftmaxCrossEntropy-label-out-of-range", lambda: nn.SoftmaxCrossEntropy().forward(
+        np.zeros((1, 3, 2, 2), np.float32), np.array([[[0, 3], [1, 255]]])), r"labels.*3"),
+    ("SoftmaxCrossEntropy-label-negative", lambda: nn.SoftmaxCrossEntropy().forward(
+        np.zeros((1, 3, 2, 2), np.float32), np.array([[[0, -2], [1, 255]]])), r"labels.*-2"),
+    ("SoftmaxCrossEntropy-logits-3d", lambda: nn.SoftmaxCrossEntropy().forward(
+        np.zeros((3, 2, 2), np.float32), np.zeros((1, 2, 2), np.int64)), r"logits"),
+]
+
+
+@pytest.mark.parametrize("call,match", [pytest.param(c, m, id=i) for i, c, m in NN])
+def test_nn_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_bad_label_message_names_the_sizes():
+    """The message says which labels were found and the valid range."""
+    with pytest.raises(ValueError) as info:
+        F.softmax_cross_entropy(np.zeros((1, 21, 1, 3)), np.array([[[0, 21, 300]]]))
+    msg = str(info.value)
+    assert "[0, 21)" in msg and "21" in msg and "300" in msg and "255" in msg
+
+
+def test_bad_input_leaves_layer_usable():
+    """A refused forward does not break the layer: the next good call works."""
+    layer = nn.Conv2d(3, 4, 3, seed=0)
+    with pytest.raises(ValueError):
+        layer.forward(np.ones((1, 2, 5, 5), np.float32))
+    y = layer.forward(np.ones((1, 3, 5, 5), np.float32))
+    assert layer.backward(np.ones(y.shape, np.float32)).shape == (1, 3, 5, 5)

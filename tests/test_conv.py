@@ -1,0 +1,172 @@
+"""conv2d forward and every gradient (input, weight, bias) against torch.
+
+Reference: ``torch.nn.functional.conv2d`` + autograd in float64 on the very values minifcn
+was given. Tolerance (issue 2): relative error <= 1e-10 in float64, <= 1e-5 in float32,
+relative to max |reference|.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch.nn.functional as TF
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import assert_close, to_np, torch_grads
+from minifcn.functional import conv2d, conv2d_backward, conv_output_size
+
+DTYPES = [np.float64, np.float32]
+# float32 data get a mean of 0.5: a zero-mean reduction (a bias gradient over one output
+# channel, say) can cancel to ~0, and then "relative to max |ref|" measures float32
+# rounding of the terms, not correctness. Signs stay mixed; float64 data stay zero-mean.
+OFFSET = {np.dtype(np.float64): 0.0, np.dtype(np.float32): 0.5}
+
+
+def check_conv2d(xp, dtype, *, n, cin, cout, h, w, kernel, stride, padding, dilation, groups,
+                 bias, seed=0):
+    """Run conv2d and conv2d_backward and hold all four results to torch."""
+    rng = np.random.default_rng(seed)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    off = OFFSET[np.dtype(dtype)]
+    x = (rng.standard_normal((n, cin, h, w)) + off).astype(dtype)
+    wt = (rng.standard_normal((cout, cin // groups, kh, kw)) + off).astype(dtype)
+    b = rng.standard_normal(cout).astype(dtype) if bias else None
+
+    y = conv2d(xp.asarray(x), xp.asarray(wt), None if b is None else xp.asarray(b),
+               stride, padding, dilation, groups)
+    assert y.dtype == np.dtype(dtype), "conv2d must keep the input dtype"
+    dy = (rng.standard_normal(y.shape) + off).astype(dtype)
+    dx, dw, db = conv2d_backward(xp.asarray(dy), xp.asarray(x), xp.asarray(wt), stride, padding,
+                                 dilation, groups, need_bias_grad=bias)
+
+    y_ref, g = torch_grads(
+        lambda x, w, b: TF.conv2d(x, w, b, stride, padding, dilation, groups),
+        {"x": x, "w": wt, "b": b}, dy)
+    assert_close(y, y_ref, dtype, "forward")
+    assert_close(dx, g["x"], dtype, "input gradient")
+    assert_close(dw, g["w"], dtype, "weight gradient")
+    assert dx.dtype == dw.dtype == np.dtype(dtype)
+    if bias:
+        assert_close(db, g["b"], dtype, "bias gradient")
+    else:
+        assert db is None
+
+    # need_input_grad=False: no dx, and the same weight gradient
+    dx2, dw2, db2 = conv2d_backward(xp.asarray(dy), xp.asarray(x), xp.asarray(wt), stride,
+                                    padding, dilation, groups, need_input_grad=False)
+    assert dx2 is None
+    np.testing.assert_array_equal(to_np(dw2), to_np(dw))
+    assert_close(db2, g["b"] if bias else dy.astype(np.float64).sum(axis=(0, 2, 3)), dtype,
+                 "bias gradient (need_input_grad=False)")
+
+
+# -- a product grid over the geometry --------------------------------------------------
+
+H, W = 9, 7     # odd, rectangular
+GEOMETRY = [g for g in itertools.product(
+    [(1, 1), (3, 3), (2, 3)],              # kernel: 1x1, odd square, rectangular
+    [1, (2, 2), (3, 1), (4, 3)],           # stride: (4, 3) > the 2x3 and 3x3 kernels
+    [0, (2, 1)],                           # padding
+    [1, (2, 2), (3, 1)],                   # dilation
+) if all(conv_output_size(s, k, st_, p, d) > 0 for s, k, st_, p, d in zip(
+    (H, W), g[0], *[(v, v) if isinstance(v, int) else v for v in g[1:]]))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("kernel,stride,padding,dilation", GEOMETRY)
+def test_conv2d_grid_geometry(xp, dtype, kernel, stride, padding, dilation):
+    check_conv2d(xp, dtype, n=2, cin=3, cout=4, h=H, w=W, kernel=kernel, stride=stride,
+                 padding=padding, dilation=dilation, groups=1, bias=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("cin,cout,groups", [
+    (4, 6, 1), (4, 6, 2), (6, 3, 3),       # grouped
+    (4, 4, 4), (3, 6, 3),                  # depthwise (groups == in_channels), multiplier 1, 2
+])
+def test_conv2d_grid_groups_bias(xp, dtype, bias, cin, cout, groups):
+    check_conv2d(xp, dtype, n=3, cin=cin, cout=cout, h=8, w=5, kernel=(3, 2), stride=(2, 1),
+                 padding=(1, 0), dilation=(1, 2), groups=groups, bias=bias)
+
+
+# -- randomised configurations ---------------------------------------------------------
+
+@st.composite
+def conv_configs(draw):
+    groups = draw(st.integers(1, 3))
+    depthwise = draw(st.booleans())
+    cin = groups if depthwise else groups * draw(st.integers(1, 2))
+    cout = groups * draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 11))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 11))
+    return dict(n=draw(st.integers(1, 3)), cin=cin, cout=cout, h=h, w=w, kernel=(kh, kw),
+                stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=groups,
+                bias=draw(st.booleans()))
+
+
+@settings(max_examples=50, deadline=None)
+@given(cfg=conv_configs(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31 - 1))
+def test_conv2d_random_configs(xp, cfg, dtype, seed):
+    check_conv2d(xp, dtype, seed=seed, **cfg)
+
+
+def test_conv2d_int_and_pair_arguments_agree(xp):
+    """Every int parameter also takes an (h, w) pair, with the same meaning."""
+    rng = np.random.default_rng(3)
+    x = xp.asarray(rng.standard_normal((2, 2, 9, 9)))
+    wt = xp.asarray(rng.standard_normal((3, 2, 3, 3)))
+    a = conv2d(x, wt, None, 2, 1, 2)
+    b = conv2d(x, wt, None, (2, 2), (1, 1), (2, 2))
+    c = conv2d(x, wt, None, [2, 2], [1, 1], [2, 2])
+    np.testing.assert_array_equal(to_np(a), to_np(b))
+    np.testing.assert_array_equal(to_np(a), to_np(c))
+
+
+def test_conv2d_does_not_modify_its_inputs(xp):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 2, 6, 6))
+    wt = rng.standard_normal((3, 2, 3, 3))
+    b = rng.standard_normal(3)
+    dy = rng.standard_normal((2, 3, 3, 3))
+    arrays = [xp.asarray(a) for a in (x, wt, b, dy)]
+    conv2d(arrays[0], arrays[1], arrays[2], 2, 1)
+    conv2d_backward(arrays[3], arrays[0], arrays[1], 2, 1)
+    for orig, arr in zip((x, wt, b, dy), arrays):
+        np.testing.assert_array_equal(to_np(arr), orig)
+
+
+@pytest.mark.parametrize("view", ["step", "reversed", "transposed", "broadcast"])
+def test_conv2d_non_contiguous_inputs(xp, view):
+    """Strided, reversed, transposed and broadcast (read-only, zero-stride) views give the
+    same answers as their contiguous copies."""
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((2, 3, 14, 9))
+    wbase = rng.standard_normal((4, 3, 3, 2))
+    dy = rng.standard_normal((2, 4, 7, 8))
+    if view == "step":
+        x = xp.asarray(base)[:, :, ::2, :]                      # (2, 3, 7, 9)
+    elif view == "reversed":
+        x = xp.asarray(base)[:, ::-1, 7:, ::-1]
+    elif view == "transposed":
+        x = xp.asarray(base[:, :, :9, :7]).transpose(0, 1, 3, 2)  # (2, 3, 7, 9)
+    else:
+        x = xp.broadcast_to(xp.asarray(base[:1, :, :7, :]), (2, 3, 7, 9))
+    wt = xp.asarray(wbase)[:, :, ::-1, :]
+    xc, wc = xp.ascontiguousarray(x), xp.ascontiguousarray(wt)
+    assert not x.flags.c_contiguous
+    y = conv2d(x, wt, None, 1, (1, 0))
+    np.testing.assert_array_equal(to_np(y), to_np(conv2d(xc, wc, None, 1, (1, 0))))
+    got = conv2d_backward(xp.asarray(dy), x, wt, 1, (1, 0))
+    ref = conv2d_backward(xp.asarray(dy), xc, wc, 1, (1, 0))
+    for g, r in zip(got, ref):
+        np.testing.assert_array_equal(to_np(g), to_np(r))
+    y_ref, _ = torch_grads(lambda x, w: TF.conv2d(x, w, None, 1, (1, 0)),
+                           {"x": to_np(xc), "w": to_np(wc)})
+    assert_close(y, y_ref, np.float64, f"forward on a {view} view")

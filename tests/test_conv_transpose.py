@@ -1,0 +1,272 @@
+"""conv_transpose2d forward and every gradient against torch, for every algorithm; and the
+identities that make it the *transpose* of a convolution.
+
+- ``torch.nn.functional.conv_transpose2d`` + autograd in float64 is the reference
+  (relative error <= 1e-10 in float64, <= 1e-5 in float32, relative to max |ref|).
+- ``algorithm='col2im'`` always, ``'subpixel'`` where it applies (dilation 1, groups 1),
+  and ``'auto'``.
+- ``<conv_transpose2d(x, W), g> == <x, conv2d(g, W)>``, and conv2d's input gradient *is*
+  ``conv_transpose2d(dy, W)``.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch.nn.functional as TF
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import assert_close, to_np, torch_grads
+from minifcn.functional import (conv2d, conv2d_backward, conv_output_size, conv_transpose2d,
+                                conv_transpose2d_backward, conv_transpose_output_size)
+
+DTYPES = [np.float64, np.float32]
+# float32 data get a mean of 0.5: a zero-mean reduction (a bias gradient over one output
+# channel, say) can cancel to ~0, and then "relative to max |ref|" measures float32
+# rounding of the terms, not correctness. Signs stay mixed; float64 data stay zero-mean.
+OFFSET = {np.dtype(np.float64): 0.0, np.dtype(np.float32): 0.5}
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def algorithms_for(dilation, groups):
+    return ["col2im", "auto"] + (["subpixel"] if _pair(dilation) == (1, 1) and groups == 1 else [])
+
+
+def check_conv_transpose2d(xp, dtype, *, n, cin, cout, h, w, kernel, stride, padding,
+                           output_padding, dilation, groups, bias, seed=0, algorithms=None):
+    """Forward and backward of every applicable algorithm, each held to torch."""
+    rng = np.random.default_rng(seed)
+    kh, kw = _pair(kernel)
+    off = OFFSET[np.dtype(dtype)]
+    x = (rng.standard_normal((n, cin, h, w)) + off).astype(dtype)
+    wt = (rng.standard_normal((cin, cout // groups, kh, kw)) + off).astype(dtype)
+    b = rng.standard_normal(cout).astype(dtype) if bias else None
+    ho = conv_transpose_output_size(h, kh, _pair(stride)[0], _pair(padding)[0],
+                                    _pair(dilation)[0], _pair(output_padding)[0])
+    wo = conv_transpose_output_size(w, kw, _pair(stride)[1], _pair(padding)[1],
+                                    _pair(dilation)[1], _pair(output_padding)[1])
+    dy = (rng.standard_normal((n, cout, ho, wo)) + off).astype(dtype)
+    y_ref, g = torch_grads(
+        lambda x, w, b: TF.conv_transpose2d(x, w, b, stride, padding, output_padding, groups,
+                                            dilation),
+        {"x": x, "w": wt, "b": b}, dy)
+    assert y_ref.shape == dy.shape
+
+    for alg in (algorithms or algorithms_for(dilation, groups)):
+        args = (stride, padding, output_padding, groups, dilation)
+        y = conv_transpose2d(xp.asarray(x), xp.asarray(wt), None if b is None else xp.asarray(b),
+                             *args, algorithm=alg)
+        assert y.dtype == np.dtype(dtype), alg
+        assert_close(y, y_ref, dtype, f"forward [{alg}]")
+        dx, dw, db = conv_transpose2d_backward(xp.asarray(dy), xp.asarray(x), xp.asarray(wt),
+                                               *args, need_bias_grad=bias, algorithm=alg)
+        assert_close(dx, g["x"], dtype, f"input gradient [{alg}]")
+        assert_close(dw, g["w"], dtype, f"weight gradient [{alg}]")
+        assert dx.dtype == dw.dtype == np.dtype(dtype), alg
+        if bias:
+            assert_close(db, g["b"], dtype, f"bias gradient [{alg}]")
+        else:
+            assert db is None
+        dx2, dw2, _ = conv_transpose2d_backward(xp.asarray(dy), xp.asarray(x), xp.asarray(wt),
+                                                *args, need_input_grad=False, algorithm=alg)
+        assert dx2 is None
+        assert_close(dw2, g["w"], dtype, f"weight gradient, need_input_grad=False [{alg}]")
+
+
+# -- product grid ----------------------------------------------------------------------
+
+H, W = 5, 4
+
+
+def _grid():
+    for kernel, stride, padding, dilation, op_max in itertools.product(
+            [(1, 1), (3, 3), (4, 2)],       # 1x1, odd square, rectangular; 4 = 2 * stride 2
+            [1, (2, 2), (3, 2), (5, 3)],    # (5, 3): stride > kernel
+            [0, (2, 1)],
+            [1, (2, 3)],
+            [False, True]):                 # output_padding 0, or max(stride, dilation) - 1
+        s, d = _pair(stride), _pair(dilation)
+        op = tuple(max(a, b) - 1 for a, b in zip(s, d)) if op_max else (0, 0)
+        if op_max and op == (0, 0):
+            continue
+        if all(conv_transpose_output_size(n, k, *rest) > 0 for n, k, *rest in
+               zip((H, W), kernel, s, _pair(padding), d, op)):
+            yield kernel, stride, padding, dilation, op
+
+
+GRID = list(_grid())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("kernel,stride,padding,dilation,output_padding", GRID)
+def test_conv_transpose2d_grid_geometry(xp, dtype, kernel, stride, padding, dilation,
+                                        output_padding):
+    check_conv_transpose2d(xp, dtype, n=2, cin=3, cout=2, h=H, w=W, kernel=kernel,
+                           stride=stride, padding=padding, output_padding=output_padding,
+                           dilation=dilation, groups=1, bias=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("cin,cout,groups", [
+    (3, 2, 1), (4, 6, 2), (6, 3, 3),       # grouped
+    (4, 4, 4), (3, 6, 3),                  # depthwise
+])
+def test_conv_transpose2d_grid_groups_bias(xp, dtype, bias, cin, cout, groups):
+    check_conv_transpose2d(xp, dtype, n=3, cin=cin, cout=cout, h=4, w=5, kernel=(3, 4),
+                           stride=(2, 3), padding=(1, 0), output_padding=(1, 2),
+                           dilation=(1, 2), groups=groups, bias=bias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("kernel,stride,padding,output_padding", [
+    (4, 2, 1, 0), (4, 2, 1, 1), (4, 2, 0, 0),       # FCN-8s/16s x2 upsampler
+    (16, 8, 4, 0), (16, 8, 0, 7),                   # FCN-8s x8 upsampler
+    (64, 32, 16, 0),                                # FCN-32s x32 upsampler
+    (5, 2, 2, 1), (7, 3, 1, 2), (3, 3, 0, 0),       # s does not divide k; k == s
+    (2, 4, 0, 3),                                   # stride > kernel
+])
+def test_conv_transpose2d_upsampling_shapes(xp, dtype, kernel, stride, padding, output_padding):
+    """The FCN upsamplers (stride divides kernel: what 'auto' sends to 'subpixel')."""
+    check_conv_transpose2d(xp, dtype, n=2, cin=3, cout=3, h=3, w=2, kernel=kernel,
+                           stride=stride, padding=padding, output_padding=output_padding,
+                           dilation=1, groups=1, bias=True, seed=kernel)
+
+
+# -- randomised configurations ---------------------------------------------------------
+
+@st.composite
+def conv_transpose_configs(draw):
+    groups = draw(st.integers(1, 3))
+    depthwise = draw(st.booleans())
+    cin = groups if depthwise else groups * draw(st.integers(1, 2))
+    cout = groups * draw(st.integers(1, 2))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    sh, sw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    oph = draw(st.integers(0, max(sh, dh) - 1))
+    opw = draw(st.integers(0, max(sw, dw) - 1))
+    h, w = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    # padding up to what still leaves a non-empty output
+    full_h = (h - 1) * sh + dh * (kh - 1) + oph + 1
+    full_w = (w - 1) * sw + dw * (kw - 1) + opw + 1
+    ph = draw(st.integers(0, min(3, (full_h - 1) // 2)))
+    pw = draw(st.integers(0, min(3, (full_w - 1) // 2)))
+    return dict(n=draw(st.integers(1, 3)), cin=cin, cout=cout, h=h, w=w, kernel=(kh, kw),
+                stride=(sh, sw), padding=(ph, pw), output_padding=(oph, opw),
+                dilation=(dh, dw), groups=groups, bias=draw(st.booleans()))
+
+
+@settings(max_examples=50, deadline=None)
+@given(cfg=conv_transpose_configs(), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2**31 - 1))
+def test_conv_transpose2d_random_configs(xp, cfg, dtype, seed):
+    check_conv_transpose2d(xp, dtype, seed=seed, **cfg)
+
+
+@settings(max_examples=30, deadline=None)
+@given(cfg=conv_transpose_configs(), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2**31 - 1))
+def test_conv_transpose2d_random_configs_subpixel(xp, cfg, dtype, seed):
+    """Random configurations restricted to where 'subpixel' applies (it is checked above
+    only when hypothesis happens to draw dilation 1 and groups 1)."""
+    cfg.update(dilation=(1, 1), groups=1)
+    s = cfg["stride"]
+    cfg["output_padding"] = tuple(min(o, a - 1) for o, a in zip(cfg["output_padding"], s))
+    kh, kw = cfg["kernel"]
+    full = [(n - 1) * a + k + o for n, a, k, o in
+            zip((cfg["h"], cfg["w"]), s, (kh, kw), cfg["output_padding"])]
+    cfg["padding"] = tuple(min(p, (f - 1) // 2) for p, f in zip(cfg["padding"], full))
+    check_conv_transpose2d(xp, dtype, seed=seed, algorithms=["subpixel", "col2im"], **cfg)
+
+
+# -- conv and transposed conv are each other's transpose -------------------------------
+
+@st.composite
+def paired_configs(draw):
+    """A conv2d geometry, and the output_padding that makes the transposed conv of its
+    output land back on the input size."""
+    groups = draw(st.integers(1, 3))
+    c = groups * draw(st.integers(1, 2))
+    o = groups * draw(st.integers(1, 2))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 10))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 10))
+    oph = (h + 2 * ph - dh * (kh - 1) - 1) % sh
+    opw = (w + 2 * pw - dw * (kw - 1) - 1) % sw
+    return dict(n=draw(st.integers(1, 2)), c=c, o=o, h=h, w=w, kernel=(kh, kw),
+                stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=groups,
+                output_padding=(oph, opw))
+
+
+@settings(max_examples=40, deadline=None)
+@given(cfg=paired_configs(), seed=st.integers(0, 2**31 - 1))
+def test_conv_input_gradient_is_the_transposed_conv(xp, cfg, seed):
+    """conv2d_backward's dx == conv_transpose2d(dy, W) with the same W, and
+    <conv_transpose2d(g, W), x> == <g, conv2d(x, W)> (the adjoint identity)."""
+    rng = np.random.default_rng(seed)
+    n, c, o, h, w, groups = (cfg[k] for k in ("n", "c", "o", "h", "w", "groups"))
+    s, p, d, op = cfg["stride"], cfg["padding"], cfg["dilation"], cfg["output_padding"]
+    wt = rng.standard_normal((o, c // groups, *cfg["kernel"]))
+    x = rng.standard_normal((n, c, h, w))
+    y = to_np(conv2d(xp.asarray(x), xp.asarray(wt), None, s, p, d, groups))
+    gy = rng.standard_normal(y.shape)
+
+    dx, _, _ = conv2d_backward(xp.asarray(gy), xp.asarray(x), xp.asarray(wt), s, p, d, groups)
+    for alg in algorithms_for(d, groups):
+        t = to_np(conv_transpose2d(xp.asarray(gy), xp.asarray(wt), None, s, p, op, groups, d,
+                                   algorithm=alg))
+        assert t.shape == x.shape
+        assert_close(dx, t, np.float64, f"conv2d dx vs conv_transpose2d [{alg}]")
+        lhs, rhs = np.vdot(t, x), np.vdot(gy, y)
+        scale = np.abs(t).ravel() @ np.abs(x).ravel()
+        assert abs(lhs - rhs) <= 1e-12 * scale, (alg, lhs, rhs)
+
+    # and the other way round: the transposed conv's input gradient is the conv
+    tdx, _, _ = conv_transpose2d_backward(xp.asarray(x), xp.asarray(gy), xp.asarray(wt), s, p,
+                                          op, groups, d, algorithm="col2im")
+    assert_close(tdx, y, np.float64, "conv_transpose2d dx vs conv2d")
+
+
+def test_algorithms_agree_with_each_other_exactly_enough(xp):
+    """'col2im' and 'subpixel' compute the same sums in a different order."""
+    rng = np.random.default_rng(7)
+    x = xp.asarray(rng.standard_normal((2, 4, 6, 5)))
+    wt = xp.asarray(rng.standard_normal((4, 3, 6, 4)))
+    a = to_np(conv_transpose2d(x, wt, None, (3, 2), (1, 2), (2, 1), algorithm="col2im"))
+    b = to_np(conv_transpose2d(x, wt, None, (3, 2), (1, 2), (2, 1), algorithm="subpixel"))
+    assert_close(b, a, np.float64, "subpixel vs col2im")
+
+
+def test_conv_transpose2d_pair_and_int_arguments_agree(xp):
+    rng = np.random.default_rng(8)
+    x = xp.asarray(rng.standard_normal((1, 2, 4, 4)))
+    wt = xp.asarray(rng.standard_normal((2, 3, 3, 3)))
+    a = conv_transpose2d(x, wt, None, 2, 1, 1, 1, 1)
+    b = conv_transpose2d(x, wt, None, (2, 2), (1, 1), (1, 1), 1, (1, 1))
+    np.testing.assert_array_equal(to_np(a), to_np(b))
+    assert conv_output_size(to_np(a).shape[2], 3, 2, 1) == 4     # it maps back onto 4x4
+
+
+@pytest.mark.parametrize("algorithm", ["col2im", "subpixel"])
+def test_conv_transpose2d_non_contiguous_inputs(xp, algorithm):
+    rng = np.random.default_rng(9)
+    x = xp.asarray(rng.standard_normal((2, 6, 8, 5)))[:, ::2, ::-2, :]     # (2, 3, 4, 5)
+    wt = xp.asarray(rng.standard_normal((3, 2, 4, 4))).transpose(0, 1, 3, 2)
+    xc, wc = xp.ascontiguousarray(x), xp.ascontiguousarray(wt)
+    y = conv_transpose2d(x, wt, None, 2, 1, algorithm=algorithm)
+    np.testing.assert_array_equal(to_np(y), to_np(conv_transpose2d(xc, wc, None, 2, 1,
+                                                                   algorithm=algorithm)))
+    dy = xp.asarray(rng.standard_normal(y.shape))
+    got = conv_transpose2d_backward(dy, x, wt, 2, 1, algorithm=algorithm)
+    ref = conv_transpose2d_backward(dy, xc, wc, 2, 1, algorithm=algorithm)
+    for g, r in zip(got, ref):
+        np.testing.assert_array_equal(to_np(g), to_np(r))

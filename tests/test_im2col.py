@@ -1,0 +1,155 @@
+"""im2col / col2im against a naive loop, and the adjoint identity between them.
+
+The reference is the definition, written as plainly as possible (one loop per index)::
+
+    col[n, c, i, j, oh, ow] = xpad[n, c, oh*s + i*d, ow*s + j*d]
+
+and col2im is its adjoint, ``<im2col(x), c> == <x, col2im(c)>``.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import assert_close, to_np
+from minifcn.functional import col2im, conv_output_size, im2col
+
+
+def naive_im2col(x, kh, kw, sh, sw, ph, pw, dh, dw):
+    n, c, h, w = x.shape
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    col = np.zeros((n, c, kh, kw, ho, wo), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            for oh in range(ho):
+                for ow in range(wo):
+                    r, q = oh * sh + i * dh - ph, ow * sw + j * dw - pw
+                    if 0 <= r < h and 0 <= q < w:
+                        col[:, :, i, j, oh, ow] = x[:, :, r, q]
+    return col
+
+
+def naive_col2im(col, h, w, sh, sw, ph, pw, dh, dw):
+    n, c, kh, kw, ho, wo = col.shape
+    x = np.zeros((n, c, h, w), dtype=col.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            for oh in range(ho):
+                for ow in range(wo):
+                    r, q = oh * sh + i * dh - ph, ow * sw + j * dw - pw
+                    if 0 <= r < h and 0 <= q < w:
+                        x[:, :, r, q] += col[:, :, i, j, oh, ow]
+    return x
+
+
+def _valid(h, w, kh, kw, sh, sw, ph, pw, dh, dw):
+    return (conv_output_size(h, kh, sh, ph, dh) > 0 and conv_output_size(w, kw, sw, pw, dw) > 0)
+
+
+# A product grid: square and rectangular kernels, stride below / equal to / above the
+# kernel, padding, dilation.
+H, W = 7, 6
+GRID = [g for g in itertools.product(
+    [(1, 1), (2, 2), (3, 2), (1, 4)],      # kernel
+    [(1, 1), (2, 2), (3, 1), (5, 4)],      # stride (5 > every kernel here)
+    [(0, 0), (1, 2)],                      # padding
+    [(1, 1), (2, 3)],                      # dilation
+) if _valid(H, W, *g[0], *g[1], *g[2], *g[3])]
+
+
+def _method_list(dilation):
+    return ["taps", "auto"] + (["blocks"] if tuple(dilation) == (1, 1) else [])
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation", GRID)
+def test_im2col_col2im_match_naive_loops(xp, kernel, stride, padding, dilation):
+    h, w = H, W
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, h, w))
+    col = to_np(im2col(xp.asarray(x), kernel, stride, padding, dilation))
+    ref = naive_im2col(x, *kernel, *stride, *padding, *dilation)
+    assert col.shape == ref.shape
+    np.testing.assert_array_equal(col, ref)          # a copy: exact
+
+    c = rng.standard_normal(ref.shape)
+    ref_x = naive_col2im(c, h, w, *stride, *padding, *dilation)
+    for method in _method_list(dilation):
+        got = to_np(col2im(xp.asarray(c), (h, w), stride, padding, dilation, method=method))
+        assert_close(got, ref_x, np.float64, f"col2im method={method}")
+
+
+@st.composite
+def geometries(draw):
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    sh, sw = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    min_h = max(1, dh * (kh - 1) + 1 - 2 * ph)      # at least one window
+    min_w = max(1, dw * (kw - 1) + 1 - 2 * pw)
+    h, w = draw(st.integers(min_h, min_h + 8)), draw(st.integers(min_w, min_w + 8))
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    return (n, c, h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw)
+
+
+@settings(max_examples=50, deadline=None)
+@given(geom=geometries(), seed=st.integers(0, 2**31 - 1))
+def test_im2col_col2im_random_geometries(xp, geom, seed):
+    shape, kernel, stride, padding, dilation = geom
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    col = to_np(im2col(xp.asarray(x), kernel, stride, padding, dilation))
+    np.testing.assert_array_equal(col, naive_im2col(x, *kernel, *stride, *padding, *dilation))
+    c = rng.standard_normal(col.shape)
+    ref_x = naive_col2im(c, *shape[2:], *stride, *padding, *dilation)
+    for method in _method_list(dilation):
+        got = to_np(col2im(xp.asarray(c), shape[2:], stride, padding, dilation, method=method))
+        assert_close(got, ref_x, np.float64, f"col2im method={method}")
+
+
+@settings(max_examples=40, deadline=None)
+@given(geom=geometries(), seed=st.integers(0, 2**31 - 1),
+       dtype=st.sampled_from([np.float64, np.float32]))
+def test_adjoint_identity(xp, geom, seed, dtype):
+    """<im2col(x), c> == <x, col2im(c)> for both col2im methods."""
+    shape, kernel, stride, padding, dilation = geom
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    col = to_np(im2col(xp.asarray(x), kernel, stride, padding, dilation))
+    c = rng.standard_normal(col.shape).astype(dtype)
+    lhs = np.vdot(col.astype(np.float64), c.astype(np.float64))
+    for method in _method_list(dilation):
+        back = to_np(col2im(xp.asarray(c), shape[2:], stride, padding, dilation, method=method))
+        assert back.dtype == np.dtype(dtype)
+        rhs = np.vdot(x.astype(np.float64), back.astype(np.float64))
+        # relative to the sum of |terms| (the inner product itself may cancel to ~0)
+        scale = np.abs(col).astype(np.float64).ravel() @ np.abs(c).astype(np.float64).ravel()
+        tol = 1e-12 if dtype == np.float64 else 1e-5
+        assert abs(lhs - rhs) <= tol * max(scale, 1e-30), (method, lhs, rhs)
+
+
+def test_im2col_output_layout_is_contiguous_and_dtype_kept(xp):
+    x = xp.asarray(np.arange(2 * 3 * 5 * 5, dtype=np.float32).reshape(2, 3, 5, 5))
+    col = im2col(x, 3, 2, 1)
+    assert col.shape == (2, 3, 3, 3, 3, 3)
+    assert col.dtype == np.float32
+    assert col.flags.c_contiguous
+    # the input is not modified
+    np.testing.assert_array_equal(to_np(x), np.arange(150, dtype=np.float32).reshape(2, 3, 5, 5))
+
+
+def test_col2im_fcn32_upsampler_geometry(xp):
+    """The FCN-32s upsampler: kernel 64, stride 32, padding 16 — the 'blocks' method's
+    reason to exist — against the taps method and a naive loop on a small batch."""
+    rng = np.random.default_rng(1)
+    h = w = 3
+    hi = (h - 1) * 32 - 2 * 16 + 64           # the transposed conv's output: 96
+    c = rng.standard_normal((1, 2, 64, 64, h, w))
+    ref = naive_col2im(c, hi, hi, 32, 32, 16, 16, 1, 1)
+    for method in ("taps", "blocks", "auto"):
+        got = to_np(col2im(xp.asarray(c), (hi, hi), 32, 16, 1, method=method))
+        assert_close(got, ref, np.float64, method)

@@ -1,0 +1,288 @@
+"""The layer contract of minifcn.nn (issue 2), and a float64 central-difference gradient
+check of every layer.
+
+- ``y = layer.forward(x)``; ``dx = layer.backward(dy)`` fills ``layer.grads[name]`` for every
+  ``layer.params[name]``, with torch's shapes, and never writes into ``dy`` (nor ``x``).
+- ``layer.params`` is the one owner: replacing an entry replaces the parameter.
+- ``train()`` / ``eval()``; backward before forward is a clear error; every int parameter
+  also takes an (h, w) pair; ``SoftmaxCrossEntropy.forward`` returns a float.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_close, to_np
+from minifcn import nn
+from minifcn.gradcheck import check_gradients
+
+# name -> (make minifcn layer, make the torch layer with the same arguments, input shape)
+LAYERS = {
+    "Conv2d": (lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1, seed=0),
+               lambda: torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), (2, 3, 7, 6)),
+    "Conv2d-rect-groups-nobias": (
+        lambda: nn.Conv2d(4, 6, (3, 2), stride=(1, 2), padding=(1, 0), dilation=(2, 1),
+                          groups=2, bias=False, seed=1),
+        lambda: torch.nn.Conv2d(4, 6, (3, 2), stride=(1, 2), padding=(1, 0), dilation=(2, 1),
+                                groups=2, bias=False), (2, 4, 7, 6)),
+    "Conv2d-depthwise": (lambda: nn.Conv2d(3, 3, 3, padding=1, groups=3, seed=2),
+                         lambda: torch.nn.Conv2d(3, 3, 3, padding=1, groups=3), (3, 3, 5, 5)),
+    "ConvTranspose2d": (lambda: nn.ConvTranspose2d(3, 2, 4, stride=2, padding=1, seed=3),
+                        lambda: torch.nn.ConvTranspose2d(3, 2, 4, stride=2, padding=1),
+                        (2, 3, 4, 5)),
+    "ConvTranspose2d-subpixel": (
+        lambda: nn.ConvTranspose2d(3, 2, 5, stride=2, padding=2, output_padding=1, seed=4,
+                                   algorithm="subpixel"),
+        lambda: torch.nn.ConvTranspose2d(3, 2, 5, stride=2, padding=2, output_padding=1),
+        (2, 3, 3, 4)),
+    "ConvTranspose2d-col2im-rect-groups": (
+        lambda: nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 3), padding=(1, 0),
+                                   output_padding=(1, 2), groups=2, dilation=(1, 2), seed=5,
+                                   algorithm="col2im"),
+        lambda: torch.nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 3), padding=(1, 0),
+                                         output_padding=(1, 2), groups=2, dilation=(1, 2)),
+        (2, 4, 3, 4)),
+    "ConvTranspose2d-nobias": (
+        lambda: nn.ConvTranspose2d(2, 3, 3, bias=False, seed=6),
+        lambda: torch.nn.ConvTranspose2d(2, 3, 3, bias=False), (1, 2, 3, 3)),
+    "ReLU": (lambda: nn.ReLU(), lambda: torch.nn.ReLU(), (2, 3, 4, 5)),
+    "MaxPool2d": (lambda: nn.MaxPool2d(2, 2, ceil_mode=True),
+                  lambda: torch.nn.MaxPool2d(2, 2, ceil_mode=True), (2, 3, 5, 7)),
+    "MaxPool2d-overlap-pad": (lambda: nn.MaxPool2d((3, 2), (2, 1), (1, 0)),
+                              lambda: torch.nn.MaxPool2d((3, 2), (2, 1), (1, 0)), (2, 2, 6, 5)),
+    "Dropout": (lambda: nn.Dropout(0.5, seed=7), None, (2, 3, 4, 5)),
+    "Dropout2d": (lambda: nn.Dropout2d(0.5, seed=8), None, (4, 6, 3, 3)),
+}
+PARAMETRIC = [k for k in LAYERS if k.startswith("Conv")]
+
+
+def distinct_input(shape, seed=0, dtype=np.float64):
+    """Values well away from ReLU's kink and from max-pool ties (all distinct, gaps of 0.1
+    >> the gradcheck step), and never zero (so dropout zeros are the mask's)."""
+    rng = np.random.default_rng(seed)
+    v = (rng.permutation(int(np.prod(shape))) + 1.0) * 0.1
+    v *= rng.choice([-1.0, 1.0], v.size)
+    return v.reshape(shape).astype(dtype)
+
+
+def _torch_layer_like(name, layer, dtype=torch.float64):
+    t = LAYERS[name][1]().to(dtype)
+    with torch.no_grad():
+        for pname, arr in layer.params.items():
+            getattr(t, pname).copy_(torch.tensor(to_np(arr)))
+    return t
+
+
+def _xp_layer(xp, layer):
+    if xp is not np:
+        layer.to("cuda")
+    return layer
+
+
+# -- forward / backward against torch's layer -------------------------------------------
+
+@pytest.mark.parametrize("name", [k for k in LAYERS if LAYERS[k][1] is not None])
+def test_layer_matches_torch_layer(xp, name):
+    layer = _xp_layer(xp, LAYERS[name][0]().astype(np.float64))
+    x = distinct_input(LAYERS[name][2])
+    y = layer.forward(xp.asarray(x))
+    dy = np.random.default_rng(1).standard_normal(y.shape)
+    dx = layer.backward(xp.asarray(dy))
+
+    t = _torch_layer_like(name, layer)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = t(xt)
+    yt.backward(torch.tensor(dy))
+    assert_close(y, yt, np.float64, f"{name} forward")
+    assert_close(dx, xt.grad, np.float64, f"{name} input gradient")
+    for pname in layer.params:
+        ref = getattr(t, pname).grad
+        assert tuple(layer.grads[pname].shape) == tuple(ref.shape), pname
+        assert_close(layer.grads[pname], ref, np.float64, f"{name} {pname} gradient")
+
+
+@pytest.mark.parametrize("name", [k for k in LAYERS if LAYERS[k][1] is not None])
+def test_param_and_grad_shapes_are_torchs(name):
+    layer = LAYERS[name][0]()
+    t = LAYERS[name][1]()
+    assert set(layer.params) == {n for n, _ in t.named_parameters()}
+    for pname, p in t.named_parameters():
+        assert tuple(layer.params[pname].shape) == tuple(p.shape), pname
+    x = distinct_input(LAYERS[name][2], dtype=np.float32)
+    y = layer.forward(x)
+    layer.backward(np.ones(y.shape, np.float32))
+    assert set(layer.grads) == set(layer.params)
+    for pname in layer.params:
+        assert layer.grads[pname].shape == layer.params[pname].shape, pname
+        assert layer.grads[pname].dtype == layer.params[pname].dtype, pname
+
+
+# -- the contract ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_backward_never_writes_into_dy_nor_forward_into_x(xp, name):
+    layer = _xp_layer(xp, LAYERS[name][0]())
+    x = distinct_input(LAYERS[name][2], dtype=np.float32)
+    x_copy = x.copy()
+    xd = xp.asarray(x)
+    if xp is np:
+        xd.setflags(write=False)          # any write raises
+    y = layer.forward(xd)
+    dy = np.random.default_rng(2).standard_normal(y.shape).astype(np.float32)
+    dy_copy = dy.copy()
+    dyd = xp.asarray(dy)
+    if xp is np:
+        dyd.setflags(write=False)
+    dx = layer.backward(dyd)
+    np.testing.assert_array_equal(to_np(dyd), dy_copy)
+    np.testing.assert_array_equal(to_np(xd), x_copy)
+    assert dx.shape == x.shape
+    # a second backward with the same dy gives the same result (nothing accumulated)
+    grads1 = {k: to_np(v).copy() for k, v in layer.grads.items()}
+    dx2 = layer.backward(dyd)
+    np.testing.assert_array_equal(to_np(dx2), to_np(dx))
+    for k in grads1:
+        np.testing.assert_array_equal(to_np(layer.grads[k]), grads1[k])
+
+
+@pytest.mark.parametrize("name", PARAMETRIC)
+def test_replacing_a_param_replaces_the_parameter(xp, name):
+    layer = _xp_layer(xp, LAYERS[name][0]().astype(np.float64))
+    x = distinct_input(LAYERS[name][2])
+    y_old = to_np(layer.forward(xp.asarray(x)))
+    rng = np.random.default_rng(3)
+    for pname in list(layer.params):
+        layer.params[pname] = xp.asarray(rng.standard_normal(layer.params[pname].shape))
+    assert layer.weight is layer.params["weight"]
+    assert layer.bias is layer.params.get("bias")
+    y_new = layer.forward(xp.asarray(x))
+    assert not np.allclose(to_np(y_new), y_old)
+    t = _torch_layer_like(name, layer)
+    assert_close(y_new, t(torch.tensor(x)), np.float64, "forward after replacing params")
+    # and backward uses it too
+    dy = np.ones(y_new.shape)
+    dx = layer.backward(xp.asarray(dy))
+    xt = torch.tensor(x, requires_grad=True)
+    t(xt).backward(torch.tensor(dy))
+    assert_close(dx, xt.grad, np.float64, "input gradient after replacing params")
+
+
+@pytest.mark.parametrize("name", PARAMETRIC)
+def test_dtype_change_by_astype(name):
+    layer = LAYERS[name][0]()
+    assert all(p.dtype == np.float32 for p in layer.params.values())   # float32 by default
+    x = distinct_input(LAYERS[name][2], dtype=np.float32)
+    assert layer.forward(x).dtype == np.float32
+    layer.astype(np.float64)
+    assert all(p.dtype == np.float64 for p in layer.params.values())
+    y = layer.forward(x.astype(np.float64))
+    assert y.dtype == np.float64
+    layer.backward(np.ones(y.shape))
+    assert all(g.dtype == np.float64 for g in layer.grads.values())
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_train_eval(name):
+    layer = LAYERS[name][0]()
+    assert layer.training is True
+    assert layer.eval() is layer and layer.training is False
+    assert layer.train() is layer and layer.training is True
+    assert layer.train(False) is layer and layer.training is False
+    if "Dropout" not in name:      # only dropout depends on the mode
+        x = distinct_input(LAYERS[name][2], dtype=np.float32)
+        np.testing.assert_array_equal(layer.eval().forward(x), layer.train().forward(x))
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_backward_before_forward_is_a_clear_error(name):
+    layer = LAYERS[name][0]()
+    with pytest.raises(RuntimeError, match="before forward"):
+        layer.backward(np.ones(LAYERS[name][2], np.float32))
+
+
+def test_loss_backward_before_forward_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="before forward"):
+        nn.SoftmaxCrossEntropy().backward()
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_backward_with_wrong_grad_shape_is_a_value_error(name):
+    layer = LAYERS[name][0]()
+    y = layer.forward(distinct_input(LAYERS[name][2], dtype=np.float32))
+    bad = np.ones(y.shape[:3] + (y.shape[3] + 1,), np.float32)
+    with pytest.raises(ValueError, match="grad"):
+        layer.backward(bad)
+
+
+def test_softmax_cross_entropy_forward_returns_python_float():
+    crit = nn.SoftmaxCrossEntropy()
+    logits = np.random.default_rng(0).standard_normal((2, 3, 2, 2)).astype(np.float32)
+    labels = np.array([[[0, 1], [2, 255]], [[1, 1], [0, 2]]])
+    loss = crit.forward(logits, labels)
+    assert type(loss) is float
+    g = crit.backward()
+    assert g.shape == logits.shape and g.dtype == np.float32
+
+
+@pytest.mark.parametrize("cls", [nn.Conv2d, nn.ConvTranspose2d])
+def test_need_input_grad_false_skips_dx_only(cls):
+    layer = cls(2, 3, 3, stride=2, padding=1, seed=0).astype(np.float64)
+    x = distinct_input((2, 2, 5, 5))
+    y = layer.forward(x)
+    dy = np.random.default_rng(0).standard_normal(y.shape)
+    layer.backward(dy)
+    full = {k: v.copy() for k, v in layer.grads.items()}
+    layer.need_input_grad = False
+    layer.forward(x)
+    assert layer.backward(dy) is None
+    for k in full:
+        assert_close(layer.grads[k], full[k], np.float64, k)
+
+
+# -- every int parameter also takes an (h, w) pair ----------------------------------------
+
+@pytest.mark.parametrize("make_int,make_pair", [
+    (lambda: nn.Conv2d(2, 3, 3, 2, 1, 2, seed=0),
+     lambda: nn.Conv2d(2, 3, (3, 3), (2, 2), (1, 1), (2, 2), seed=0)),
+    (lambda: nn.ConvTranspose2d(2, 3, 3, 2, 1, 1, 1, True, 1, seed=0),
+     lambda: nn.ConvTranspose2d(2, 3, (3, 3), (2, 2), (1, 1), (1, 1), 1, True, (1, 1), seed=0)),
+    (lambda: nn.MaxPool2d(3, 2, 1, 1), lambda: nn.MaxPool2d((3, 3), (2, 2), (1, 1), (1, 1))),
+])
+def test_int_and_pair_parameters_agree(make_int, make_pair):
+    a, b = make_int(), make_pair()
+    x = distinct_input((2, 2, 7, 6), dtype=np.float32)
+    np.testing.assert_array_equal(a.forward(x), b.forward(x))
+    for attr in ("kernel_size", "stride", "padding", "dilation", "output_padding"):
+        if hasattr(a, attr):
+            assert getattr(a, attr) == getattr(b, attr) and len(getattr(a, attr)) == 2
+
+
+def test_convtranspose_output_size_method_matches_forward():
+    layer = nn.ConvTranspose2d(2, 2, (4, 3), (2, 3), (1, 0), (1, 2))
+    y = layer.forward(np.ones((1, 2, 5, 4), np.float32))
+    assert layer.output_size((5, 4)) == y.shape[2:]
+    t = torch.nn.ConvTranspose2d(2, 2, (4, 3), (2, 3), (1, 0), (1, 2))
+    assert tuple(t(torch.ones(1, 2, 5, 4)).shape[2:]) == y.shape[2:]
+
+
+# -- float64 central differences, every layer ---------------------------------------------
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_gradcheck_every_layer(name):
+    """Away from kinks: inputs distinct and non-zero, so ReLU and max-pool are smooth there."""
+    layer = LAYERS[name][0]().astype(np.float64)
+    x = distinct_input(LAYERS[name][2], seed=11)
+    report = check_gradients(layer, x, eps=1e-6, tolerance=1e-7)
+    assert report.ok, f"{name}: {report}"
+    assert set(report.errors) == {"input", *layer.params}
+
+
+def test_gradcheck_detects_a_wrong_backward():
+    """The checker itself is not vacuous: a backward off by 1e-4 fails it."""
+    layer = nn.Conv2d(2, 2, 3, seed=0).astype(np.float64)
+    real = layer.backward
+    layer.backward = lambda dy: real(dy) * (1 + 1e-4)
+    report = check_gradients(layer, distinct_input((1, 2, 4, 4)), tolerance=1e-7,
+                             params=[])
+    assert not report.ok
