@@ -1,0 +1,50 @@
+"""What the command-line entry points share: one-line errors instead of tracebacks."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class CLIError(Exception):
+    """An error to print as one line and exit with status 2."""
+
+
+def run_main(main, argv=None):
+    """Call ``main(argv)``; turn bad input (ValueError, OSError, CLIError) into
+    ``error: ...`` on stderr and exit status 2, with no traceback."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if not isinstance(e, (CLIError, ValueError, OSError)) and type(e).__name__ != "TrainingError":
+            raise
+        msg = str(e) or type(e).__name__
+        if isinstance(e, FileNotFoundError) and e.filename and e.filename not in msg:
+            msg = f"{msg}: {e.filename}"
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+def size_arg(text):
+    """'500x400' -> (500, 400); '500' -> (500, 500)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 500 or 500x400, got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, like 500 or 500x400, got {text!r}")
+    return tuple(parts)
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value

@@ -1,0 +1,137 @@
+r"""Optimisers and learning-rate schedules. Each updates a model's parameters in place from
+``model.grads``, skipping frozen parameters.
+
+SGD with momentum ``mu`` and weight decay ``lambda`` (decay on weights only, never on biases,
+as in the FCN paper's Caffe solver)::
+
+    g  = grad + lambda * w          (lambda = 0 for biases)
+    v  = mu * v + g
+    w -= lr * v
+
+Adam (Kingma & Ba)::
+
+    m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
+    w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+Schedules: ``fixed`` (lr constant) and ``poly`` (``lr * (1 - it/max_it)^power``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import get_array_module, to_device, to_numpy
+
+
+def _decays(name):
+    return not name.endswith(".bias")
+
+
+class Optimizer:
+    """Common parts: which parameters to update, buffers, state for checkpoints."""
+
+    buffers = ()
+
+    def __init__(self, model, lr, weight_decay=0.0):
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr!r}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        self.model, self.lr, self.weight_decay = model, float(lr), float(weight_decay)
+        self.state = {b: {} for b in self.buffers}     # buffer name -> param name -> array
+        self.steps = 0
+
+    def _trainable(self):
+        frozen = self.model.frozen
+        grads = self.model.grads
+        for name, layer, p in self.model.parameters():
+            if name not in frozen and name in grads:
+                yield name, layer.params[p], grads[name]
+
+    def _buffer(self, kind, name, like):
+        buf = self.state[kind].get(name)
+        if buf is None or buf.shape != like.shape or get_array_module(buf) is not get_array_module(like):
+            buf = self.state[kind][name] = get_array_module(like).zeros_like(like)
+        return buf
+
+    def step(self, lr=None):
+        lr = self.lr if lr is None else float(lr)
+        self.steps += 1
+        for name, w, g in self._trainable():
+            if self.weight_decay and _decays(name):
+                g = g + self.weight_decay * w
+            self._update(name, w, g, lr)
+
+    def state_dict(self):
+        """Buffers as host arrays ``{"<buffer>/<param>": array}`` plus ``steps``."""
+        out = {f"{kind}/{name}": to_numpy(a) for kind, bufs in self.state.items()
+               for name, a in bufs.items()}
+        out["steps"] = np.array(self.steps)
+        return out
+
+    def load_state_dict(self, state):
+        params = self.model.params
+        self.steps = int(state["steps"])
+        for key, value in state.items():
+            if key == "steps":
+                continue
+            kind, name = key.split("/", 1)
+            if kind not in self.state or name not in params:
+                raise ValueError(f"optimizer state {key!r} does not fit this model/optimizer")
+            device = "cpu" if get_array_module(params[name]) is np else "cuda"
+            self.state[kind][name] = to_device(np.asarray(value, dtype=params[name].dtype), device)
+
+    def to(self, device):
+        for bufs in self.state.values():
+            for name in bufs:
+                bufs[name] = to_device(bufs[name], device)
+        return self
+
+
+class SGD(Optimizer):
+    buffers = ("momentum",)
+
+    def __init__(self, model, lr, momentum=0.9, weight_decay=0.0):
+        super().__init__(model, lr, weight_decay)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.momentum = float(momentum)
+
+    def _update(self, name, w, g, lr):
+        if self.momentum:
+            v = self._buffer("momentum", name, w)
+            v *= self.momentum
+            v += g
+            g = v
+        w -= w.dtype.type(lr) * g
+
+
+class Adam(Optimizer):
+    buffers = ("m", "v")
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(model, lr, weight_decay)
+        self.b1, self.b2 = map(float, betas)
+        self.eps = float(eps)
+
+    def _update(self, name, w, g, lr):
+        xp = get_array_module(w)
+        m, v = self._buffer("m", name, w), self._buffer("v", name, w)
+        m *= self.b1
+        m += (1 - self.b1) * g
+        v *= self.b2
+        v += (1 - self.b2) * (g * g)
+        c1, c2 = 1 - self.b1 ** self.steps, 1 - self.b2 ** self.steps
+        w -= (lr / c1) * m / (xp.sqrt(v / c2) + self.eps)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+SCHEDULES = ("fixed", "poly")
+
+
+def learning_rate(base_lr, iteration, max_iterations, schedule="fixed", power=0.9):
+    """The learning rate at ``iteration`` (0-based) of ``max_iterations``."""
+    if schedule == "fixed":
+        return base_lr
+    if schedule == "poly":
+        return base_lr * (1 - min(iteration, max_iterations) / max(max_iterations, 1)) ** power
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")

@@ -1,0 +1,503 @@
+"""The training loop behind ``python -m minifcn.train``, and the checkpoints it writes.
+
+One iteration::
+
+    x, y = loader.next_batch()            # x (N, 3, H, W) float32, y (N, H, W) int64
+    logits = model.forward(x)             # (N, C, H, W)
+    loss = criterion.forward(logits, y)   # softmax cross-entropy, 255 ignored
+    model.backward(criterion.backward())  # every layer's hand-written backward
+    optimizer.step(lr)                    # SGD or Adam, in place
+
+A run directory holds ``config.json``, ``log.csv``, ``checkpoint.npz`` (latest),
+``best.npz`` (best validation mean IU), ``metrics.json`` (final validation metrics) and
+``val_samples.png`` (image | truth | prediction). Checkpoints are written atomically, and
+hold everything needed to continue exactly: weights, optimizer buffers, the data loader's
+position, the dropout generators' states and the iteration.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import io
+from .backend import check_device, to_device, to_numpy
+from .data import BatchLoader, colorize, deprocess, open_dataset
+from .data.transforms import get_preprocess
+from .metrics import ConfusionMatrix
+from .models import MODELS, build_model
+from .models.fcn import GEOMETRIES
+from .nn import Dropout, SoftmaxCrossEntropy
+from .optim import OPTIMIZERS, SCHEDULES, learning_rate
+
+
+class TrainingError(Exception):
+    """A run that cannot go on (non-finite loss, bad resume directory...): one-line message."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run. ``None`` means "the default for the rest of the settings"."""
+    # -- data
+    data: str = "synthetic"        # 'synthetic' (built in, no download) or a dataset directory
+    num_classes: int = None        # classes incl. background; None: from the dataset
+    image_size: int = 64           # synthetic images are image_size x image_size
+    train_images: int = 1000       # synthetic training images
+    val_images: int = 100          # synthetic validation images
+    crop_size: int = None          # random training crops (None: whole images, padded per batch)
+    flip: bool = True              # random horizontal flips in training
+    preprocess: str = None         # 'simple' | 'caffe' | 'imagenet'; None: what --init needs
+    # -- model
+    model: str = "fcn8s"           # fcn32s | fcn16s | fcn8s | fcn8s-atonce
+    geometry: str = "notes"        # 'notes' (the study notes' net) | 'paper' (Caffe: pad 100, crops)
+    width: float = 0.125           # channel multiplier (1 = VGG16's 64..512, 4096)
+    dropout: float = 0.0           # dropout after fc6 and fc7 (the paper: 0.5)
+    learn_upsampling: bool = False  # learn the bilinear upsampling kernels too
+    init: str = None               # start from weights: FCN state dict (.npz/.pth) or torchvision VGG16 .pth
+    # -- optimisation
+    recipe: str = "normalized"     # 'normalized' (mean loss) | 'paper' (summed loss, SGD lr 1e-10, momentum 0.99)
+    optimizer: str = None          # 'sgd' | 'adam'; None: adam (normalized) / sgd (paper)
+    lr: float = None               # None: 2e-3 adam, 1e-2 sgd (normalized); 1e-10 (paper)
+    momentum: float = None         # SGD momentum; None: 0.9 (normalized), 0.99 (paper)
+    weight_decay: float = None     # on weights, not biases; None: 0 (adam), 5e-4 (sgd)
+    schedule: str = "poly"         # 'fixed' | 'poly' (lr * (1 - it/iters)^0.9)
+    iters: int = None              # iterations; None: from --epochs, else 700
+    epochs: float = None           # epochs over the training set (alternative to --iters)
+    batch_size: int = 16
+    # -- the run
+    device: str = "cpu"            # 'cpu' (NumPy) | 'cuda' (CuPy)
+    out: str = None                # run directory; None: runs/<date>-<time>
+    resume: str = None             # continue the run in this directory
+    seed: int = 0
+    val_every: int = 100           # validate (and checkpoint) every this many iterations
+    pictures: int = 4              # validation samples drawn into val_samples.png
+    progress: bool = True          # show a progress bar
+    validate_data: bool = True     # check every image and mask before training
+
+    def resolved(self):
+        """A copy with every ``None`` default filled in and every value checked."""
+        c = dataclasses.replace(self)
+        _check_choice("model", c.model, sorted(MODELS))
+        _check_choice("geometry", c.geometry, GEOMETRIES)
+        _check_choice("recipe", c.recipe, ("normalized", "paper"))
+        _check_choice("schedule", c.schedule, SCHEDULES)
+        check_device(c.device)
+        paper = c.recipe == "paper"
+        if c.optimizer is None:
+            c.optimizer = "sgd" if paper else "adam"
+        _check_choice("optimizer", c.optimizer, sorted(OPTIMIZERS))
+        sgd = c.optimizer == "sgd"
+        if c.lr is None:
+            c.lr = 1e-10 if paper else (1e-2 if sgd else 2e-3)
+        if c.momentum is None:
+            c.momentum = 0.99 if paper else 0.9
+        if c.weight_decay is None:
+            c.weight_decay = 5e-4 if sgd else 0.0
+        if c.preprocess is None:
+            c.preprocess = _preprocess_for(c.init)
+        get_preprocess(c.preprocess)
+        for name in ("image_size", "train_images", "val_images", "batch_size", "val_every"):
+            if getattr(c, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(c, name)}")
+        for name in ("crop_size", "iters", "num_classes"):
+            v = getattr(c, name)
+            if v is not None and v < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {v}")
+        if c.iters is not None and c.epochs is not None:
+            raise ValueError("give --iters or --epochs, not both")
+        if c.epochs is not None and not c.epochs > 0:
+            raise ValueError(f"--epochs must be positive, got {c.epochs}")
+        if not (c.lr > 0 and c.width > 0 and 0 <= c.dropout < 1 and 0 <= c.momentum < 1
+                and c.weight_decay >= 0 and c.pictures >= 0):
+            raise ValueError("need lr > 0, width > 0, 0 <= dropout < 1, 0 <= momentum < 1, "
+                             "weight_decay >= 0 and pictures >= 0")
+        if c.init is not None and not os.path.isfile(c.init):
+            raise ValueError(f"--init: no such file: {c.init}")
+        return c
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"--{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _preprocess_for(init):
+    """Weights expect the input they were trained on: torchvision VGG16 -> 'imagenet';
+    the Caffe FCN and its PyTorch port -> 'caffe'; training from scratch -> 'simple'."""
+    if init is None:
+        return "simple"
+    meta = io.load_meta(init)
+    if "model" in meta and "preprocess" in meta["model"]:
+        return meta["model"]["preprocess"]
+    names = set(io.load(init))
+    return "imagenet" if "features.0.weight" in names else "caffe"
+
+
+# -- checkpoints -------------------------------------------------------------------------
+
+OPTIMIZER_PREFIX = "optimizer/"
+
+
+def model_spec(config, num_classes, class_names):
+    """What it takes to rebuild the model from a checkpoint alone."""
+    return {"name": config.model, "num_classes": num_classes, "geometry": config.geometry,
+            "width": config.width, "preprocess": config.preprocess,
+            "class_names": list(class_names), "dropout": config.dropout}
+
+
+def build_from_spec(spec, dtype=np.float32, **kwargs):
+    return build_model(spec["name"], num_classes=int(spec["num_classes"]),
+                       geometry=spec["geometry"], width=float(spec["width"]),
+                       dropout=float(spec.get("dropout", 0.0)), dtype=dtype, **kwargs)
+
+
+def load_checkpoint_model(path, device="cpu", **overrides):
+    """Rebuild the model a checkpoint (``best.npz``/``checkpoint.npz``) was saved from, with
+    its weights. Returns ``(model, spec)``. ``overrides`` fill in or replace spec entries
+    (needed for weights without minifcn metadata, e.g. a PyTorch-port ``.pth``)."""
+    arrays, meta = io.load(path, with_meta=True)
+    spec = dict(meta.get("model", {}))
+    spec.update({k: v for k, v in overrides.items() if v is not None})
+    missing = [k for k in ("name", "num_classes", "geometry", "width") if k not in spec]
+    if missing:
+        raise ValueError(f"{path}: no model description in the file (missing {missing}); "
+                         "pass --model, --num-classes, --geometry and --width")
+    spec.setdefault("preprocess", "caffe")
+    spec.setdefault("class_names", [str(i) for i in range(int(spec["num_classes"]))])
+    model = build_from_spec(spec)
+    weights = {k: v for k, v in arrays.items() if not k.startswith(OPTIMIZER_PREFIX)}
+    try:
+        model.load_state_dict(weights)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    model.to(device).eval()
+    return model, spec
+
+
+def _dropout_layers(model):
+    return {name: layer for name, layer in model.layers.items() if isinstance(layer, Dropout)}
+
+
+def save_checkpoint(path, model, optimizer=None, meta=None):
+    arrays = {k: to_numpy(v) for k, v in model.state_dict().items()}
+    if optimizer is not None:
+        arrays.update({OPTIMIZER_PREFIX + k: v for k, v in optimizer.state_dict().items()})
+    io.save(path, arrays, meta=meta or {})
+
+
+# -- the run -------------------------------------------------------------------------------
+
+LOG_FIELDS = ["iteration", "epoch", "loss", "lr", "it_per_s", "pixel_acc", "mean_acc",
+              "mean_iou", "fw_iou"]
+
+
+class Run:
+    """One training run: data, model, optimizer, and the files of its directory."""
+
+    def __init__(self, config: TrainConfig, log=print):
+        self.log = log
+        resume = config.resume
+        if resume is not None:
+            config = self._config_to_resume(config)
+        self.config = c = config.resolved()
+        self.dir = c.out or time.strftime("runs/%Y%m%d-%H%M%S")
+        if resume is None and os.path.isdir(self.dir) and os.listdir(self.dir):
+            raise ValueError(f"--out {self.dir} already holds files; choose a new directory, "
+                             f"or continue that run with --resume {self.dir}")
+
+        # data
+        extra = dict(image_size=(c.image_size, c.image_size), seed=c.seed) if c.data == "synthetic" else {}
+        n_train = {"num_images": c.train_images} if c.data == "synthetic" else {}
+        n_val = {"num_images": c.val_images} if c.data == "synthetic" else {}
+        self.train_set = open_dataset(c.data, "train", c.num_classes, **extra, **n_train)
+        self.val_set = open_dataset(c.data, "val", c.num_classes, **extra, **n_val)
+        self.num_classes = c.num_classes or self.train_set.num_classes
+        if c.validate_data:
+            self.train_set.validate()
+            self.val_set.validate()
+        self.loader = BatchLoader(self.train_set, c.batch_size, seed=c.seed, flip=c.flip,
+                                  crop_size=c.crop_size, preprocess=c.preprocess, drop_last=True
+                                  if len(self.train_set) >= c.batch_size else False)
+        if c.iters is None:
+            epochs = c.epochs if c.epochs is not None else None
+            c.iters = (max(1, round(epochs * len(self.loader))) if epochs is not None else 700)
+
+        # model and optimisation
+        self.spec = model_spec(c, self.num_classes, self.train_set.class_names)
+        self.model = build_from_spec(self.spec, seed=c.seed, learn_upsampling=c.learn_upsampling)
+        self.model.need_input_grad = False          # nothing upstream of conv1_1 to train
+        if c.init is not None and resume is None:
+            self._load_init(c.init)
+        self.model.to(c.device)
+        opt_cls = OPTIMIZERS[c.optimizer]
+        kwargs = {"momentum": c.momentum} if c.optimizer == "sgd" else {}
+        self.optimizer = opt_cls(self.model, c.lr, weight_decay=c.weight_decay, **kwargs)
+        self.criterion = SoftmaxCrossEntropy(255, "sum" if c.recipe == "paper" else "mean")
+        self.iteration = 0
+        self.best_miou = -1.0
+        self.metrics = None
+
+        os.makedirs(self.dir, exist_ok=True)
+        if resume is not None:
+            self._resume()
+        else:
+            with open(os.path.join(self.dir, "config.json"), "w") as f:
+                json.dump(dataclasses.asdict(c), f, indent=2)
+        self._log_file = self._open_log()
+
+    # -- setting up -------------------------------------------------------------------
+    @staticmethod
+    def _config_to_resume(config):
+        path = os.path.join(config.resume, "config.json")
+        if not os.path.isfile(path):
+            raise ValueError(f"--resume {config.resume}: no config.json there (not a run directory)")
+        if not os.path.isfile(os.path.join(config.resume, "checkpoint.npz")):
+            raise ValueError(f"--resume {config.resume}: no checkpoint.npz there yet")
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: unreadable ({e})") from None
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        saved = {k: v for k, v in saved.items() if k in known}
+        # a resumed run keeps its settings; only where it runs, and for how long, may change
+        saved.update(resume=config.resume, out=config.resume, device=config.device,
+                     progress=config.progress)
+        if config.iters is not None:
+            saved["iters"] = config.iters
+        return TrainConfig(**saved)
+
+    def _load_init(self, path):
+        weights = io.load(path)
+        if "features.0.weight" in weights:
+            self.model.load_vgg16(weights)
+            self.log(f"initialised the backbone from torchvision VGG16 weights {path}")
+        else:
+            weights = {k: v for k, v in weights.items() if not k.startswith(OPTIMIZER_PREFIX)}
+            try:
+                self.model.load_state_dict(weights)
+            except ValueError as e:
+                raise ValueError(f"--init {path}: {e}") from None
+            self.log(f"initialised the model from {path}")
+
+    def _resume(self):
+        path = os.path.join(self.dir, "checkpoint.npz")
+        arrays, meta = io.load(path, with_meta=True)
+        if meta.get("kind") != "minifcn-checkpoint":
+            raise ValueError(f"{path}: not a minifcn training checkpoint")
+        weights = {k: v for k, v in arrays.items() if not k.startswith(OPTIMIZER_PREFIX)}
+        try:
+            self.model.load_state_dict(weights)
+            self.optimizer.load_state_dict({k[len(OPTIMIZER_PREFIX):]: v for k, v in arrays.items()
+                                            if k.startswith(OPTIMIZER_PREFIX)})
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        self.loader.load_state_dict(meta["loader"])
+        for name, layer in _dropout_layers(self.model).items():
+            layer.rng.bit_generator.state = meta["dropout_rng"][name]
+        self.iteration = int(meta["iteration"])
+        self.best_miou = float(meta.get("best_mean_iou", -1.0))
+        self.log(f"resuming {self.dir} at iteration {self.iteration}")
+
+    def _open_log(self):
+        """log.csv, keeping only the rows up to the checkpoint's iteration (a run killed after
+        its last checkpoint may have logged iterations that will now be run again)."""
+        path = os.path.join(self.dir, "log.csv")
+        rows = []
+        if self.config.resume is not None and os.path.isfile(path):
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= self.iteration]
+        tmp = path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, LOG_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
+        f = open(path, "a", newline="")
+        return f, csv.DictWriter(f, LOG_FIELDS)
+
+    # -- one step, validation, files ------------------------------------------------------
+    def step(self, lr):
+        x, y = self.loader.next_batch()
+        x, y = to_device(x, self.config.device), to_device(y, self.config.device)
+        self.model.train()
+        logits = self.model.forward(x)
+        loss = self.criterion.forward(logits, y)
+        if not math.isfinite(loss):
+            raise TrainingError(f"iteration {self.iteration + 1}: the loss is {loss}; "
+                                + diagnose_nonfinite(self.model, x, y, self.criterion))
+        self.model.backward(self.criterion.backward())
+        self.optimizer.step(lr)
+        return loss
+
+    def validate(self):
+        c = self.config
+        self.model.eval()
+        cm = ConfusionMatrix(self.num_classes)
+        loader = BatchLoader(self.val_set, c.batch_size, shuffle=False, preprocess=c.preprocess)
+        for x, y in loader:
+            logits = self.model.forward(to_device(x, c.device))
+            cm.update(to_numpy(logits.argmax(axis=1)), y)
+        self.model.clear_cache()
+        return cm.compute()
+
+    def save_pictures(self):
+        """val_samples.png: one row per validation sample, image | truth | prediction."""
+        from PIL import Image
+        c = self.config
+        pre = get_preprocess(c.preprocess)
+        rows = []
+        self.model.eval()
+        for i in range(min(c.pictures, len(self.val_set))):
+            image, mask = self.val_set[i]
+            x = to_device(pre(image)[None], c.device)
+            pred = to_numpy(self.model.forward(x).argmax(axis=1))[0]
+            rows.append(np.concatenate([deprocess(pre(image), pre), colorize(mask),
+                                        colorize(pred.astype(np.uint8))], axis=1))
+        if rows:
+            width = max(r.shape[1] for r in rows)
+            rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=255)
+                    for r in rows]
+            tmp = os.path.join(self.dir, "val_samples.png.tmp")
+            Image.fromarray(np.concatenate(rows, axis=0)).save(tmp, format="PNG")
+            os.replace(tmp, os.path.join(self.dir, "val_samples.png"))
+        self.model.clear_cache()
+
+    def checkpoint(self):
+        meta = {"kind": "minifcn-checkpoint", "iteration": self.iteration,
+                "model": self.spec, "config": dataclasses.asdict(self.config),
+                "loader": self.loader.state_dict(),
+                "dropout_rng": {n: l.rng.bit_generator.state
+                                for n, l in _dropout_layers(self.model).items()},
+                "best_mean_iou": self.best_miou}
+        save_checkpoint(os.path.join(self.dir, "checkpoint.npz"), self.model, self.optimizer, meta)
+
+    def write_log(self, row):
+        f, writer = self._log_file
+        writer.writerow(row)
+        f.flush()
+
+    # -- the loop --------------------------------------------------------------------------
+    def train(self):
+        c = self.config
+        self.log(f"training {type(self.model).__name__} ({self.model.num_params():,} parameters) "
+                 f"on {c.data} ({len(self.train_set)} train / {len(self.val_set)} val images, "
+                 f"{self.num_classes} classes) for {c.iters} iterations; run directory {self.dir}")
+        bar = _progress(c.iters, self.iteration, c.progress)
+        losses = []
+        warned = False
+        ln_c = math.log(self.num_classes)
+        try:
+            while self.iteration < c.iters:
+                lr = learning_rate(c.lr, self.iteration, c.iters, c.schedule)
+                t0 = time.perf_counter()
+                loss = self.step(lr)
+                elapsed = time.perf_counter() - t0
+                self.iteration += 1
+                losses.append(loss)
+                row = {"iteration": self.iteration, "epoch": self.loader.epoch,
+                       "loss": f"{loss:.6g}", "lr": f"{lr:.6g}", "it_per_s": f"{1 / elapsed:.3f}"}
+                bar.set_postfix_str(f"loss {loss:.4f}" + (f" mIU {self.metrics['mean_iou']:.3f}"
+                                                          if self.metrics else ""))
+                bar.update(1)
+                per_pixel = loss if c.recipe != "paper" else loss / max(1, self._pixels())
+                if not warned and self._stuck(losses, ln_c, c.recipe):
+                    warned = True
+                    self.log(f"warning: after {self.iteration} iterations the loss per pixel "
+                             f"({per_pixel:.4f}) is still ln(num_classes) = {ln_c:.4f}: the network "
+                             "is not learning (weights not loaded? learning rate too small?)")
+                if self.iteration % c.val_every == 0 or self.iteration == c.iters:
+                    self.metrics = self.validate()
+                    row.update({k: f"{self.metrics[k]:.6f}" for k in LOG_FIELDS[5:]})
+                    if self.metrics["mean_iou"] > self.best_miou:
+                        self.best_miou = self.metrics["mean_iou"]
+                        save_checkpoint(os.path.join(self.dir, "best.npz"), self.model, None,
+                                        {"kind": "minifcn-weights", "model": self.spec,
+                                         "iteration": self.iteration, "metrics": self.metrics})
+                    if c.pictures:
+                        self.save_pictures()
+                    self.write_log(row)
+                    self.checkpoint()
+                    bar.write(f"iteration {self.iteration}: loss {loss:.4f}, validation "
+                              f"pixel acc {self.metrics['pixel_acc']:.3f}, mean IU "
+                              f"{self.metrics['mean_iou']:.3f}")
+                else:
+                    self.write_log(row)
+        finally:
+            bar.close()
+            self._log_file[0].close()
+        if self.metrics is None:                # resumed a run that had already finished
+            self.metrics = self.validate()
+        with open(os.path.join(self.dir, "metrics.json.tmp"), "w") as f:
+            json.dump(self.metrics, f, indent=2)
+        os.replace(os.path.join(self.dir, "metrics.json.tmp"), os.path.join(self.dir, "metrics.json"))
+        return self.metrics
+
+    def _pixels(self):
+        return self.config.batch_size * self.config.image_size ** 2
+
+    def _stuck(self, losses, ln_c, recipe):
+        """True when, well into training, the recent mean loss per pixel is still ln(C)."""
+        if len(losses) < 200 or len(losses) % 50:
+            return False
+        recent = float(np.mean(losses[-50:]))
+        if recipe == "paper":
+            recent /= self._pixels()
+        return abs(recent - ln_c) < 0.01 * ln_c
+
+
+def diagnose_nonfinite(model, x, y, criterion):
+    """Replay the step node by node; name the first layer whose output, or (going back)
+    whose incoming gradient or parameter gradient, is not finite."""
+    from .backend import get_array_module
+    xp = get_array_module(x)
+    found = []
+
+    def check(kind):
+        def hook(name, value):
+            if not found and not bool(xp.isfinite(value).all()):
+                found.append(f"the first non-finite {kind} is at layer {name!r}")
+        return hook
+
+    for name, arr in model.params.items():
+        if not bool(xp.isfinite(arr).all()):
+            return f"parameter {name!r} is not finite (the previous step diverged; lower --lr)"
+    if not bool(xp.isfinite(x).all()):
+        return "the input batch itself is not finite"
+    logits = model.forward(x, hook=check("output"))
+    if found:
+        return found[0] + " (lower --lr, or check the input scale)"
+    criterion.forward(logits, y)
+    model.backward(criterion.backward(), hook=check("gradient"))
+    for name, g in model.grads.items():
+        if not found and not bool(xp.isfinite(g).all()):
+            found.append(f"the first non-finite gradient is of parameter {name!r}")
+    return (found[0] if found else "every layer's output was finite; the loss overflowed "
+            "(logits too large: lower --lr)")
+
+
+class _NoBar:
+    def set_postfix_str(self, *a, **k):
+        pass
+
+    def update(self, *a):
+        pass
+
+    def write(self, text):
+        print(text, flush=True)
+
+    def close(self):
+        pass
+
+
+def _progress(total, initial, enabled):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True)
