@@ -1,0 +1,93 @@
+"""Evaluate a trained FCN on a dataset split: the FCN paper's four metrics, per-class IU.
+
+    python -m minifcn.evaluate --checkpoint runs/X/best.npz --data synthetic
+    python -m minifcn.evaluate --checkpoint runs/X/best.npz --data VOCdevkit/VOC2012 --json val.json
+
+One confusion matrix is accumulated over the whole split (pixels labelled 255 ignored),
+then pixel accuracy, mean accuracy, mean IU and frequency-weighted IU are read off it.
+Weights without minifcn metadata (e.g. the PyTorch port's fcn8s_from_caffe.pth) need
+--model, --num-classes, --geometry paper and --preprocess caffe.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .backend import check_device, to_device, to_numpy
+from .cli import positive_float, run_main
+from .data import BatchLoader, open_dataset
+from .metrics import ConfusionMatrix, format_metrics
+from .models import MODELS
+from .models.fcn import GEOMETRIES
+from .training import load_checkpoint_model
+
+
+def evaluate(model, dataset, preprocess, batch_size=1, device="cpu", progress=False):
+    """Metrics dict (``pixel_acc``, ``mean_acc``, ``mean_iou``, ``fw_iou``, ``per_class_iou``)."""
+    model.eval()
+    cm = ConfusionMatrix(model.num_classes)
+    loader = BatchLoader(dataset, batch_size, shuffle=False, preprocess=preprocess)
+    batches = loader
+    if progress:
+        from tqdm import tqdm
+        batches = tqdm(loader, total=len(loader), unit="batch")
+    for x, y in batches:
+        logits = model.forward(to_device(x, device))
+        cm.update(to_numpy(logits.argmax(axis=1)), y)
+    model.clear_cache()
+    return cm.compute()
+
+
+def add_model_flags(p):
+    """Flags that describe weights saved without minifcn metadata."""
+    g = p.add_argument_group("for weights without minifcn metadata")
+    g.add_argument("--model", choices=sorted(MODELS))
+    g.add_argument("--num-classes", type=int)
+    g.add_argument("--geometry", choices=GEOMETRIES)
+    g.add_argument("--width", type=positive_float)
+    g.add_argument("--preprocess", choices=("simple", "caffe", "imagenet"))
+
+
+def model_overrides(args):
+    return {"name": args.model, "num_classes": args.num_classes, "geometry": args.geometry,
+            "width": args.width, "preprocess": args.preprocess}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m minifcn.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="best.npz / checkpoint.npz, or .pth weights")
+    p.add_argument("--data", required=True, help="'synthetic' or a dataset directory")
+    p.add_argument("--split", default="val")
+    p.add_argument("--json", help="also write the metrics to this file")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--image-size", type=int, default=64, help="synthetic data only")
+    p.add_argument("--num-images", type=int, help="synthetic data only (default: the split's size)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic data only")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
+    add_model_flags(p)
+    args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error("--batch-size must be positive")
+    check_device(args.device)
+    model, spec = load_checkpoint_model(args.checkpoint, args.device, **model_overrides(args))
+    extra = {}
+    if args.data == "synthetic":
+        extra = dict(seed=args.seed, image_size=(args.image_size, args.image_size),
+                     num_images=args.num_images)
+    dataset = open_dataset(args.data, args.split, int(spec["num_classes"]), **extra)
+    metrics = evaluate(model, dataset, spec["preprocess"], args.batch_size, args.device, args.progress)
+    print(f"{args.checkpoint} on {args.data} ({args.split}, {len(dataset)} images)")
+    print(format_metrics(metrics, spec.get("class_names")))
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(metrics, f, indent=2)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,65 @@
+"""Predict segmentation masks for your own images with a trained FCN.
+
+    python -m minifcn.predict --checkpoint runs/X/best.npz photo1.jpg photo2.png --out masks/
+
+For each image ``NAME.ext`` it writes ``NAME_mask.png`` (a palette PNG whose pixel values
+are the class indices, shown in the VOC colours) and ``NAME_overlay.png`` (the colours
+blended over the image), both of the image's own size: an FCN takes any input size.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from .backend import check_device, to_device, to_numpy
+from .cli import run_main
+from .data import colorize, load_image, save_mask_png
+from .data.transforms import get_preprocess
+from .evaluate import add_model_flags, model_overrides
+from .training import load_checkpoint_model
+
+
+def predict(model, image, preprocess, device="cpu"):
+    """uint8 RGB (H, W, 3) -> class indices uint8 (H, W)."""
+    x = to_device(get_preprocess(preprocess)(image)[None], device)
+    model.eval()
+    labels = to_numpy(model.forward(x).argmax(axis=1))[0].astype(np.uint8)
+    model.clear_cache()
+    return labels
+
+
+def overlay(image, mask, alpha=0.5):
+    colours = colorize(mask).astype(np.float32)
+    blend = (1 - alpha) * image.astype(np.float32) + alpha * colours
+    return np.where(mask[..., None] == 0, image, np.clip(blend, 0, 255)).astype(np.uint8)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m minifcn.predict", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", required=True, help="directory for the masks and overlays")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    add_model_flags(p)
+    args = p.parse_args(argv)
+    check_device(args.device)
+    model, spec = load_checkpoint_model(args.checkpoint, args.device, **model_overrides(args))
+    images = [(path, load_image(path)) for path in args.images]   # every image readable first
+    os.makedirs(args.out, exist_ok=True)
+    from PIL import Image
+    for path, image in images:
+        mask = predict(model, image, spec["preprocess"], args.device)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        save_mask_png(os.path.join(args.out, f"{stem}_mask.png"), mask)
+        Image.fromarray(overlay(image, mask)).save(os.path.join(args.out, f"{stem}_overlay.png"))
+        present = ", ".join(f"{spec['class_names'][c] if c < len(spec['class_names']) else c} "
+                            f"{(mask == c).mean():.0%}" for c in np.unique(mask))
+        print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {stem}_mask.png, {stem}_overlay.png ({present})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,412 @@
+"""The CUDA kernels against the NumPy path of minifcn.functional.
+
+Every test body runs the package's host code (:mod:`minifcn.kernels.ops`) and its ``.cu``
+kernels through a *runtime*: the CPU emulator (``tests/cuda_emu``: the same source compiled
+by g++) everywhere, and CuPy on a real GPU where one is usable (marked ``gpu``, skipped with
+the reason otherwise). Each is run over launch shapes that stress the grid-stride loops
+(one thread, one block, odd sizes, a mostly idle grid) and over both index paths (32-bit
+where it fits, forced 64-bit). The references are the NumPy functions, never the kernels.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minifcn import functional as F
+from minifcn.functional.im2col import _col2im, _im2col, conv_output_size
+from minifcn.functional.pool import _pool_geometry
+from minifcn.kernels import ops
+from minifcn.kernels.runtime import kernel_path
+from tests.cuda_emu import EmulatedModule, EmulatedRuntime, compiler_available
+from tests.cuda_emu.testing import INDEX_DEFINES, LAUNCHES, get, gpu_skip_reason, put, runtime
+
+DTYPES = [np.float32, np.float64]
+TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+# (launch, index path) pairs each test body runs under
+CONFIGS = [("auto", "i32"), ("auto", "i64"), ("1thread", "i64"), ("1block", "i32"),
+           ("odd", "i32/64"), ("idle", "i64")]
+
+
+@pytest.fixture(scope="module", params=["emu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def backend_name(request):
+    if request.param == "cuda":
+        reason = gpu_skip_reason()
+        if reason:
+            pytest.skip(reason)
+    elif not compiler_available():
+        pytest.skip("the CPU emulator needs g++ (set CXX to another C++17 compiler)")
+    return request.param
+
+
+@pytest.fixture(params=CONFIGS, ids=[f"{l}-{i}" for l, i in CONFIGS])
+def rt(request, backend_name):
+    return runtime(backend_name, *request.param)
+
+
+def assert_close(got, ref, dtype, what=""):
+    """``max|got - ref| <= tol * max|ref|`` (float32 1e-5, float64 1e-12)."""
+    got, ref = get(got), np.asarray(ref)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
+    assert got.dtype == ref.dtype, f"{what}: dtype {got.dtype} != {ref.dtype}"
+    if ref.size == 0:
+        return
+    scale = max(float(np.abs(ref).max()), 1.0)
+    err = float(np.abs(got.astype(np.float64) - ref).max())
+    assert err <= TOL[np.dtype(dtype)] * scale, f"{what}: max error {err:.3e} (scale {scale:.3g})"
+
+
+def randn(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+# -- im2col / col2im ----------------------------------------------------------------------------
+
+# (N, C, H, W), (kh, kw), (sh, sw), (ph, pw), (dh, dw), extra windows (rows, cols)
+GEOMETRIES = [
+    ((2, 3, 5, 6), (1, 1), (1, 1), (0, 0), (1, 1), (0, 0)),     # 1x1 convolution
+    ((2, 3, 7, 6), (3, 3), (1, 1), (1, 1), (1, 1), (0, 0)),     # VGG's 3x3 / pad 1
+    ((1, 2, 8, 8), (2, 2), (2, 2), (0, 0), (1, 1), (0, 0)),     # pooling windows, no overlap
+    ((2, 2, 4, 5), (4, 4), (2, 2), (1, 1), (1, 1), (0, 0)),     # k4 s2 p1 (an FCN upsampler)
+    ((1, 2, 64, 64), (64, 64), (32, 32), (16, 16), (1, 1), (0, 0)),  # FCN-32s's k64 s32 p16
+    ((1, 3, 34, 34), (16, 16), (8, 8), (4, 4), (1, 1), (0, 0)),  # k16 s8 p4
+    ((1, 2, 9, 10), (2, 2), (3, 3), (0, 0), (1, 1), (0, 0)),    # stride > kernel: gaps
+    ((1, 2, 9, 9), (3, 3), (1, 1), (2, 2), (2, 2), (0, 0)),     # dilation 2
+    ((1, 2, 11, 12), (3, 2), (2, 3), (1, 2), (3, 2), (0, 0)),   # dilation and stride coprime
+    ((1, 2, 13, 12), (3, 3), (4, 4), (1, 0), (2, 2), (0, 0)),   # gcd(s, d) = 2: unreachable rows
+    ((1, 1, 15, 14), (2, 3), (6, 4), (2, 1), (4, 6), (0, 0)),   # gcd 2 both ways, mixed
+    ((2, 1, 7, 5), (3, 1), (1, 2), (0, 2), (1, 1), (0, 0)),     # non-square everything
+    ((1, 2, 1, 1), (3, 3), (1, 1), (1, 1), (1, 1), (0, 0)),     # a single pixel
+    ((1, 2, 7, 7), (3, 3), (2, 2), (1, 1), (1, 1), (1, 2)),     # extra windows (ceil mode)
+    ((1, 1, 6, 5), (2, 2), (3, 2), (0, 1), (2, 1), (2, 1)),     # extra windows past the padding
+    ((3, 4, 3, 3), (5, 5), (1, 1), (2, 2), (1, 1), (0, 0)),     # kernel bigger than the image
+]
+
+
+def _geometry_id(g):
+    shape, k, s, p, d, e = g
+    return f"x{'x'.join(map(str, shape))}-k{k[0]}{k[1]}-s{s[0]}{s[1]}-p{p[0]}{p[1]}-d{d[0]}{d[1]}-e{e[0]}{e[1]}"
+
+
+def _windows(g):
+    (n, c, h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw), (eh, ew) = g
+    ho = conv_output_size(h, kh, sh, ph, dh) + eh
+    wo = conv_output_size(w, kw, sw, pw, dw) + ew
+    assert ho > 0 and wo > 0, g
+    return (n, c, h, w), (kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=_geometry_id)
+def test_im2col(rt, geometry, dtype):
+    shape, win = _windows(geometry)
+    x = randn(np.random.default_rng(0), shape, dtype)
+    got = ops.im2col(rt, put(rt, x), *win)
+    np.testing.assert_array_equal(get(got), _im2col(x, *win))   # a copy: exact
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=_geometry_id)
+def test_col2im(rt, geometry, dtype):
+    (n, c, h, w), win = _windows(geometry)
+    kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = win
+    col = randn(np.random.default_rng(1), (n, c, kh, kw, ho, wo), dtype)
+    got = ops.col2im(rt, put(rt, col), h, w, sh, sw, ph, pw, dh, dw)
+    for method in ("taps", "blocks") if (dh, dw) == (1, 1) else ("taps",):
+        assert_close(got, _col2im(col, h, w, sh, sw, ph, pw, dh, dw, method), dtype, method)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=_geometry_id)
+def test_col2im_is_the_adjoint_of_im2col(rt, geometry):
+    """<im2col(x), c> == <x, col2im(c)>, from the kernels alone (float64)."""
+    (n, c, h, w), win = _windows(geometry)
+    kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = win
+    rng = np.random.default_rng(2)
+    x, col = randn(rng, (n, c, h, w), np.float64), randn(rng, (n, c, kh, kw, ho, wo), np.float64)
+    lhs = float(np.vdot(get(ops.im2col(rt, put(rt, x), *win)), col))
+    rhs = float(np.vdot(x, get(ops.col2im(rt, put(rt, col), h, w, sh, sw, ph, pw, dh, dw))))
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+
+
+def test_col2im_is_deterministic(backend_name):
+    """A gather writes each pixel once, in a fixed order: the same bits every run."""
+    rt = runtime(backend_name)
+    col = randn(np.random.default_rng(3), (1, 3, 16, 16, 9, 9), np.float32)
+    runs = [get(ops.col2im(rt, put(rt, col), 72, 72, 8, 8, 4, 4, 1, 1)) for _ in range(3)]
+    assert all(np.array_equal(runs[0], r) for r in runs[1:])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_im2col_col2im_random_geometry(backend_name, data):
+    """Random geometries, launches and index paths; both ops against NumPy."""
+    draw = data.draw
+    kh, kw = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    sh, sw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    dh, dw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    ph, pw = draw(st.integers(0, 4)), draw(st.integers(0, 4))
+    h = draw(st.integers(1, 10)) + max(0, dh * (kh - 1) - 2 * ph)    # at least one window
+    w = draw(st.integers(1, 10)) + max(0, dw * (kw - 1) - 2 * pw)
+    ho = conv_output_size(h, kh, sh, ph, dh) + draw(st.integers(0, 2))
+    wo = conv_output_size(w, kw, sw, pw, dw) + draw(st.integers(0, 2))
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    dtype = draw(st.sampled_from(DTYPES))
+    rt = runtime(backend_name, draw(st.sampled_from(sorted(LAUNCHES))),
+                 draw(st.sampled_from(sorted(INDEX_DEFINES))))
+    win = (kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
+    rng = np.random.default_rng(4)
+    x = randn(rng, (n, c, h, w), dtype)
+    np.testing.assert_array_equal(get(ops.im2col(rt, put(rt, x), *win)), _im2col(x, *win))
+    col = randn(rng, (n, c, kh, kw, ho, wo), dtype)
+    assert_close(ops.col2im(rt, put(rt, col), h, w, sh, sw, ph, pw, dh, dw),
+                 _col2im(col, h, w, sh, sw, ph, pw, dh, dw, "taps"), dtype, "col2im")
+
+
+# -- max pooling -------------------------------------------------------------------------------
+
+# (N, C, H, W), kernel, stride, padding, dilation, ceil_mode
+POOLS = [
+    ((2, 3, 8, 8), 2, 2, 0, 1, False),          # VGG's pool
+    ((1, 2, 7, 9), 2, 2, 0, 1, True),           # odd sizes, ceil mode (Caffe's FCN)
+    ((1, 2, 9, 8), 3, 2, 1, 1, False),          # overlapping windows, padding
+    ((1, 2, 9, 8), 3, 2, 1, 1, True),
+    ((2, 1, 10, 11), 3, 1, 1, 2, False),        # dilation
+    ((1, 2, 5, 6), (2, 3), (3, 1), (1, 0), (1, 2), True),
+    ((1, 1, 1, 1), 2, 2, 2, 4, False),          # a window that holds no pixel at all
+    ((1, 2, 6, 6), 1, 2, 0, 1, False),          # kernel 1: a strided copy
+    ((1, 1, 4, 4), 5, 1, 2, 1, False),          # every window sees most of the image
+]
+
+
+def _pool_id(p):
+    shape, k, s, pad, d, ceil = p
+    return f"x{'x'.join(map(str, shape))}-k{k}-s{s}-p{pad}-d{d}{'-ceil' if ceil else ''}"
+
+
+def pool_input(kind, shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    if kind == "normal":
+        return randn(rng, shape, dtype)
+    x = rng.integers(0, 3, shape).astype(dtype)                # many ties
+    if kind == "special":
+        flat = x.reshape(-1)
+        for value in (np.nan, -np.inf, np.inf, np.nan):
+            flat[rng.integers(0, flat.size)] = value
+    return x
+
+
+@pytest.mark.parametrize("values", ["normal", "ties", "special"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("pool", POOLS, ids=_pool_id)
+def test_max_pool2d(rt, pool, dtype, values):
+    shape, k, s, p, d, ceil = pool
+    x = pool_input(values, shape, dtype)
+    ref_y, ref_tap = F.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
+    geometry = _pool_geometry(x, k, s, p, d, ceil)
+    y, tap = ops.max_pool2d(rt, put(rt, x), *geometry)
+    np.testing.assert_array_equal(get(y), ref_y)      # NaN == NaN here; selection is exact
+    np.testing.assert_array_equal(get(tap), ref_tap)
+    assert get(tap).dtype == np.int32
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("pool", POOLS, ids=_pool_id)
+def test_max_pool2d_backward(rt, pool, dtype):
+    shape, k, s, p, d, ceil = pool
+    x = pool_input("ties", shape, dtype, seed=1)
+    y, tap = F.max_pool2d(x, k, s, p, d, ceil, return_indices=True)   # NumPy's taps
+    dy = randn(np.random.default_rng(2), y.shape, dtype)
+    ref = F.max_pool2d_backward(dy, tap, shape[2:], k, s, p, d, ceil)
+    kh, kw, sh, sw, ph, pw, dh, dw, _, _ = _pool_geometry(x, k, s, p, d, ceil)
+    got = ops.max_pool2d_backward(rt, put(rt, dy), put(rt, tap), shape[2], shape[3],
+                                  kh, kw, sh, sw, ph, pw, dh, dw)
+    assert_close(got, ref, dtype, "dx")
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_max_pool2d_random_geometry(backend_name, data):
+    draw = data.draw
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph = draw(st.integers(0, (dh * (kh - 1) + 1) // 2))
+    pw = draw(st.integers(0, (dw * (kw - 1) + 1) // 2))
+    sh, sw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    h = draw(st.integers(1, 10)) + max(0, dh * (kh - 1) - 2 * ph)
+    w = draw(st.integers(1, 10)) + max(0, dw * (kw - 1) - 2 * pw)
+    ceil, dtype = draw(st.booleans()), draw(st.sampled_from(DTYPES))
+    rt = runtime(backend_name, draw(st.sampled_from(sorted(LAUNCHES))),
+                 draw(st.sampled_from(sorted(INDEX_DEFINES))))
+    x = pool_input(draw(st.sampled_from(["normal", "ties", "special"])), (2, 2, h, w), dtype)
+    ref_y, ref_tap = F.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil, True)
+    geometry = _pool_geometry(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil)
+    y, tap = ops.max_pool2d(rt, put(rt, x), *geometry)
+    np.testing.assert_array_equal(get(y), ref_y)
+    np.testing.assert_array_equal(get(tap), ref_tap)
+    dy = randn(np.random.default_rng(5), ref_y.shape, dtype)
+    ref = F.max_pool2d_backward(dy, ref_tap, (h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil)
+    got = ops.max_pool2d_backward(rt, put(rt, dy), put(rt, ref_tap), h, w, *geometry[:8])
+    assert_close(got, ref, dtype, "dx")
+
+
+# -- ReLU and dropout -------------------------------------------------------------------------------
+
+SHAPES = [(0,), (1,), (7, 3), (2, 3, 5, 7)]
+
+
+def relu_input(shape, dtype):
+    x = randn(np.random.default_rng(6), shape, dtype)
+    flat = x.reshape(-1)
+    for i, v in enumerate([np.nan, -0.0, 0.0, np.inf, -np.inf][:flat.size]):
+        flat[(i * 7) % flat.size] = v
+    return x
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_relu(rt, dtype, shape):
+    x = relu_input(shape, dtype)
+    np.testing.assert_array_equal(get(ops.relu(rt, put(rt, x))), F.relu(x))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_relu_backward(rt, dtype, shape):
+    y = F.relu(relu_input(shape, dtype))
+    dy = randn(np.random.default_rng(7), shape, dtype)
+    got = ops.relu_backward(rt, put(rt, dy), put(rt, y))
+    np.testing.assert_array_equal(get(got), F.relu_backward(dy, y))
+
+
+class FixedDraws:
+    """Stands in for a random Generator: hands out given uniform draws (float32)."""
+
+    def __init__(self, u):
+        self.u = u
+
+    def random(self, shape, dtype=np.float64):
+        assert tuple(shape) == self.u.shape and np.dtype(dtype) == np.float32
+        return self.u
+
+
+def dropout_draws(shape, p, seed=8):
+    u = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    flat = u.reshape(-1)
+    if flat.size >= 2:                     # the boundary, compared in float32 as NumPy does
+        flat[0] = np.float32(p)
+        flat[1] = np.nextafter(np.float32(p), np.float32(0))
+    return u
+
+
+@pytest.mark.parametrize("channelwise", [False, True], ids=["elementwise", "channelwise"])
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.5, 0.7, 1.0])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_dropout(rt, dtype, p, channelwise):
+    shape = (2, 3, 4, 5)
+    x = relu_input(shape, dtype)
+    u = dropout_draws((2, 3, 1, 1) if channelwise else shape, p)
+    y, mask = ops.dropout(rt, put(rt, x), put(rt, u), p)
+    if p == 0.0:                            # F.dropout skips the mask; it would be all ones
+        ref_y, ref_mask = x, np.ones(u.shape, dtype)
+    else:
+        ref_y, ref_mask = F.dropout(x, p, True, FixedDraws(u), channelwise)
+    np.testing.assert_array_equal(get(mask), ref_mask)
+    np.testing.assert_array_equal(get(y), ref_y)
+    dy = randn(np.random.default_rng(9), shape, dtype)
+    dx = ops.dropout_backward(rt, put(rt, dy), put(rt, ref_mask))
+    np.testing.assert_array_equal(get(dx), F.dropout_backward(dy, ref_mask))
+
+
+def test_dropout_rejects_draws_of_the_wrong_shape():
+    rt = runtime("emu")
+    with pytest.raises(ValueError, match="do not fit"):
+        ops.dropout(rt, np.zeros((2, 3, 4, 5), np.float32), np.zeros((1, 3, 1, 1), np.float32), 0.5)
+
+
+# -- softmax cross-entropy -------------------------------------------------------------------------
+
+# (N, K, H, W), share of ignored pixels, logit scale, label dtype, ignore_index
+LOSSES = [
+    ((2, 21, 5, 6), 0.2, 1.0, np.uint8, 255),
+    ((1, 3, 7, 7), 0.0, 1.0, np.int64, 255),
+    ((3, 2, 1, 4), 0.5, 1000.0, np.int32, -100),   # huge logits: needs the max shift
+    ((1, 5, 3, 3), 1.0, 1.0, np.int64, 255),       # every pixel ignored
+    ((1, 1, 2, 3), 0.0, 1.0, np.int64, 255),       # one class: loss 0, gradient 0
+]
+
+
+def loss_inputs(case, dtype, seed=10):
+    (n, k, h, w), ignored, scale, label_dtype, ignore_index = case
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((n, k, h, w)) * scale).astype(dtype)
+    labels = rng.integers(0, k, (n, h, w))
+    labels[rng.random((n, h, w)) < ignored] = ignore_index
+    return logits, labels.astype(label_dtype), ignore_index
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", LOSSES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-ign{c[1]}-s{c[2]:g}-{np.dtype(c[3]).name}")
+def test_softmax_cross_entropy(rt, case, dtype):
+    logits, labels, ignore = loss_inputs(case, dtype)
+    valid = labels != ignore
+    count = int(valid.sum())
+    loss = get(ops.softmax_cross_entropy(rt, put(rt, logits), put(rt, labels), ignore))
+    assert loss.shape == labels.shape and loss.dtype == dtype
+    assert np.all(loss[~valid] == 0)
+    ref_pixel = -np.take_along_axis(F.log_softmax(logits), np.where(valid, labels, 0).astype(np.int64)[:, None], 1)[:, 0]
+    assert_close(np.where(valid, loss, 0), np.where(valid, ref_pixel, 0).astype(dtype), dtype, "per pixel")
+    for reduction in ("mean", "sum"):
+        ref = F.softmax_cross_entropy(logits, labels, ignore, reduction)
+        total = float(loss.sum(dtype=np.float64))
+        got = (total / count if reduction == "mean" else total) if count else 0.0
+        assert abs(got - ref) <= TOL[np.dtype(dtype)] * max(1.0, abs(ref)), reduction
+        denom = count if reduction == "mean" and count else 1
+        grad = ops.softmax_cross_entropy_backward(rt, put(rt, logits), put(rt, labels), ignore, denom)
+        assert_close(grad, F.softmax_cross_entropy_backward(logits, labels, ignore, reduction),
+                     dtype, f"grad ({reduction})")
+
+
+# -- the emulator itself ---------------------------------------------------------------------------
+
+def test_emulator_refuses_python_scalars():
+    """The bug CuPy lets through: a Python int reaches a kernel's ``int`` as 64 bits."""
+    rt = EmulatedRuntime()
+    kernel = rt.function(kernel_path("activation.cu"), "relu_f32")
+    x, y = np.ones(4, np.float32), np.empty(4, np.float32)
+    with pytest.raises(TypeError, match="numpy.int64"):
+        kernel((1,), (4,), (x, y, 4))
+    with pytest.raises(TypeError, match="float32"):
+        kernel((1,), (4,), (x.astype(np.float64), y, np.int64(4)))
+    kernel((1,), (4,), (x, y, np.int64(4)))
+    np.testing.assert_array_equal(y, x)
+
+
+def test_emulator_catches_out_of_bounds_writes_and_unwritten_outputs(tmp_path):
+    src = tmp_path / "bad.cu"
+    src.write_text('extern "C" __global__ void off_by_one(float* y, long long n) {\n'
+                   '    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;\n'
+                   '    if (i <= n) y[i] = 1.0f;\n'
+                   '}\n'
+                   'extern "C" __global__ void skips_last(float* y, long long n) {\n'
+                   '    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;\n'
+                   '    if (i < n - 1) y[i] = 1.0f;\n'
+                   '}\n')
+    module = EmulatedModule(src)
+    with pytest.raises(AssertionError, match="outside"):
+        module.get_function("off_by_one")((1,), (8,), (np.zeros(4, np.float32), np.int64(4)))
+    y = EmulatedRuntime.xp.empty(4, np.float32)          # poisoned, as the runtime allocates
+    module.get_function("skips_last")((1,), (8,), (y, np.int64(4)))
+    assert np.isnan(y[-1]) and np.all(y[:-1] == 1)
+
+
+def test_package_kernels_are_free_of_barriers():
+    """The package's kernels keep to independent threads, so the emulator may run them one
+    after another (a comment that names __syncthreads does not count)."""
+    from minifcn.kernels.runtime import KERNEL_DIR, read_source
+    from tests.cuda_emu import uses_barriers
+    for path in sorted(KERNEL_DIR.glob("*.cu")):
+        assert not uses_barriers(read_source(path)), path.name
+    assert uses_barriers("__shared__ float t[4];\n__syncthreads ();")
+    assert not uses_barriers("// no __syncthreads() here\n/* nor __syncthreads() */")
