@@ -13,7 +13,8 @@ Adam (Kingma & Ba)::
     m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
     w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 
-Schedules: ``fixed`` (lr constant) and ``poly`` (``lr * (1 - it/max_it)^power``).
+Schedules: ``fixed`` (lr constant) and ``poly`` (``lr * (1 - it/max_it)^power``), either
+with an optional linear warm-up.
 """
 from __future__ import annotations
 
@@ -128,10 +129,15 @@ OPTIMIZERS = {"sgd": SGD, "adam": Adam}
 SCHEDULES = ("fixed", "poly")
 
 
-def learning_rate(base_lr, iteration, max_iterations, schedule="fixed", power=0.9):
-    """The learning rate at ``iteration`` (0-based) of ``max_iterations``."""
+def learning_rate(base_lr, iteration, max_iterations, schedule="fixed", power=0.9, warmup=0):
+    """The learning rate at ``iteration`` (0-based) of ``max_iterations``; during the first
+    ``warmup`` iterations it ramps up linearly (``(it + 1) / warmup`` of the schedule's)."""
     if schedule == "fixed":
-        return base_lr
-    if schedule == "poly":
-        return base_lr * (1 - min(iteration, max_iterations) / max(max_iterations, 1)) ** power
-    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        lr = base_lr
+    elif schedule == "poly":
+        lr = base_lr * (1 - min(iteration, max_iterations) / max(max_iterations, 1)) ** power
+    else:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if iteration < warmup:
+        lr *= (iteration + 1) / warmup
+    return lr

@@ -48,8 +48,8 @@ class TrainConfig:
     data: str = "synthetic"        # 'synthetic' (built in, no download) or a dataset directory
     num_classes: int = None        # classes incl. background; None: from the dataset
     image_size: int = 64           # synthetic images are image_size x image_size
-    train_images: int = 1000       # synthetic training images
-    val_images: int = 100          # synthetic validation images
+    train_images: int = 5000       # synthetic training images
+    val_images: int = 200          # synthetic validation images
     crop_size: int = None          # random training crops (None: whole images, padded per batch)
     flip: bool = True              # random horizontal flips in training
     preprocess: str = None         # 'simple' | 'caffe' | 'imagenet'; None: what --init needs
@@ -63,11 +63,12 @@ class TrainConfig:
     # -- optimisation
     recipe: str = "normalized"     # 'normalized' (mean loss) | 'paper' (summed loss, SGD lr 1e-10, momentum 0.99)
     optimizer: str = None          # 'sgd' | 'adam'; None: adam (normalized) / sgd (paper)
-    lr: float = None               # None: 2e-3 adam, 1e-2 sgd (normalized); 1e-10 (paper)
+    lr: float = None               # None: 5e-3 adam, 1e-2 sgd (normalized); 1e-10 (paper)
     momentum: float = None         # SGD momentum; None: 0.9 (normalized), 0.99 (paper)
     weight_decay: float = None     # on weights, not biases; None: 0 (adam), 5e-4 (sgd)
     schedule: str = "poly"         # 'fixed' | 'poly' (lr * (1 - it/iters)^0.9)
-    iters: int = None              # iterations; None: from --epochs, else 700
+    warmup: int = 200              # iterations of linear lr warm-up (0: none)
+    iters: int = None              # iterations; None: from --epochs, else 1500
     epochs: float = None           # epochs over the training set (alternative to --iters)
     batch_size: int = 16
     # -- the run
@@ -75,7 +76,7 @@ class TrainConfig:
     out: str = None                # run directory; None: runs/<date>-<time>
     resume: str = None             # continue the run in this directory
     seed: int = 0
-    val_every: int = 100           # validate (and checkpoint) every this many iterations
+    val_every: int = 250           # validate (and checkpoint) every this many iterations
     pictures: int = 4              # validation samples drawn into val_samples.png
     progress: bool = True          # show a progress bar
     validate_data: bool = True     # check every image and mask before training
@@ -94,7 +95,7 @@ class TrainConfig:
         _check_choice("optimizer", c.optimizer, sorted(OPTIMIZERS))
         sgd = c.optimizer == "sgd"
         if c.lr is None:
-            c.lr = 1e-10 if paper else (1e-2 if sgd else 2e-3)
+            c.lr = 1e-10 if paper else (1e-2 if sgd else 5e-3)
         if c.momentum is None:
             c.momentum = 0.99 if paper else 0.9
         if c.weight_decay is None:
@@ -105,6 +106,8 @@ class TrainConfig:
         for name in ("image_size", "train_images", "val_images", "batch_size", "val_every"):
             if getattr(c, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(c, name)}")
+        if c.warmup < 0:
+            raise ValueError(f"--warmup must be >= 0, got {c.warmup}")
         for name in ("crop_size", "iters", "num_classes"):
             v = getattr(c, name)
             if v is not None and v < 1:
@@ -226,7 +229,7 @@ class Run:
                                   if len(self.train_set) >= c.batch_size else False)
         if c.iters is None:
             epochs = c.epochs if c.epochs is not None else None
-            c.iters = (max(1, round(epochs * len(self.loader))) if epochs is not None else 700)
+            c.iters = (max(1, round(epochs * len(self.loader))) if epochs is not None else 1500)
 
         # model and optimisation
         self.spec = model_spec(c, self.num_classes, self.train_set.class_names)
@@ -395,7 +398,7 @@ class Run:
         ln_c = math.log(self.num_classes)
         try:
             while self.iteration < c.iters:
-                lr = learning_rate(c.lr, self.iteration, c.iters, c.schedule)
+                lr = learning_rate(c.lr, self.iteration, c.iters, c.schedule, warmup=c.warmup)
                 t0 = time.perf_counter()
                 loss = self.step(lr)
                 elapsed = time.perf_counter() - t0

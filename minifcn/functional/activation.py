@@ -38,7 +38,7 @@ def relu_backward(dy, y):
     if xp is not np:
         from ..kernels import gpu_relu_backward
         return gpu_relu_backward(dy, y)
-    return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
+    return dy * (y > 0)
 
 
 def check_p(p):

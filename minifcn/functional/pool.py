@@ -60,12 +60,26 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
             xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph + extra_h), (pw, pw + extra_w)),
                           constant_values=-np.inf)
         win = _window_view(xpad, kh, kw, sh, sw, dh, dw, ho, wo)      # (N, C, kh, kw, Ho, Wo)
-        win = np.ascontiguousarray(win.transpose(0, 1, 4, 5, 2, 3)).reshape(
-            x.shape[0], x.shape[1], ho, wo, kh * kw)                  # taps last
-        tap = win.argmax(axis=-1)                                     # first max wins ties
-        y = np.take_along_axis(win, tap[..., None], axis=-1)[..., 0]
-        tap = tap.astype(np.int32)
+        y, tap = _max_over_taps([win[:, :, i, j] for i in range(kh) for j in range(kw)])
     return (y, tap) if return_indices else y
+
+
+def _max_over_taps(taps):
+    """Element-wise max over a list of equally shaped views, and the index of the first
+    view that attains it (torch's tie rule; a NaN counts as the max, as in torch).
+    A handful of whole-array operations per tap instead of a gather per window."""
+    y = taps[0].copy()
+    for v in taps[1:]:
+        np.maximum(y, v, out=y)                      # propagates NaN
+    nan = bool(np.isnan(y).any())
+    tap = np.zeros(y.shape, dtype=np.int32)
+    searching = (taps[0] != y) & ~(np.isnan(taps[0]) if nan else False)
+    for v in taps[1:]:
+        tap += searching                             # still looking: move on to this tap
+        searching &= (v != y)
+        if nan:
+            searching &= ~np.isnan(v)
+    return y, tap
 
 
 def max_pool2d_backward(dy, tap, input_size, kernel_size, stride=None, padding=0, dilation=1,
@@ -98,6 +112,7 @@ def max_pool2d_backward(dy, tap, input_size, kernel_size, stride=None, padding=0
     if xp is not np:
         from ..kernels import gpu_max_pool2d_backward
         return gpu_max_pool2d_backward(dy, tap, h, w, kh, kw, sh, sw, ph, pw, dh, dw)
-    taps = np.arange(kh * kw, dtype=tap.dtype).reshape(1, 1, kh, kw, 1, 1)
-    col = np.where(tap[:, :, None, None] == taps, dy[:, :, None, None], 0).astype(dy.dtype)
+    col = np.empty((n, c, kh, kw, ho, wo), dtype=dy.dtype)
+    for t in range(kh * kw):                         # one-hot column, times dy
+        np.multiply(dy, tap == t, out=col[:, :, t // kw, t % kw])
     return _col2im(col, h, w, sh, sw, ph, pw, dh, dw)
