@@ -87,6 +87,22 @@ def _rel(a, b):
 @pytest.mark.parametrize("geometry", ["notes", "paper"])
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_whole_model_matches_torch(name, geometry):
+    _check_whole_model(name, geometry, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("geometry", ["notes", "paper"])
+@pytest.mark.parametrize("name", ["fcn32s", "fcn8s"])
+def test_whole_model_on_the_gpu_matches_torch(name, geometry):
+    """The same check with minifcn on CuPy (its CUDA kernels) against torch on the CPU."""
+    _check_whole_model(name, geometry, "cuda")
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def _check_whole_model(name, geometry, device):
     width = 1 / 16
     model = MODELS[name](num_classes=3, geometry=geometry, width=width, learn_upsampling=True,
                          dtype=np.float64).eval()
@@ -97,20 +113,22 @@ def test_whole_model_matches_torch(name, geometry):
              for k, v in model.state_dict().items()}
     assert set(state) == set(ref.state_dict()), "parameter names differ from the torch port's"
     model.load_state_dict(state)
+    model.to(device)
     ref.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
 
     x = rng.standard_normal((2, 3, 61, 83))
-    y = model.forward(x)
+    to_dev = (lambda a: a) if device == "cpu" else __import__("cupy").asarray
+    y = model.forward(to_dev(x))
     xt = torch.tensor(x, requires_grad=True)
     yt = ref(xt)
     assert y.shape == (2, 3, 61, 83) == tuple(yt.shape)
-    assert _rel(y, yt.detach().numpy()) < 1e-8
+    assert _rel(_host(y), yt.detach().numpy()) < 1e-8
 
     dy = rng.standard_normal(y.shape)
-    dx = model.backward(dy)
+    dx = _host(model.backward(to_dev(dy)))
     yt.backward(torch.tensor(dy))
     assert _rel(dx, xt.grad.numpy()) < 1e-8
-    grads = model.grads
+    grads = {k: _host(v) for k, v in model.grads.items()}
     torch_params = dict(ref.named_parameters())
     assert set(grads) == set(torch_params)
     for k, p in torch_params.items():

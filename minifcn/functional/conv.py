@@ -216,7 +216,8 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
       ``kh*kw*H*W`` (3.5x fewer for FCN-32s's k64 s32 on 16x16), for the same FLOPs
       when ``s`` divides ``k`` (FCN's upsamplers all have k = 2s).
     - ``'auto'`` — ``'subpixel'`` when it applies and ``s`` divides ``k`` (no padded taps)
-      with ``s > 1``, else ``'col2im'``. ``benchmarks/deconv.py`` measures both.
+      with ``s > 1``, else ``'col2im'`` (see :func:`_pick_algorithm`; ``benchmarks/deconv.py``
+      measures all of them).
     """
     g = _geometry("conv_transpose2d", x, weight, bias, stride, padding, dilation, groups,
                   output_padding)
@@ -259,7 +260,7 @@ def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding
     g = _geometry("conv_transpose2d_backward", x, weight, None, stride, padding, dilation,
                   groups, output_padding)
     _check_grad_shape("conv_transpose2d_backward", dy, g)
-    algorithm = _pick_algorithm(algorithm, g)
+    algorithm = _pick_algorithm(algorithm, g, backward=True)
     if algorithm == "subpixel":
         hq, wq = g.h + g.ah - 1, g.w + g.aw - 1
         dysub = _im2col(dy, g.sh, g.sw, g.sh, g.sw, g.ph, g.pw, 1, 1, hq, wq)  # (N,O,sh,sw,Hq,Wq)
@@ -276,7 +277,17 @@ def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding
     return dx, dw, db
 
 
-def _pick_algorithm(algorithm, g):
+def _pick_algorithm(algorithm, g, backward=False):
+    """Resolve 'auto' (measured by benchmarks/deconv.py, see benchmarks/RESULTS.md):
+
+    - forward: 'subpixel' whenever it applies with s > 1 and s dividing k — its GEMM
+      writes s*s*(H+A-1)*(W+B-1) values per channel where 'col2im' writes k*k*H*W, and
+      the overlap sum happens inside the GEMM;
+    - backward: 'subpixel' only for strides of 4 and more. The 'col2im' backward is a
+      single im2col of dy and two GEMMs (no col2im at all); for k = 2s its col has
+      4*s*s entries per pixel, and at s = 2 that costs less than subpixel's three
+      rearrangements (un-shuffle dy, im2col x, col2im dx).
+    """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     subpixel_ok = (g.dh, g.dw) == (1, 1) and g.groups == 1
@@ -284,7 +295,8 @@ def _pick_algorithm(algorithm, g):
         raise ValueError("algorithm 'subpixel' needs dilation 1 and groups 1, got "
                          f"dilation {(g.dh, g.dw)} and groups {g.groups}")
     if algorithm == "auto":
-        algorithm = "subpixel" if (subpixel_ok and (g.sh, g.sw) != (1, 1)
+        min_stride = 4 if backward else 2
+        algorithm = "subpixel" if (subpixel_ok and min(g.sh, g.sw) >= min_stride
                                    and g.kh % g.sh == 0 and g.kw % g.sw == 0) else "col2im"
     if algorithm == "subpixel":
         g.ah, g.aw = -(-g.kh // g.sh), -(-g.kw // g.sw)          # taps per phase, ceil(k/s)

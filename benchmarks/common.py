@@ -1,0 +1,133 @@
+"""What every benchmark here shares: timers, the machine's ceilings, tables and JSON.
+
+Timing rules (benchmarks/RESULTS.md repeats them): warm up first (compilation, caches,
+cuBLAS/cuDNN handles stay out of the numbers), then time each call on its own and report
+the median of ``repeats`` calls. On the GPU the clock is a pair of CUDA events around the
+call; on the CPU ``time.perf_counter``. minifcn and torch run in the same process, one
+after the other on the same inputs, so their ratio compares like with like.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device):
+    info = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
+            "numpy": np.__version__, "cpu": cpu_name(), "cores": os.cpu_count()}
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    if device == "cuda":
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        info["cupy"] = cupy.__version__
+    return info
+
+
+class Timer:
+    """``Timer(device).median(fn, repeats, warmup)`` -> milliseconds."""
+
+    def __init__(self, device):
+        self.device = device
+        if device == "cuda":
+            import cupy
+            self.cupy = cupy
+
+    def sync(self):
+        if self.device == "cuda":
+            self.cupy.cuda.Device().synchronize()
+            try:
+                import torch
+                torch.cuda.synchronize()
+            except Exception:
+                pass
+
+    def once(self, fn):
+        if self.device == "cuda":
+            start, stop = self.cupy.cuda.Event(), self.cupy.cuda.Event()
+            self.sync()
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            self.sync()
+            return self.cupy.cuda.get_elapsed_time(start, stop)
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+
+    def median(self, fn, repeats=10, warmup=2):
+        for _ in range(warmup):
+            fn()
+        self.sync()
+        return statistics.median(self.once(fn) for _ in range(repeats))
+
+
+def ceilings(device, timer):
+    """Measured, not datasheet: a large copy (GB/s counting bytes read + written) and a
+    large float32 matrix product (GFLOP/s) through the library minifcn itself uses."""
+    if device == "cuda":
+        import cupy as xp
+        n_copy, n_mm = 1 << 28, 8192
+    else:
+        xp = np
+        n_copy, n_mm = 1 << 25, 2048
+    a = xp.ones(n_copy, dtype=np.float32)
+    b = xp.empty_like(a)
+    copy_ms = timer.median(lambda: xp.copyto(b, a), repeats=10)
+    rng = np.random.default_rng(0)
+    m = xp.asarray(rng.standard_normal((n_mm, n_mm), dtype=np.float32))
+    mm_ms = timer.median(lambda: m @ m, repeats=5)
+    return {"copy_GBps": 2 * a.nbytes / copy_ms / 1e6,
+            "matmul_GFLOPs": 2 * n_mm ** 3 / mm_ms / 1e6}
+
+
+def rel_error(got, ref):
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def table(rows, columns):
+    """Plain-text table of dict rows."""
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    out = ["  ".join(c.rjust(widths[c]) for c in columns),
+           "  ".join("-" * widths[c] for c in columns)]
+    out += ["  ".join(_fmt(r.get(c)).rjust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(out)
+
+
+def _fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def write_json(path, payload):
+    if path:
+        with open(path, "w") as f:
+            json.dump(payload, f, indent=2)
+        print(f"wrote {path}")

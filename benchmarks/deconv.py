@@ -1,0 +1,139 @@
+"""Transposed convolution, minifcn against torch (oneDNN on the CPU, cuDNN on the GPU).
+
+    python -m benchmarks.deconv --device cpu --json deconv_cpu.json
+    python -m benchmarks.deconv --device cuda --sweep --json deconv_cuda.json
+
+For each shape: forward, and backward (input + weight gradients together, as a training
+step needs them), for minifcn's algorithms ('col2im': GEMM + col2im; 'subpixel': the
+phase decomposition; 'auto': what the package picks) and torch, in one process on the
+same float32 inputs. Every minifcn variant is first checked against torch on those
+inputs; one that disagrees is reported and not timed.
+
+Columns: median ms; ratio = minifcn / torch (below 1: minifcn faster); GFLOP/s of the
+useful arithmetic (2 * N * C_in * C_out * kh * kw * H * W per pass, twice that for
+backward); GB/s of the least traffic (inputs and outputs once) — beside the measured
+ceilings of the machine (a large copy, a large matmul).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from minifcn.functional import conv_transpose2d, conv_transpose2d_backward
+
+from .common import Timer, ceilings, machine, rel_error, table, write_json
+
+# (name, N, C_in, C_out, H, W, k, s, p): FCN's upsampling layers and a decoder layer
+FCN_SHAPES = [
+    ("upscore 32x, 16x16", 1, 21, 21, 16, 16, 64, 32, 16),
+    ("upscore 32x, 32x32", 1, 21, 21, 32, 32, 64, 32, 16),
+    ("upscore2 k4s2, 16x16", 1, 21, 21, 16, 16, 4, 2, 0),
+    ("upscore2 k4s2p1, 16x16", 1, 21, 21, 16, 16, 4, 2, 1),
+    ("upscore8 k16s8, 64x64", 1, 21, 21, 64, 64, 16, 8, 0),
+    ("256->128 k4s2p1, b8 32x32", 8, 256, 128, 32, 32, 4, 2, 1),
+]
+
+
+def sweep_shapes():
+    out = []
+    for c in (21, 64, 256):
+        for k, s in ((4, 2), (8, 4), (16, 8), (32, 16), (64, 32)):
+            for n in (1, 4):
+                out.append((f"sweep c{c} k{k}s{s} b{n}", n, c, c, 16, 16, k, s, s // 2))
+    return out
+
+
+def run_shape(shape, device, timer, repeats, torch):
+    name, n, cin, cout, h, w, k, s, p = shape
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, cin, h, w), dtype=np.float32)
+    wt = (rng.standard_normal((cin, cout, k, k)) / np.sqrt(cin * k * k / s / s)).astype(np.float32)
+    if device == "cuda":
+        import cupy
+        xd, wd = cupy.asarray(x), cupy.asarray(wt)
+        tdev = "cuda"
+    else:
+        xd, wd, tdev = x, wt, "cpu"
+    xt, wtt = torch.tensor(x, device=tdev), torch.tensor(wt, device=tdev)
+    yt = torch.nn.functional.conv_transpose2d(xt, wtt, stride=s, padding=p)
+    dy = rng.standard_normal(tuple(yt.shape), dtype=np.float32)
+    dyt = torch.tensor(dy, device=tdev)
+    dyd = cupy.asarray(dy) if device == "cuda" else dy
+
+    def torch_fwd():
+        return torch.nn.functional.conv_transpose2d(xt, wtt, stride=s, padding=p)
+
+    def torch_bwd():
+        return torch.ops.aten.convolution_backward(dyt, xt, wtt, None, [s, s], [p, p], [1, 1],
+                                                   True, [0, 0], 1, [True, True, False])
+    ref_dx, ref_dw, _ = torch_bwd()
+    refs = [yt.cpu().numpy(), ref_dx.cpu().numpy(), ref_dw.cpu().numpy()]
+    flops = 2.0 * n * cin * cout * k * k * h * w
+    out_elems = int(np.prod(yt.shape))
+    fwd_bytes = 4 * (x.size + wt.size + out_elems)
+    bwd_bytes = 4 * (out_elems + x.size + wt.size + x.size + wt.size)
+    rows = []
+    t_fwd = timer.median(torch_fwd, repeats)
+    t_bwd = timer.median(torch_bwd, repeats)
+    base = {"shape": name, "out": "x".join(map(str, yt.shape))}
+    rows.append({**base, "impl": "torch", "fwd_ms": t_fwd, "bwd_ms": t_bwd,
+                 "fwd_GFLOPs": flops / t_fwd / 1e6, "bwd_GFLOPs": 2 * flops / t_bwd / 1e6,
+                 "fwd_GBps": fwd_bytes / t_fwd / 1e6})
+    algorithms = ["auto", "col2im", "subpixel"]
+    for alg in algorithms:
+        def fwd():
+            return conv_transpose2d(xd, wd, None, s, p, algorithm=alg)
+
+        def bwd():
+            return conv_transpose2d_backward(dyd, xd, wd, s, p, need_bias_grad=False, algorithm=alg)
+        got = [fwd(), *bwd()[:2]]
+        errors = [rel_error(_host(g), r) for g, r in zip(got, refs)]
+        if max(errors) > 1e-4:
+            rows.append({**base, "impl": f"minifcn {alg}", "note": f"FAILED validation {errors}"})
+            continue
+        f_ms, b_ms = timer.median(fwd, repeats), timer.median(bwd, repeats)
+        rows.append({**base, "impl": f"minifcn {alg}", "fwd_ms": f_ms, "bwd_ms": b_ms,
+                     "fwd_ratio": f_ms / t_fwd, "bwd_ratio": b_ms / t_bwd,
+                     "fwd_GFLOPs": flops / f_ms / 1e6, "bwd_GFLOPs": 2 * flops / b_ms / 1e6,
+                     "fwd_GBps": fwd_bytes / f_ms / 1e6, "bwd_GBps": bwd_bytes / b_ms / 1e6,
+                     "max_rel_err": max(errors)})
+    return rows
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") else a
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.deconv", description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--sweep", action="store_true", help="also the sweep over channels, kernel, batch")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    import torch
+    if args.device == "cuda":
+        torch.backends.cudnn.enabled = True
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = False          # float32 against float32
+        torch.backends.cuda.matmul.allow_tf32 = False
+    timer = Timer(args.device)
+    info = machine(args.device)
+    info["ceilings"] = ceilings(args.device, timer)
+    print(f"{info.get('gpu', info['cpu'])}: copy {info['ceilings']['copy_GBps']:.0f} GB/s, "
+          f"float32 matmul {info['ceilings']['matmul_GFLOPs']:.0f} GFLOP/s")
+    shapes = FCN_SHAPES + (sweep_shapes() if args.sweep else [])
+    rows = []
+    for shape in shapes:
+        rows += run_shape(shape, args.device, timer, args.repeats, torch)
+    cols = ["shape", "impl", "fwd_ms", "fwd_ratio", "bwd_ms", "bwd_ratio", "fwd_GFLOPs",
+            "bwd_GFLOPs", "fwd_GBps", "note"]
+    print(table(rows, cols))
+    write_json(args.json, {"machine": info, "device": args.device, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

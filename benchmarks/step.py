@@ -1,0 +1,171 @@
+"""One training step of FCN-8s (VGG16, full width, the notes' geometry): minifcn vs torch.
+
+    python -m benchmarks.step --device cpu --sizes 224 --json step_cpu.json
+    python -m benchmarks.step --device cuda --sizes 224 320 --json step_cuda.json
+
+A step is forward + softmax cross-entropy + backward + SGD (momentum 0.9), batch 1, both
+frameworks starting from the same weights (copied through the state dict), with the
+bilinear upsamplers frozen in both. Reported: median ms per step, the ratio
+minifcn / torch, and peak memory — on the GPU CuPy's pool (bytes handed out, tracked
+by a memory hook) against ``torch.cuda.max_memory_allocated``; on the CPU the growth of
+the process's peak RSS over one step (after a first step has made the optimizer's
+buffers), each framework in a fresh subprocess.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import numpy as np
+
+from .common import Timer, machine, table, write_json
+
+
+def _models(size, device, width):
+    import torch
+    from minifcn.models import FCN8s
+    from minifcn.nn import SoftmaxCrossEntropy
+    from minifcn.optim import SGD
+    from tests.test_models import TorchFCN
+
+    ours = FCN8s(num_classes=21, width=width)
+    ours.need_input_grad = False
+    ref = TorchFCN("8s", "notes", 21, width)
+    ref.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
+    # random score layers, so that every layer gets a gradient (the zero init hides them)
+    rng = np.random.default_rng(0)
+    for name in ("score_fr", "score_pool4", "score_pool3"):
+        w = rng.standard_normal(ours.params[f"{name}.weight"].shape).astype(np.float32) * 1e-2
+        ours.layers[name].params["weight"] = w
+        getattr(ref, name).weight.data = torch.tensor(w)
+    for n, p in ref.named_parameters():
+        if n.startswith("upscore"):
+            p.requires_grad_(False)
+    tdev = "cuda" if device == "cuda" else "cpu"
+    ref = ref.to(tdev).train()
+    ours.to(device).train()
+    x = rng.standard_normal((1, 3, size, size), dtype=np.float32)
+    y = rng.integers(0, 21, (1, size, size))
+    if device == "cuda":
+        import cupy
+        xd, yd = cupy.asarray(x), cupy.asarray(y)
+    else:
+        xd, yd = x, y
+    xt = torch.tensor(x, device=tdev)
+    yt = torch.tensor(y, device=tdev)
+    crit = SoftmaxCrossEntropy()
+    opt = SGD(ours, 1e-4, momentum=0.9)
+    topt = torch.optim.SGD([p for p in ref.parameters() if p.requires_grad], 1e-4, momentum=0.9)
+
+    def ours_step():
+        loss = crit.forward(ours.forward(xd), yd)
+        ours.backward(crit.backward())
+        opt.step()
+        return loss
+
+    def torch_step():
+        topt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(ref(xt), yt, ignore_index=255)
+        loss.backward()
+        topt.step()
+        return loss
+
+    return ours_step, torch_step
+
+
+def _cpu_peak_rss(framework, size, width):
+    """Peak RSS growth (MB) over two steps, measured in a fresh process."""
+    code = (f"import benchmarks.step as s\n"
+            f"o, t = s._models({size}, 'cpu', {width})\n"
+            f"f = o if {framework!r} == 'minifcn' else t\n"
+            f"f()\n"                                   # first step allocates momentum buffers
+            f"base = s._rss_kb('VmRSS')\n"
+            f"open('/proc/self/clear_refs', 'w').write('5')\n"   # reset the peak (VmHWM)
+            f"f()\n"
+            f"print((s._rss_kb('VmHWM') - base) / 1024)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _rss_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _gpu_peaks(ours_step, torch_step):
+    import cupy
+    import torch
+
+    class Peak(cupy.cuda.MemoryHook):
+        name = "PeakHook"
+
+        def __init__(self):
+            self.used = self.peak = 0
+
+        def malloc_postprocess(self, **kw):
+            self.used += kw["mem_size"]
+            self.peak = max(self.peak, self.used)
+
+        def free_postprocess(self, **kw):
+            self.used -= kw["mem_size"]
+
+    pool = cupy.get_default_memory_pool()
+    cupy.cuda.Device().synchronize()
+    base = pool.used_bytes()
+    hook = Peak()
+    with hook:
+        ours_step()
+        cupy.cuda.Device().synchronize()
+    ours_mb = (base + hook.peak) / 2**20
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    torch_step()
+    torch.cuda.synchronize()
+    return ours_mb, torch.cuda.max_memory_allocated() / 2**20
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.step", description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--sizes", type=int, nargs="+", default=[224])
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    import torch
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    timer = Timer(args.device)
+    info = machine(args.device)
+    rows = []
+    for size in args.sizes:
+        ours_step, torch_step = _models(size, args.device, args.width)
+        t_ours = timer.median(ours_step, args.repeats, warmup=2)
+        t_torch = timer.median(torch_step, args.repeats, warmup=2)
+        row = {"size": f"{size}x{size}", "minifcn_ms": t_ours, "torch_ms": t_torch,
+               "ratio": t_ours / t_torch}
+        if not args.no_memory:
+            if args.device == "cuda":
+                m_ours, m_torch = _gpu_peaks(ours_step, torch_step)
+            else:
+                m_ours = _cpu_peak_rss("minifcn", size, args.width)
+                m_torch = _cpu_peak_rss("torch", size, args.width)
+            row.update(minifcn_peak_MB=m_ours, torch_peak_MB=m_torch, memory_ratio=m_ours / m_torch)
+        rows.append(row)
+        del ours_step, torch_step
+    print(f"FCN-8s step (width {args.width:g}, batch 1) on {info.get('gpu', info['cpu'])}")
+    print(table(rows, ["size", "minifcn_ms", "torch_ms", "ratio", "minifcn_peak_MB",
+                       "torch_peak_MB", "memory_ratio"]))
+    write_json(args.json, {"machine": info, "device": args.device, "width": args.width, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
