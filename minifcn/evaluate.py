@@ -62,7 +62,9 @@ def main(argv=None):
     p.add_argument("--split", default="val")
     p.add_argument("--json", help="also write the metrics to this file")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images per forward pass; above 1, images of different sizes are padded "
+                        "to a common size, which changes predictions near their borders")
     p.add_argument("--image-size", type=int, default=64, help="synthetic data only")
     p.add_argument("--num-images", type=int, help="synthetic data only (default: the split's size)")
     p.add_argument("--seed", type=int, default=0, help="synthetic data only")

@@ -50,9 +50,11 @@ def main(argv=None):
     images = [(path, load_image(path)) for path in args.images]   # every image readable first
     os.makedirs(args.out, exist_ok=True)
     from PIL import Image
-    for path, image in images:
+    stems = [os.path.splitext(os.path.basename(path))[0] for path, _ in images]
+    for (path, image), stem in zip(images, stems):
         mask = predict(model, image, spec["preprocess"], args.device)
-        stem = os.path.splitext(os.path.basename(path))[0]
+        if stems.count(stem) > 1:                 # a.jpg and a.png: keep both
+            stem = os.path.basename(path).replace(".", "_")
         save_mask_png(os.path.join(args.out, f"{stem}_mask.png"), mask)
         Image.fromarray(overlay(image, mask)).save(os.path.join(args.out, f"{stem}_overlay.png"))
         present = ", ".join(f"{spec['class_names'][c] if c < len(spec['class_names']) else c} "

@@ -220,7 +220,7 @@ class Run:
         n_val = {"num_images": c.val_images} if c.data == "synthetic" else {}
         self.train_set = open_dataset(c.data, "train", c.num_classes, **extra, **n_train)
         self.val_set = open_dataset(c.data, "val", c.num_classes, **extra, **n_val)
-        self.num_classes = c.num_classes or self.train_set.num_classes
+        self.num_classes = c.num_classes = c.num_classes or self.train_set.num_classes
         if c.validate_data:
             self.train_set.validate()
             self.val_set.validate()
@@ -274,6 +274,10 @@ class Run:
                      progress=config.progress)
         if config.iters is not None:
             saved["iters"] = config.iters
+        elif config.epochs is not None:
+            saved["iters"], saved["epochs"] = None, config.epochs
+        if saved.get("iters") is not None:
+            saved["epochs"] = None      # the saved iters may have been resolved from --epochs
         return TrainConfig(**saved)
 
     def _load_init(self, path):
@@ -330,8 +334,10 @@ class Run:
         x, y = self.loader.next_batch()
         x, y = to_device(x, self.config.device), to_device(y, self.config.device)
         self.model.train()
-        logits = self.model.forward(x)
-        loss = self.criterion.forward(logits, y)
+        with np.errstate(over="ignore", invalid="ignore"):     # a diverging run is caught below
+            logits = self.model.forward(x)
+            loss = self.criterion.forward(logits, y)
+        self.last_pixels = int((y != self.criterion.ignore_index).sum())   # pixels in the loss
         if not math.isfinite(loss):
             raise TrainingError(f"iteration {self.iteration + 1}: the loss is {loss}; "
                                 + diagnose_nonfinite(self.model, x, y, self.criterion))
@@ -343,7 +349,10 @@ class Run:
         c = self.config
         self.model.eval()
         cm = ConfusionMatrix(self.num_classes)
-        loader = BatchLoader(self.val_set, c.batch_size, shuffle=False, preprocess=c.preprocess)
+        # images of different sizes would be padded to a common size in a batch, which
+        # changes what the network sees near their borders: batch only the synthetic data
+        batch = c.batch_size if c.data == "synthetic" else 1
+        loader = BatchLoader(self.val_set, batch, shuffle=False, preprocess=c.preprocess)
         for x, y in loader:
             logits = self.model.forward(to_device(x, c.device))
             cm.update(to_numpy(logits.argmax(axis=1)), y)
@@ -403,14 +412,15 @@ class Run:
                 loss = self.step(lr)
                 elapsed = time.perf_counter() - t0
                 self.iteration += 1
-                losses.append(loss)
+                # per pixel: the summed loss (paper recipe) over the pixels it summed
+                per_pixel = loss if c.recipe != "paper" else loss / max(1, self.last_pixels)
+                losses.append(per_pixel)
                 row = {"iteration": self.iteration, "epoch": self.loader.epoch,
                        "loss": f"{loss:.6g}", "lr": f"{lr:.6g}", "it_per_s": f"{1 / elapsed:.3f}"}
                 bar.set_postfix_str(f"loss {loss:.4f}" + (f" mIU {self.metrics['mean_iou']:.3f}"
                                                           if self.metrics else ""))
                 bar.update(1)
-                per_pixel = loss if c.recipe != "paper" else loss / max(1, self._pixels())
-                if not warned and self._stuck(losses, ln_c, c.recipe):
+                if not warned and self._stuck(losses, ln_c):
                     warned = True
                     self.log(f"warning: after {self.iteration} iterations the loss per pixel "
                              f"({per_pixel:.4f}) is still ln(num_classes) = {ln_c:.4f}: the network "
@@ -442,16 +452,13 @@ class Run:
         os.replace(os.path.join(self.dir, "metrics.json.tmp"), os.path.join(self.dir, "metrics.json"))
         return self.metrics
 
-    def _pixels(self):
-        return self.config.batch_size * self.config.image_size ** 2
-
-    def _stuck(self, losses, ln_c, recipe):
-        """True when, well into training, the recent mean loss per pixel is still ln(C)."""
+    @staticmethod
+    def _stuck(losses, ln_c):
+        """True when, well into training, the recent mean loss per pixel (``losses``: one
+        per iteration, per pixel) is still ln(C)."""
         if len(losses) < 200 or len(losses) % 50:
             return False
         recent = float(np.mean(losses[-50:]))
-        if recipe == "paper":
-            recent /= self._pixels()
         return abs(recent - ln_c) < 0.01 * ln_c
 
 

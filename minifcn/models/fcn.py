@@ -161,10 +161,10 @@ class FCN(Graph):
     def need_input_grad(self, value):
         self.layers["conv1_1"].need_input_grad = bool(value)
 
-    def forward(self, x):
+    def forward(self, x, hook=None):
         if getattr(x, "ndim", None) != 4 or x.shape[1] != 3:
             raise ValueError(f"FCN input must have shape (N, 3, H, W), got {getattr(x, 'shape', None)}")
-        return super().forward(x)
+        return super().forward(x, hook=hook)
 
     def load_vgg16(self, state):
         """Transplant torchvision VGG16 ImageNet weights into conv1_1..fc7 (width 1 only).

@@ -1,0 +1,243 @@
+"""Optimisers and learning-rate schedules against torch.optim and hand-computed values.
+
+The same starting weights and the same gradients go into minifcn's optimiser and into
+``torch.optim.SGD`` / ``torch.optim.Adam`` (weight decay only in the weights' param group,
+as the FCN solver does: never on biases); after every step the weights must agree.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minifcn import io
+from minifcn.nn import Conv2d, ConvTranspose2d, Graph, ReLU
+from minifcn.optim import SGD, Adam, learning_rate
+
+torch = pytest.importorskip("torch")
+
+
+def _model(seed=0):
+    """conv (weight+bias) -> relu -> up (weight, frozen) -> score (weight+bias), float64."""
+    rng = np.random.default_rng(seed)
+    up = ConvTranspose2d(3, 3, 4, 2, 1, bias=False, dtype=np.float64)
+    up.frozen.add("weight")
+    g = Graph([
+        ("conv", Conv2d(2, 3, 3, padding=1, dtype=np.float64), ["data"]),
+        ("relu", ReLU(), ["conv"]),
+        ("up", up, ["relu"]),
+        ("score", Conv2d(3, 4, 1, dtype=np.float64), ["up"]),
+    ])
+    for name, layer, p in g.parameters():          # non-zero values everywhere, biases too
+        layer.params[p] = rng.standard_normal(layer.params[p].shape)
+    return g
+
+
+def _set_grads(model, grads):
+    for name, layer, p in model.parameters():
+        layer.grads[p] = grads[name].copy()
+
+
+def _grad_stream(model, steps, seed=1):
+    rng = np.random.default_rng(seed)
+    return [{k: rng.standard_normal(v.shape) for k, v in model.params.items()}
+            for _ in range(steps)]
+
+
+def _torch_params(model):
+    return {k: torch.tensor(v.copy(), requires_grad=True) for k, v in model.params.items()}
+
+
+def _torch_groups(tparams, frozen, weight_decay):
+    """Weights with weight decay, biases without; frozen parameters not given to torch."""
+    decay = [p for k, p in tparams.items() if k not in frozen and not k.endswith(".bias")]
+    no_decay = [p for k, p in tparams.items() if k not in frozen and k.endswith(".bias")]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _rel(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+LRS = [0.1, 0.05, 0.2, 0.01, 0.1, 0.03]
+
+
+@pytest.mark.parametrize("momentum,weight_decay", [(0.9, 5e-4), (0.99, 0.1), (0.0, 0.05), (0.9, 0.0)])
+def test_sgd_matches_torch(momentum, weight_decay):
+    model = _model()
+    frozen = set(model.frozen)
+    assert frozen == {"up.weight"}
+    start = {k: v.copy() for k, v in model.params.items()}
+    tparams = _torch_params(model)
+    ref = torch.optim.SGD(_torch_groups(tparams, frozen, weight_decay), lr=LRS[0],
+                          momentum=momentum)
+    opt = SGD(model, LRS[0], momentum=momentum, weight_decay=weight_decay)
+    for step, (lr, grads) in enumerate(zip(LRS, _grad_stream(model, len(LRS)))):
+        _set_grads(model, grads)
+        opt.step(lr)
+        for group in ref.param_groups:
+            group["lr"] = lr
+        for k, p in tparams.items():
+            p.grad = torch.tensor(grads[k])
+        ref.step()
+        for k, p in tparams.items():
+            assert _rel(model.params[k], p.detach().numpy()) < 1e-12, (step, k)
+    # the frozen upsampling kernel never moved, though it had gradients every step
+    np.testing.assert_array_equal(model.params["up.weight"], start["up.weight"])
+    # and everything else did
+    for k in start:
+        if k != "up.weight":
+            assert not np.array_equal(model.params[k], start[k]), k
+
+
+def test_sgd_no_weight_decay_on_biases_by_hand():
+    """One step from zero momentum: w -= lr (g + wd w) for weights, b -= lr g for biases."""
+    model = _model()
+    w0, b0 = model.params["conv.weight"].copy(), model.params["conv.bias"].copy()
+    grads = _grad_stream(model, 1)[0]
+    _set_grads(model, grads)
+    SGD(model, 0.1, momentum=0.9, weight_decay=0.5).step()
+    np.testing.assert_allclose(model.params["conv.weight"],
+                               w0 - 0.1 * (grads["conv.weight"] + 0.5 * w0), rtol=1e-13)
+    np.testing.assert_allclose(model.params["conv.bias"], b0 - 0.1 * grads["conv.bias"], rtol=1e-13)
+
+
+@pytest.mark.parametrize("weight_decay,betas", [(0.0, (0.9, 0.999)), (1e-2, (0.8, 0.99))])
+def test_adam_matches_torch(weight_decay, betas):
+    model = _model()
+    frozen = set(model.frozen)
+    start = {k: v.copy() for k, v in model.params.items()}
+    tparams = _torch_params(model)
+    ref = torch.optim.Adam(_torch_groups(tparams, frozen, weight_decay), lr=LRS[0], betas=betas,
+                           eps=1e-8)
+    opt = Adam(model, LRS[0], betas=betas, eps=1e-8, weight_decay=weight_decay)
+    for step, (lr, grads) in enumerate(zip(LRS, _grad_stream(model, len(LRS), seed=5))):
+        _set_grads(model, grads)
+        opt.step(lr)
+        for group in ref.param_groups:
+            group["lr"] = lr
+        for k, p in tparams.items():
+            p.grad = torch.tensor(grads[k])
+        ref.step()
+        for k, p in tparams.items():
+            assert _rel(model.params[k], p.detach().numpy()) < 1e-10, (step, k)
+    np.testing.assert_array_equal(model.params["up.weight"], start["up.weight"])
+
+
+def test_parameter_without_gradient_is_not_updated():
+    model = _model()
+    before = {k: v.copy() for k, v in model.params.items()}
+    grads = _grad_stream(model, 1)[0]
+    _set_grads(model, grads)
+    del model.layers["score"].grads["weight"]          # e.g. a layer the loss never reached
+    for opt in (SGD(model, 0.1, weight_decay=0.1), Adam(model, 0.1, weight_decay=0.1)):
+        opt.step()
+    np.testing.assert_array_equal(model.params["score.weight"], before["score.weight"])
+    assert not np.array_equal(model.params["score.bias"], before["score.bias"])
+
+
+@pytest.mark.parametrize("cls", [SGD, Adam])
+def test_state_dict_round_trip_continues_identically(cls, tmp_path):
+    """Save the optimiser's state half-way (through an .npz, as a checkpoint does), load it
+    into a fresh optimiser on a copy of the model: both continue with identical weights."""
+    model = _model()
+    kwargs = {"momentum": 0.9} if cls is SGD else {}
+    opt = cls(model, 0.05, weight_decay=1e-3, **kwargs)
+    stream = _grad_stream(model, 6, seed=7)
+    for grads in stream[:3]:
+        _set_grads(model, grads)
+        opt.step()
+    path = tmp_path / "opt.npz"
+    io.save(path, {**{f"w/{k}": v for k, v in model.params.items()},
+                   **{f"o/{k}": v for k, v in opt.state_dict().items()}})
+    saved = io.load(path)
+
+    clone = _model(seed=123)                              # different weights, then loaded
+    clone.load_state_dict({k[2:]: v for k, v in saved.items() if k.startswith("w/")})
+    opt2 = cls(clone, 0.05, weight_decay=1e-3, **kwargs)
+    opt2.load_state_dict({k[2:]: v for k, v in saved.items() if k.startswith("o/")})
+    assert opt2.steps == 3
+    for grads in stream[3:]:
+        for m, o in ((model, opt), (clone, opt2)):
+            _set_grads(m, grads)
+            o.step()
+    for k in model.params:
+        np.testing.assert_array_equal(clone.params[k], model.params[k], err_msg=k)
+
+    # without the state (fresh buffers, step count 0) the continuation differs
+    fresh = _model(seed=123)
+    fresh.load_state_dict({k[2:]: v for k, v in saved.items() if k.startswith("w/")})
+    opt3 = cls(fresh, 0.05, weight_decay=1e-3, **kwargs)
+    for grads in stream[3:]:
+        _set_grads(fresh, grads)
+        opt3.step()
+    assert not np.allclose(fresh.params["conv.weight"], model.params["conv.weight"])
+
+
+def test_state_dict_that_does_not_fit_is_refused():
+    model = _model()
+    opt = SGD(model, 0.1)
+    _set_grads(model, _grad_stream(model, 1)[0])
+    opt.step()
+    state = opt.state_dict()
+    state["momentum/nonexistent.weight"] = np.zeros(3)
+    with pytest.raises(ValueError, match="nonexistent.weight"):
+        SGD(_model(), 0.1).load_state_dict(state)
+    with pytest.raises(ValueError, match="does not fit"):
+        Adam(_model(), 0.1).load_state_dict(opt.state_dict())     # SGD buffers into Adam
+
+
+def test_optimizer_arguments_checked():
+    model = _model()
+    with pytest.raises(ValueError, match="lr"):
+        SGD(model, 0.0)
+    with pytest.raises(ValueError, match="momentum"):
+        SGD(model, 0.1, momentum=1.0)
+    with pytest.raises(ValueError, match="weight_decay"):
+        Adam(model, 0.1, weight_decay=-1)
+
+
+# -- learning-rate schedules, against values worked out by hand ---------------------------
+
+@pytest.mark.parametrize("args,expected", [
+    # fixed
+    ((0.01, 0, 100, "fixed"), 0.01),
+    ((0.01, 99, 100, "fixed"), 0.01),
+    # poly: lr (1 - it/max)^0.9
+    ((0.01, 0, 100, "poly"), 0.01),
+    ((0.01, 50, 100, "poly"), 0.01 * 0.5 ** 0.9),            # 0.005358867...
+    ((0.01, 75, 100, "poly"), 0.01 * 0.25 ** 0.9),           # 0.002872984...
+    ((0.01, 100, 100, "poly"), 0.0),
+    ((1e-10, 10, 40, "poly"), 1e-10 * 0.75 ** 0.9),
+])
+def test_schedules_by_hand(args, expected):
+    assert learning_rate(*args) == pytest.approx(expected, rel=1e-12, abs=1e-300)
+
+
+def test_poly_hand_numbers():
+    """The same, written as plain numbers (0.5 ** 0.9 = 0.535886731...)."""
+    assert learning_rate(1.0, 50, 100, "poly") == pytest.approx(0.5358867312681466, rel=1e-12)
+    assert learning_rate(1.0, 50, 100, "poly", power=1.0) == pytest.approx(0.5, rel=1e-12)
+    assert learning_rate(1.0, 90, 100, "poly", power=2.0) == pytest.approx(0.01, rel=1e-12)
+
+
+@pytest.mark.parametrize("it,schedule,expected", [
+    (0, "fixed", 0.01 * 1 / 10),
+    (4, "fixed", 0.01 * 5 / 10),
+    (9, "fixed", 0.01),
+    (10, "fixed", 0.01),
+    (50, "fixed", 0.01),
+    (0, "poly", 0.01 * 1 / 10),
+    (4, "poly", 0.01 * 0.96 ** 0.9 * 5 / 10),
+    (9, "poly", 0.01 * 0.91 ** 0.9),
+    (10, "poly", 0.01 * 0.90 ** 0.9),
+])
+def test_warmup_by_hand(it, schedule, expected):
+    """Linear warm-up over the first 10 iterations: (it + 1) / 10 of the schedule's lr."""
+    assert learning_rate(0.01, it, 100, schedule, warmup=10) == pytest.approx(expected, rel=1e-12)
+
+
+def test_unknown_schedule_refused():
+    with pytest.raises(ValueError, match="schedule"):
+        learning_rate(0.1, 0, 10, "cosine")

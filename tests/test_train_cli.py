@@ -1,0 +1,716 @@
+"""``python -m minifcn.train`` end to end, on tiny datasets the tests write themselves.
+
+Most runs call ``minifcn.train.main`` in-process through ``run_main`` (what ``__main__``
+does); a few go through a real ``python -m minifcn.train`` subprocess: ``--help``, an
+unknown flag, a bad directory, a synthetic run, and a run killed with SIGKILL.
+Every run is a few iterations of a width-1/32 network on 32x32..64x64 images.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minifcn import io
+from minifcn.cli import run_main
+from minifcn.data import SyntheticShapes, save_mask_png
+from minifcn.models import FCN8s
+from minifcn.train import main as train_main
+from minifcn.training import Run, TrainConfig, diagnose_nonfinite
+
+REPO = Path(__file__).resolve().parents[1]
+LOG_COLUMNS = ["iteration", "epoch", "loss", "lr", "it_per_s", "pixel_acc", "mean_acc",
+               "mean_iou", "fw_iou"]
+METRICS = ["pixel_acc", "mean_acc", "mean_iou", "fw_iou"]
+TINY = ["--width", "0.03125", "--batch-size", "2", "--no-progress"]
+SYN = ["--data", "synthetic", "--image-size", "32", "--train-images", "6", "--val-images", "2",
+       "--pictures", "1", *TINY]
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+def cli(main, args, capsys):
+    """Run a CLI main in-process as ``python -m`` would: ``(exit status, stdout, stderr)``."""
+    try:
+        rc = run_main(main, [str(a) for a in args])
+    except SystemExit as e:                 # argparse: --help, bad flags
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def python_m(module, args, **kw):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, **kw)
+
+
+def assert_one_line_error(rc, err, *needles):
+    assert rc == 2, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("error: "), lines[0]
+    for needle in needles:
+        assert str(needle) in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def read_log(run_dir):
+    with open(Path(run_dir) / "log.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def synth_pair(h, w, seed, num_classes=4):
+    image, mask = SyntheticShapes(1, size=(h, w), seed=seed, num_classes=num_classes)[0]
+    return image, mask
+
+
+def make_voc(root, train_sizes, val_sizes, void=True):
+    """A PASCAL VOC 2012 directory: JPEGImages/*.jpg, SegmentationClass/*.png (palette),
+    ImageSets/Segmentation/{train,val}.txt. Returns {split: [ids]}."""
+    root = Path(root)
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    ids, k = {}, 0
+    for split, sizes in (("train", train_sizes), ("val", val_sizes)):
+        ids[split] = []
+        for h, w in sizes:
+            image, mask = synth_pair(h, w, seed=k)
+            if void:
+                mask[0, :] = 255                  # a void border, as VOC has
+            name = f"2007_{k:06d}"
+            Image.fromarray(image).save(root / "JPEGImages" / f"{name}.jpg", quality=95)
+            save_mask_png(root / "SegmentationClass" / f"{name}.png", mask)
+            ids[split].append(name)
+            k += 1
+        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids[split]) + "\n")
+    return ids
+
+
+def make_folder(root, sizes, lists=None, ext=".png", num_classes=4, seed0=100):
+    """The folder layout: images/<stem><ext>, masks/<stem>.png, optional split lists
+    (``lists={'train': [...], 'val': [...]}``). Returns the stems."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    stems = []
+    for i, (h, w) in enumerate(sizes):
+        image, mask = synth_pair(h, w, seed=seed0 + i, num_classes=num_classes)
+        stem = f"img{i}"
+        Image.fromarray(image).save(root / "images" / f"{stem}{ext}")
+        save_mask_png(root / "masks" / f"{stem}.png", mask)
+        stems.append(stem)
+    for split, names in (lists or {}).items():
+        (root / f"{split}.txt").write_text("\n".join(names) + "\n")
+    return stems
+
+
+def snapshot(run_dir, names):
+    return {n: (Path(run_dir) / n).read_bytes() for n in names}
+
+
+def poly_lr(base, it, iters, warmup, power=0.9):
+    """The poly schedule with linear warm-up, written out again here."""
+    lr = base * (1 - it / iters) ** power
+    return lr * (it + 1) / warmup if it < warmup else lr
+
+
+# -- the command line itself ----------------------------------------------------------------
+
+def test_help_subprocess():
+    r = python_m("minifcn.train", ["--help"])
+    assert r.returncode == 0, r.stderr
+    for flag in ("--data", "--model", "--geometry", "--width", "--num-classes", "--iters",
+                 "--epochs", "--batch-size", "--lr", "--optimizer", "--device", "--init", "--out",
+                 "--resume", "--seed", "--val-every", "--recipe", "--schedule", "--momentum",
+                 "--weight-decay", "--dropout", "--crop-size", "--no-flip", "--no-progress"):
+        assert flag in r.stdout, flag
+
+
+def test_unknown_flag_refused_subprocess(tmp_path):
+    r = python_m("minifcn.train", ["--iterations", "3", "--out", tmp_path / "run"])
+    assert r.returncode == 2
+    assert "unrecognized arguments: --iterations" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--iters", "abc"], "invalid int value: 'abc'"),
+    (["--lr", "fast"], "invalid float value: 'fast'"),
+    (["--batch-size", "2.5"], "invalid int value: '2.5'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_flag_values_refused(args, message, capsys, tmp_path):
+    rc, out, err = cli(train_main, [*args, "--out", tmp_path / "run"], capsys)
+    assert rc == 2
+    assert message in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "fcn4s"], "--model must be one of"),
+    (["--optimizer", "rmsprop"], "--optimizer must be one of"),
+    (["--geometry", "round"], "--geometry must be one of"),
+    (["--iters", "3", "--epochs", "1"], "not both"),
+    (["--lr", "-1"], "lr > 0"),
+    (["--init", "no/such/weights.pth"], "no/such/weights.pth"),
+])
+def test_bad_settings_are_one_line_errors(args, message, capsys, tmp_path):
+    length = [] if ("--iters" in args or "--epochs" in args) else ["--iters", "1"]
+    rc, out, err = cli(train_main, [*SYN, *args, *length, "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(rc, err, message)
+    assert not (tmp_path / "run").exists()
+
+
+# -- a run on each layout, and the files it writes --------------------------------------------
+
+def test_voc_layout_end_to_end(tmp_path, capsys):
+    """VOC layout, images of different sizes in every batch (and void 255 labels); checks
+    every file of the run directory."""
+    data = tmp_path / "VOC2012"
+    train_sizes = [(40, 48), (36, 52), (48, 40), (44, 44)]
+    val_sizes = [(36, 44), (40, 30)]
+    ids = make_voc(data, train_sizes, val_sizes)
+    run = tmp_path / "run"
+    rc, out, err = cli(train_main, ["--data", data, *TINY, "--iters", "4", "--val-every", "2",
+                                    "--pictures", "2", "--out", run], capsys)
+    assert rc == 0, err
+
+    # config.json: the resolved configuration, every field of TrainConfig
+    config = json.loads((run / "config.json").read_text())
+    assert set(config) == {f.name for f in dataclasses.fields(TrainConfig)}
+    expect = {"data": str(data), "model": "fcn8s", "geometry": "notes", "width": 0.03125,
+              "num_classes": 21, "optimizer": "adam", "lr": 5e-3, "momentum": 0.9,
+              "weight_decay": 0.0, "preprocess": "simple", "recipe": "normalized",
+              "schedule": "poly", "iters": 4, "batch_size": 2, "val_every": 2, "seed": 0,
+              "out": str(run), "resume": None, "init": None, "device": "cpu", "pictures": 2}
+    assert {k: config[k] for k in expect} == expect
+    # ... and it is what was printed
+    printed = json.loads(out.split("configuration:", 1)[1].splitlines()[0])
+    assert printed == config
+    assert re.search(r"final validation: pixel acc [0-9.]+, mean acc [0-9.]+, mean IU [0-9.]+", out)
+
+    # log.csv: one row per iteration, metrics on validation rows only
+    fields, rows = read_log(run)
+    assert fields == LOG_COLUMNS
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    for i, r in enumerate(rows):
+        assert math.isfinite(float(r["loss"])) and float(r["loss"]) > 0
+        assert float(r["lr"]) == pytest.approx(poly_lr(5e-3, i, 4, warmup=200), rel=1e-5)
+        assert float(r["it_per_s"]) > 0
+        validated = int(r["iteration"]) % 2 == 0
+        for m in METRICS:
+            assert (r[m] != "") == validated, (r["iteration"], m)
+            if validated:
+                assert 0 <= float(r[m]) <= 1
+    # the first loss, with the score layers zero-initialised: ln(21) per pixel, exactly
+    assert float(rows[0]["loss"]) == pytest.approx(math.log(21), rel=1e-5)
+
+    # metrics.json: the final validation, also in the last log row
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {*METRICS, "per_class_iou"}
+    assert len(metrics["per_class_iou"]) == 21
+    for m in METRICS:
+        assert float(rows[-1][m]) == pytest.approx(metrics[m], abs=1e-6)
+
+    # checkpoint.npz: weights, optimizer state, where the run is
+    arrays, meta = io.load(run / "checkpoint.npz", with_meta=True)
+    assert meta["kind"] == "minifcn-checkpoint" and meta["iteration"] == 4
+    model_keys = set(FCN8s(num_classes=21, width=0.03125).state_dict())
+    assert {k for k in arrays if not k.startswith("optimizer/")} == model_keys
+    assert any(k.startswith("optimizer/m/") for k in arrays)
+    assert arrays["score_fr.weight"].shape[0] == 21
+    # best.npz: weights only, with the model description
+    best, best_meta = io.load(run / "best.npz", with_meta=True)
+    assert set(best) == model_keys
+    assert best_meta["model"]["name"] == "fcn8s" and best_meta["model"]["num_classes"] == 21
+
+    # val_samples.png: a real PNG, one row per picture, image | truth | prediction
+    with Image.open(run / "val_samples.png") as im:
+        assert im.format == "PNG" and im.mode == "RGB"
+        picture = np.asarray(im)
+    hs, ws = [h for h, _ in val_sizes], [w for _, w in val_sizes]
+    assert picture.shape == (sum(h + 2 for h in hs), 3 * max(ws), 3)
+    top = 0
+    for name, (h, w) in zip(ids["val"], val_sizes):
+        row = picture[top:top + h]
+        image = np.asarray(Image.open(data / "JPEGImages" / f"{name}.jpg").convert("RGB"))
+        truth = np.asarray(Image.open(data / "SegmentationClass" / f"{name}.png").convert("RGB"))
+        assert np.abs(row[:, :w].astype(int) - image).max() <= 1          # the image
+        np.testing.assert_array_equal(row[:, w:2 * w], truth)              # the truth, VOC colours
+        palette = {tuple(c) for c in np.asarray(
+            Image.open(data / "SegmentationClass" / f"{name}.png").getpalette()[:21 * 3]).reshape(21, 3)}
+        assert {tuple(c) for c in row[:, 2 * w:3 * w].reshape(-1, 3)} <= palette   # a prediction
+        top += h + 2
+
+
+@pytest.mark.parametrize("lists", [True, False])
+def test_folder_layout(tmp_path, capsys, lists):
+    """images/ + masks/, with train.txt/val.txt or the default split; --epochs; jpg images."""
+    data = tmp_path / "data"
+    sizes = [(32, 40), (40, 32), (36, 36), (32, 48), (44, 36), (40, 40)]
+    split = {"train": ["img0", "img1", "img2", "img3"], "val": ["img4", "img5"]} if lists else None
+    make_folder(data, sizes, lists=split, ext=".jpg")
+    run = tmp_path / "run"
+    rc, out, err = cli(train_main, ["--data", data, *TINY, "--epochs", "1", "--val-every", "1",
+                                    "--pictures", "1", "--out", run], capsys)
+    assert rc == 0, err
+    config = json.loads((run / "config.json").read_text())
+    # 4 train images (with lists) or 5 (every 5th sorted stem is val), batches of 2, drop_last
+    assert config["iters"] == 2
+    assert config["num_classes"] == 4           # from the masks: largest label 3, plus one
+    n_val = 2 if lists else 1
+    assert f"({4 if lists else 5} train / {n_val} val images, 4 classes)" in out
+    _, rows = read_log(run)
+    assert [int(r["iteration"]) for r in rows] == [1, 2]
+    assert all(r["mean_iou"] != "" for r in rows)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["per_class_iou"]) == 4
+    assert (run / "best.npz").is_file() and (run / "val_samples.png").is_file()
+
+
+def test_synthetic_subprocess(tmp_path):
+    """A real ``python -m minifcn.train --data synthetic`` run."""
+    run = tmp_path / "run"
+    r = python_m("minifcn.train", [*SYN, "--iters", "3", "--val-every", "3", "--out", run])
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    config = json.loads((run / "config.json").read_text())
+    printed = json.loads(r.stdout.split("configuration:", 1)[1].splitlines()[0])
+    assert printed == config
+    assert config["num_classes"] == 4 and config["image_size"] == 32
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert f"mean IU {metrics['mean_iou']:.4f}" in r.stdout
+    for name in ("log.csv", "checkpoint.npz", "best.npz", "metrics.json", "val_samples.png"):
+        assert (run / name).is_file(), name
+
+
+# -- presets --------------------------------------------------------------------------------
+
+def test_paper_recipe_preset():
+    c = TrainConfig(recipe="paper").resolved()
+    assert (c.optimizer, c.lr, c.momentum, c.weight_decay) == ("sgd", 1e-10, 0.99, 5e-4)
+    n = TrainConfig().resolved()
+    assert (n.recipe, n.optimizer, n.lr) == ("normalized", "adam", 5e-3)
+    o = TrainConfig(recipe="paper", lr=1e-4, momentum=0.9, optimizer="adam",
+                    weight_decay=0.0).resolved()
+    assert (o.optimizer, o.lr, o.momentum, o.weight_decay) == ("adam", 1e-4, 0.9, 0.0)
+
+
+def test_paper_recipe_sums_the_loss(tmp_path, capsys):
+    """--recipe paper on the command line: SGD, momentum 0.99, and a *summed* loss: with the
+    score layers zero-initialised the first loss is (pixels) x ln(C), here 2*32*32*ln 4.
+    An explicit --lr overrides the preset's."""
+    run = tmp_path / "run"
+    rc, out, err = cli(train_main, [*SYN, "--recipe", "paper", "--lr", "1e-9", "--iters", "1",
+                                    "--out", run], capsys)
+    assert rc == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert (config["optimizer"], config["lr"], config["momentum"]) == ("sgd", 1e-9, 0.99)
+    _, rows = read_log(run)
+    assert float(rows[0]["loss"]) == pytest.approx(2 * 32 * 32 * math.log(4), rel=1e-5)
+
+
+# -- resume ---------------------------------------------------------------------------------
+
+RESUME = [*SYN, "--dropout", "0.5", "--val-every", "4", "--lr", "2e-3", "--warmup", "2"]
+
+
+def _same_rows(rows, ref_rows):
+    assert [r["iteration"] for r in rows] == [r["iteration"] for r in ref_rows]
+    for r, ref in zip(rows, ref_rows):
+        assert r["epoch"] == ref["epoch"], r["iteration"]
+        for k in ("loss", "lr", *METRICS):
+            if ref[k] == "":
+                assert r[k] == "", (r["iteration"], k)
+            else:
+                assert float(r[k]) == pytest.approx(float(ref[k]), rel=1e-6, abs=1e-9), \
+                    (r["iteration"], k)
+
+
+def _same_weights(dir_a, dir_b):
+    a, b = io.load(Path(dir_a) / "checkpoint.npz"), io.load(Path(dir_b) / "checkpoint.npz")
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-6, atol=1e-9, err_msg=k)
+
+
+@pytest.mark.parametrize("how", ["stopped", "interrupted"])
+def test_resume_continues_the_log(tmp_path, capsys, monkeypatch, how):
+    """An uninterrupted 8-iteration run (dropout 0.5, flips, 3 batches per epoch) against
+    the same run stopped at its checkpoint 4 and resumed:
+
+    - ``stopped``: ``--iters 4 --schedule fixed``, then ``--resume DIR --iters 8``;
+    - ``interrupted``: 8 iterations with the poly schedule, interrupted during iteration 7
+      (after the checkpoint at 4 and two more logged rows), then ``--resume DIR``.
+    """
+    full, part = tmp_path / "full", tmp_path / "part"
+    sched = ["--schedule", "fixed"] if how == "stopped" else ["--schedule", "poly"]
+    assert cli(train_main, [*RESUME, *sched, "--iters", "8", "--out", full], capsys)[0] == 0
+    if how == "stopped":
+        assert cli(train_main, [*RESUME, *sched, "--iters", "4", "--out", part], capsys)[0] == 0
+        again = ["--resume", part, "--iters", "8", "--no-progress"]
+    else:
+        real_step = Run.step
+
+        def step(self, lr):
+            if self.iteration == 6:
+                raise KeyboardInterrupt
+            return real_step(self, lr)
+        monkeypatch.setattr(Run, "step", step)
+        rc, _, err = cli(train_main, [*RESUME, *sched, "--iters", "8", "--out", part], capsys)
+        assert rc == 130, err
+        monkeypatch.undo()
+        assert [r["iteration"] for r in read_log(part)[1]] == [str(i) for i in range(1, 7)]
+        again = ["--resume", part, "--no-progress"]
+    rc, out, err = cli(train_main, again, capsys)
+    assert rc == 0, err
+    assert "resuming" in out and "at iteration 4" in out
+
+    _, ref_rows = read_log(full)
+    _, rows = read_log(part)
+    _same_rows(rows, ref_rows)
+    _same_weights(full, part)
+    # the run learnt (so dropout and the optimiser state shaped the losses that matched)
+    assert len({r["loss"] for r in ref_rows[2:]}) == len(ref_rows) - 2
+    assert json.loads((part / "metrics.json").read_text()) == \
+        pytest.approx(json.loads((full / "metrics.json").read_text()))
+
+
+def test_resume_of_a_run_started_with_epochs(tmp_path, capsys):
+    """--epochs 1 (6 images, batches of 2: 3 iterations), then --resume with --epochs 2,
+    then a plain --resume of the finished run."""
+    run = tmp_path / "run"
+    assert cli(train_main, [*SYN, "--epochs", "1", "--val-every", "2", "--out", run], capsys)[0] == 0
+    config = json.loads((run / "config.json").read_text())
+    assert (config["epochs"], config["iters"]) == (1.0, 3)
+    rc, out, err = cli(train_main, ["--resume", run, "--epochs", "2", "--no-progress"], capsys)
+    assert rc == 0, err
+    assert [r["iteration"] for r in read_log(run)[1]] == ["1", "2", "3", "4", "5", "6"]
+    rc, out, err = cli(train_main, ["--resume", run, "--no-progress"], capsys)
+    assert rc == 0, err
+    assert len(read_log(run)[1]) == 6
+
+
+def test_resume_of_a_finished_run_keeps_its_files(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(train_main, [*SYN, "--iters", "2", "--val-every", "2", "--out", run], capsys)[0] == 0
+    log_before = read_log(run)
+    rc, out, err = cli(train_main, ["--resume", run, "--no-progress"], capsys)
+    assert rc == 0, err
+    assert read_log(run) == log_before
+
+
+def test_checkpoint_survives_sigkill(tmp_path, capsys):
+    """Kill a real training process (SIGKILL) while it runs and checkpoints every 3
+    iterations; the last checkpoint loads, and --resume finishes the run with the very
+    log an uninterrupted run writes."""
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    args = [*SYN, "--dropout", "0.5", "--schedule", "fixed", "--warmup", "0", "--lr", "2e-3",
+            "--val-every", "3", "--pictures", "0"]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "minifcn.train", *map(str, args),
+                             "--iters", "100000", "--out", str(run)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def logged():
+            try:
+                return (run / "log.csv").read_text().count("\n") - 1
+            except FileNotFoundError:
+                return 0
+        # until a second checkpoint is written and the next one is in the making
+        while logged() < 8:
+            if proc.poll() is not None:
+                pytest.fail(f"training exited early: {proc.stderr.read()}")
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+    arrays, meta = io.load(run / "checkpoint.npz", with_meta=True)
+    k = meta["iteration"]
+    assert k >= 6 and k % 3 == 0
+    assert all(np.isfinite(v).all() for v in arrays.values())
+    logged_rows = read_log(run)[1]
+    assert int(logged_rows[-1]["iteration"]) >= k
+
+    finish = k + 3
+    rc, out, err = cli(train_main, ["--resume", run, "--iters", finish, "--no-progress"], capsys)
+    assert rc == 0, err
+    assert f"at iteration {k}" in out
+    assert cli(train_main, [*args, "--iters", finish, "--out", ref], capsys)[0] == 0
+    _same_rows(read_log(run)[1], read_log(ref)[1])
+    _same_weights(ref, run)
+    assert io.load_meta(run / "checkpoint.npz")["iteration"] == finish
+
+
+# -- bad input: one line, exit status 2, no traceback -----------------------------------------
+
+def _voc(tmp_path):
+    data = tmp_path / "VOC2012"
+    ids = make_voc(data, [(36, 40), (40, 36)], [(32, 32)])
+    return data, ids
+
+
+def test_missing_data_directory_subprocess(tmp_path):
+    missing = tmp_path / "no_such_dataset"
+    r = python_m("minifcn.train", ["--data", missing, *TINY, "--iters", "1", "--out", tmp_path / "run"])
+    assert_one_line_error(r.returncode, r.stderr, missing, "no such")
+
+
+def _corrupt(data, ids):
+    path = data / "JPEGImages" / f"{ids['train'][1]}.jpg"
+    path.write_bytes(b"this is not a JPEG at all\n" * 10)
+    return path, "cannot read the image"
+
+
+def _truncated(data, ids):
+    path = data / "JPEGImages" / f"{ids['train'][0]}.jpg"
+    path.write_bytes(path.read_bytes()[:300])
+    return path, "cannot read the image"
+
+
+def _mask_size(data, ids):
+    path = data / "SegmentationClass" / f"{ids['val'][0]}.png"
+    save_mask_png(path, np.zeros((20, 24), np.uint8))
+    return path, "mask is 24x20"
+
+
+def _label_range(data, ids):
+    path = data / "SegmentationClass" / f"{ids['train'][0]}.png"
+    mask = np.zeros((36, 40), np.uint8)
+    mask[5:9, 5:9] = 30
+    mask[0] = 255                                  # 255 is fine; 30 is not (21 classes)
+    save_mask_png(path, mask)
+    return path, "{30} outside [0, 21)"
+
+
+def _missing_mask(data, ids):
+    path = data / "SegmentationClass" / f"{ids['train'][1]}.png"
+    path.unlink()
+    return path, "not found"
+
+
+@pytest.mark.parametrize("spoil", [_corrupt, _truncated, _mask_size, _label_range, _missing_mask])
+def test_bad_dataset_files(tmp_path, capsys, spoil):
+    data, ids = _voc(tmp_path)
+    path, what = spoil(data, ids)
+    run = tmp_path / "run"
+    rc, out, err = cli(train_main, ["--data", data, *TINY, "--iters", "1", "--out", run], capsys)
+    assert_one_line_error(rc, err, path, what)
+    assert not (run / "checkpoint.npz").exists()
+
+
+def test_labels_outside_num_classes_in_folder_layout(tmp_path, capsys):
+    data = tmp_path / "data"
+    make_folder(data, [(32, 32)] * 5)
+    save_mask_png(data / "masks" / "img2.png", np.full((32, 32), 5, np.uint8))
+    rc, out, err = cli(train_main, ["--data", data, "--num-classes", "4", *TINY, "--iters", "1",
+                                    "--out", tmp_path / "run"], capsys)
+    assert_one_line_error(rc, err, data / "masks" / "img2.png", "outside [0, 4)")
+
+
+def test_init_checkpoint_that_does_not_fit(tmp_path, capsys):
+    """--init with weights of another width, or with a file that is not weights at all."""
+    other = tmp_path / "other.npz"
+    io.save(other, FCN8s(num_classes=4, width=0.0625).state_dict())
+    rc, out, err = cli(train_main, [*SYN, "--iters", "1", "--init", other, "--out", tmp_path / "a"],
+                       capsys)
+    line = assert_one_line_error(rc, err, other, "does not fit")
+    assert "conv1_1.weight" in line                 # it says which tensors
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x00" * 100)
+    rc, out, err = cli(train_main, [*SYN, "--iters", "1", "--init", junk, "--out", tmp_path / "b"],
+                       capsys)
+    assert_one_line_error(rc, err, junk)
+    classes = tmp_path / "classes.npz"                # right width, wrong number of classes
+    io.save(classes, FCN8s(num_classes=21, width=0.03125).state_dict())
+    rc, out, err = cli(train_main, [*SYN, "--iters", "1", "--init", classes, "--out", tmp_path / "c"],
+                       capsys)
+    assert_one_line_error(rc, err, classes, "score_fr.weight")
+
+
+def test_out_directory_that_holds_files_is_refused(tmp_path, capsys):
+    out_dir = tmp_path / "taken"
+    out_dir.mkdir()
+    (out_dir / "notes.txt").write_text("my notes\n")
+    (out_dir / "log.csv").write_text("not a training log\n")
+    before = snapshot(out_dir, ["notes.txt", "log.csv"])
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir()}
+    rc, out, err = cli(train_main, [*SYN, "--iters", "1", "--out", out_dir], capsys)
+    assert_one_line_error(rc, err, out_dir, "--resume")
+    assert sorted(os.listdir(out_dir)) == ["log.csv", "notes.txt"]
+    assert snapshot(out_dir, ["notes.txt", "log.csv"]) == before
+    assert {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir()} == mtimes
+
+
+def test_resume_of_something_that_is_not_a_run(tmp_path, capsys):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("hello\n")
+    rc, out, err = cli(train_main, ["--resume", plain, "--no-progress"], capsys)
+    assert_one_line_error(rc, err, plain, "not a run directory")
+    assert os.listdir(plain) == ["notes.txt"]
+    missing = tmp_path / "missing"
+    rc, out, err = cli(train_main, ["--resume", missing, "--no-progress"], capsys)
+    assert_one_line_error(rc, err, missing)
+    assert not missing.exists()
+    # a run directory whose checkpoint is damaged
+    run = tmp_path / "run"
+    assert cli(train_main, [*SYN, "--iters", "2", "--val-every", "2", "--out", run], capsys)[0] == 0
+    ckpt = run / "checkpoint.npz"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    log_before = (run / "log.csv").read_bytes()
+    rc, out, err = cli(train_main, ["--resume", run, "--iters", "4", "--no-progress"], capsys)
+    assert_one_line_error(rc, err, ckpt)
+    assert (run / "log.csv").read_bytes() == log_before
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_failed_resume_loses_nothing(tmp_path, capsys, validate):
+    """Corrupt a validation image after checkpoint 4 is written and resume: a one-line
+    error naming the image; config.json, checkpoint.npz, best.npz unchanged and loadable,
+    log.csv still holds rows 1..4. With --no-validate-data the failure comes mid-run
+    (at the validation of iteration 6). After repairing the image, --resume finishes."""
+    data, ids = _voc(tmp_path)
+    run = tmp_path / "run"
+    extra = [] if validate else ["--no-validate-data"]
+    assert cli(train_main, ["--data", data, *TINY, "--iters", "4", "--val-every", "2",
+                            "--out", run, *extra], capsys)[0] == 0
+    kept = ["config.json", "checkpoint.npz", "best.npz", "metrics.json"]
+    before = snapshot(run, kept)
+    _, rows_before = read_log(run)
+
+    image = data / "JPEGImages" / f"{ids['val'][0]}.jpg"
+    good = image.read_bytes()
+    image.write_bytes(b"garbage")
+    rc, out, err = cli(train_main, ["--resume", run, "--iters", "6", "--no-progress"], capsys)
+    assert_one_line_error(rc, err, image, "cannot read the image")
+    assert snapshot(run, kept) == before
+    _, rows = read_log(run)
+    assert rows[:4] == rows_before
+    assert [r["iteration"] for r in rows] == (["1", "2", "3", "4"] if validate else
+                                              ["1", "2", "3", "4", "5"])
+    arrays, meta = io.load(run / "checkpoint.npz", with_meta=True)
+    assert meta["iteration"] == 4 and "conv1_1.weight" in arrays
+    assert json.loads((run / "config.json").read_text())["iters"] == 4
+
+    image.write_bytes(good)
+    rc, out, err = cli(train_main, ["--resume", run, "--iters", "6", "--no-progress"], capsys)
+    assert rc == 0, err
+    assert [r["iteration"] for r in read_log(run)[1]] == [str(i) for i in range(1, 7)]
+    assert io.load_meta(run / "checkpoint.npz")["iteration"] == 6
+
+
+# -- guards -----------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_nan_guard_names_a_layer(tmp_path, capsys):
+    """An absurd learning rate: the run stops at the first non-finite loss with a message
+    naming the first layer whose output (or gradient) was not finite."""
+    run = tmp_path / "run"
+    rc, out, err = cli(train_main, [*SYN, "--optimizer", "sgd", "--lr", "1e6", "--warmup", "0",
+                                    "--iters", "20", "--val-every", "20", "--out", run], capsys)
+    line = assert_one_line_error(rc, err, "not finite" if "not finite" in err else "non-finite")
+    assert re.search(r"iteration \d+: the loss is (nan|inf)", line), line
+    named = re.findall(r"'([A-Za-z0-9_]+)(?:\.(?:weight|bias))?'", line)
+    layers = set(FCN8s(num_classes=4, width=0.03125).layers)
+    assert named and named[0] in layers, line
+    # the iterations before it were logged
+    assert len(read_log(run)[1]) >= 1
+
+
+def test_diagnose_nonfinite_finds_the_first_layer():
+    """Make conv3_1's weights so large that its output overflows float32: the diagnosis
+    names conv3_1, not a later layer (relu3_1, pool3, ... all inherit the inf)."""
+    from minifcn.nn import SoftmaxCrossEntropy
+    model = FCN8s(num_classes=4, width=0.0625, dropout=0.0)
+    model.layers["conv3_1"].params["weight"][...] = 1e38
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 4, (1, 32, 32))
+    with np.errstate(all="ignore"):
+        msg = diagnose_nonfinite(model, x, y, SoftmaxCrossEntropy())
+    assert "output" in msg and "'conv3_1'" in msg, msg
+    # a parameter that is itself not finite is named as such
+    model = FCN8s(num_classes=4, width=0.0625, dropout=0.0)
+    model.layers["fc7"].params["bias"][0] = np.nan
+    msg = diagnose_nonfinite(model, x, y, SoftmaxCrossEntropy())
+    assert "'fc7.bias'" in msg, msg
+
+
+@pytest.mark.parametrize("losses,stuck", [
+    ([math.log(4)] * 199, False),                     # too early
+    ([math.log(4)] * 200, True),
+    ([math.log(4)] * 220, False),                     # checked every 50 iterations
+    ([math.log(4)] * 250, True),
+    ([math.log(4) * 1.005] * 200, True),              # within 1 %
+    ([math.log(4) * 0.98] * 200, False),              # 2 % below: learning
+    ([0.3] * 150 + [math.log(4)] * 50, True),         # the last 50 count
+    ([math.log(4)] * 150 + [0.3] * 50, False),
+])
+def test_stuck_rule(losses, stuck):
+    assert Run._stuck(losses, math.log(4)) is stuck
+
+
+def test_stuck_loss_warning_in_a_run(tmp_path):
+    """The paper recipe (summed loss) with its lr 1e-10 on a folder dataset with void
+    pixels: nothing is learnt, the loss per counted pixel stays ln(4), and after 200
+    iterations the run warns. The first loss, summed, is (valid pixels) x ln 4."""
+    data = tmp_path / "data"
+    make_folder(data, [(24, 40)] * 2, lists={"train": ["img0", "img1"], "val": ["img0"]})
+    for stem in ("img0", "img1"):                     # 255 on the first row: 40 void pixels
+        mask = np.array(Image.open(data / "masks" / f"{stem}.png"))
+        mask[0] = 255
+        save_mask_png(data / "masks" / f"{stem}.png", mask)
+    logs = []
+    config = TrainConfig(data=str(data), num_classes=4, width=0.03125, batch_size=1,
+                         recipe="paper", iters=200, val_every=200, pictures=0, progress=False,
+                         out=str(tmp_path / "run"))
+    run = Run(config, log=logs.append)
+    run.train()
+    warnings = [m for m in logs if m.startswith("warning")]
+    assert len(warnings) == 1 and "after 200 iterations" in warnings[0] \
+        and "not learning" in warnings[0], logs
+    _, rows = read_log(tmp_path / "run")
+    assert float(rows[0]["loss"]) == pytest.approx((24 * 40 - 40) * math.log(4), rel=1e-5)
+
+
+# -- it learns ---------------------------------------------------------------------------------
+
+def test_overfits_two_images(tmp_path, capsys):
+    """A small FCN-8s (width 1/16, Adam) learns two synthetic 48x48 images by heart:
+    validation on the same two images reaches pixel accuracy >= 0.95."""
+    data = tmp_path / "two"
+    make_folder(data, [(48, 48)] * 2, lists={"train": ["img0", "img1"], "val": ["img0", "img1"]},
+                seed0=3)
+    run = tmp_path / "run"
+    rc, out, err = cli(train_main, ["--data", data, "--num-classes", "4", "--model", "fcn8s",
+                                    "--width", "0.0625", "--batch-size", "2", "--lr", "3e-3",
+                                    "--warmup", "10", "--iters", "250", "--val-every", "250",
+                                    "--no-flip", "--no-progress", "--pictures", "0",
+                                    "--out", run], capsys)
+    assert rc == 0, err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["pixel_acc"] >= 0.95, metrics
+    assert metrics["mean_iou"] >= 0.8, metrics
