@@ -58,8 +58,12 @@ class Optimizer:
         lr = self.lr if lr is None else float(lr)
         self.steps += 1
         for name, w, g in self._trainable():
-            if self.weight_decay and _decays(name):
-                g = g + self.weight_decay * w
+            wd = self.weight_decay if _decays(name) else 0.0
+            if get_array_module(w) is not np:      # one fused CUDA kernel per parameter
+                self._update_gpu(name, w, g, lr, wd)
+                continue
+            if wd:
+                g = g + wd * w
             self._update(name, w, g, lr)
 
     def state_dict(self):
@@ -97,6 +101,10 @@ class SGD(Optimizer):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
 
+    def _update_gpu(self, name, w, g, lr, wd):
+        from .kernels.fused import sgd_update
+        sgd_update(w, self._buffer("momentum", name, w), g, lr, self.momentum, wd)
+
     def _update(self, name, w, g, lr):
         if self.momentum:
             v = self._buffer("momentum", name, w)
@@ -113,6 +121,11 @@ class Adam(Optimizer):
         super().__init__(model, lr, weight_decay)
         self.b1, self.b2 = map(float, betas)
         self.eps = float(eps)
+
+    def _update_gpu(self, name, w, g, lr, wd):
+        from .kernels.fused import adam_update
+        adam_update(w, self._buffer("m", name, w), self._buffer("v", name, w), g, lr,
+                    self.b1, self.b2, self.steps, self.eps, wd)
 
     def _update(self, name, w, g, lr):
         xp = get_array_module(w)

@@ -241,3 +241,30 @@ def test_warmup_by_hand(it, schedule, expected):
 def test_unknown_schedule_refused():
     with pytest.raises(ValueError, match="schedule"):
         learning_rate(0.1, 0, 10, "cosine")
+
+
+# -- on the GPU: one fused kernel per parameter, held to the NumPy updates ------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_fused_gpu_updates_match_numpy(kind):
+    import cupy
+    from minifcn.models import FCN32s
+    from minifcn.optim import Adam, SGD
+    rng = np.random.default_rng(0)
+    models = [FCN32s(num_classes=3, width=1 / 32, dtype=np.float64, seed=1) for _ in range(2)]
+    models[1].to("cuda")
+    opts = [SGD(m, 0.1, momentum=0.9, weight_decay=1e-2) if kind == "sgd" else
+            Adam(m, 1e-2, weight_decay=1e-2) for m in models]
+    for _ in range(3):
+        grads = {name: rng.standard_normal(layer.params[p].shape)
+                 for name, layer, p in models[0].parameters() if name not in models[0].frozen}
+        for m, opt in zip(models, opts):
+            for name, layer, p in m.parameters():
+                if name in grads:
+                    layer.grads[p] = grads[name] if m is models[0] else cupy.asarray(grads[name])
+            opt.step()
+    cpu, gpu = models[0].params, models[1].params
+    for name in cpu:
+        np.testing.assert_allclose(cupy.asnumpy(gpu[name]), cpu[name], rtol=1e-12, atol=1e-14,
+                                   err_msg=name)

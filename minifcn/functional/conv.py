@@ -39,8 +39,11 @@ def _weight_times_col(weight, col, groups):
     xp = get_array_module(col)
     n, c, kh, kw, ho, wo = col.shape
     o = weight.shape[0]
-    w = weight.reshape(groups, o // groups, (c // groups) * kh * kw)
-    y = xp.matmul(w, col.reshape(n, groups, (c // groups) * kh * kw, ho * wo))  # (N, g, O/g, L)
+    k = (c // groups) * kh * kw
+    if groups == 1 and n == 1:            # one plain 2-D GEMM: no batch bookkeeping
+        return (weight.reshape(o, k) @ col.reshape(k, ho * wo)).reshape(1, o, ho, wo)
+    w = weight.reshape(groups, o // groups, k)
+    y = xp.matmul(w, col.reshape(n, groups, k, ho * wo))                      # (N, g, O/g, L)
     return y.reshape(n, o, ho, wo)
 
 
@@ -50,6 +53,9 @@ def _weight_t_times(weight, dy, groups):
     xp = get_array_module(dy)
     n, o, ho, wo = dy.shape
     cg, kh, kw = weight.shape[1:]
+    if groups == 1 and n == 1:            # W^T as a transposed view: BLAS reads it as is
+        dcol = weight.reshape(o, cg * kh * kw).T @ dy.reshape(o, ho * wo)
+        return dcol.reshape(1, cg, kh, kw, ho, wo)
     wt = weight.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1)  # (g, K, O/g)
     dcol = xp.matmul(wt, dy.reshape(n, groups, o // groups, ho * wo))          # (N, g, K, L)
     return dcol.reshape(n, groups * cg, kh, kw, ho, wo)
@@ -57,11 +63,17 @@ def _weight_t_times(weight, dy, groups):
 
 def _dy_times_col_t(dy, col, groups):
     """``dW = sum_n dy[n] @ col[n]^T`` per group.  dy (N, O, Ho, Wo), col (N, C, kh, kw,
-    Ho, Wo) -> dW (O, C/g, kh, kw).  One GEMM per image, summed (no copy of col)."""
+    Ho, Wo) -> dW (O, C/g, kh, kw).  One GEMM per image, summed; ``col^T`` is a transposed
+    view (no copy of col)."""
     n, c, kh, kw, ho, wo = col.shape
     o = dy.shape[1]
     dym = dy.reshape(n, groups, o // groups, ho * wo)
     colm = col.reshape(n, groups, (c // groups) * kh * kw, ho * wo)
+    if groups == 1:
+        dw = dym[0, 0] @ colm[0, 0].T                                          # (O, K)
+        for i in range(1, n):
+            dw += dym[i, 0] @ colm[i, 0].T
+        return dw.reshape(o, c, kh, kw)
     dw = dym[0] @ colm[0].transpose(0, 2, 1)                                   # (g, O/g, K)
     for i in range(1, n):
         dw += dym[i] @ colm[i].transpose(0, 2, 1)

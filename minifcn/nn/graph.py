@@ -74,6 +74,7 @@ class Graph(Layer):
     def backward(self, dy, hook=None):
         """Returns d loss / d input, and fills every layer's ``grads``.
         ``hook(name, grad_of_output)``, if given, sees each gradient as it arrives."""
+        self.zero_grad()                  # free the last step's gradients before making new ones
         grads = {self.output: dy}
         for name, layer, inputs in reversed(self.nodes):
             g = grads.pop(name, None)
