@@ -155,9 +155,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     ``y = W (O, C*kh*kw) @ col``.  Returns y (N, O, Ho, Wo).
     """
     g = _geometry("conv2d", x, weight, bias, stride, padding, dilation, groups)
-    col = _im2col(x, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.ho, g.wo)
-    y = _weight_times_col(weight, col, groups)
+    y = _conv2d(x, weight, g)
     return y if bias is None else _add_bias(y, bias)
+
+
+def _conv2d(x, weight, g):
+    """conv2d without the checks, for sizes already computed (``g`` from :func:`_geometry`)."""
+    col = _im2col(x, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.ho, g.wo)
+    return _weight_times_col(weight, col, g.groups)
 
 
 def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
@@ -235,9 +240,11 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
                   output_padding)
     algorithm = _pick_algorithm(algorithm, g)
     if algorithm == "subpixel":
-        wsub = _subpixel_weight(weight, g)
-        ysub = conv2d(x, wsub, None, 1, (g.ah - 1, g.aw - 1))         # (N, O*sh*sw, Hq, Wq)
-        n, _, hq, wq = ysub.shape
+        hq, wq = g.h + g.ah - 1, g.w + g.aw - 1
+        sub = SimpleNamespace(kh=g.ah, kw=g.aw, sh=1, sw=1, ph=g.ah - 1, pw=g.aw - 1, dh=1,
+                              dw=1, ho=hq, wo=wq, groups=1)
+        ysub = _conv2d(x, _subpixel_weight(weight, g), sub)            # (N, O*sh*sw, Hq, Wq)
+        n = ysub.shape[0]
         y = _col2im(ysub.reshape(n, g.o, g.sh, g.sw, hq, wq), g.ho, g.wo,
                     g.sh, g.sw, g.ph, g.pw, 1, 1)                      # pixel shuffle + crop
     else:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ._checks import check_4d, check_float, check_positive_size, pair
-from .im2col import _col2im, _window_view, conv_output_size
+from .im2col import _col2im, _window_view, conv_output_size, pad_hw
 
 
 def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode):
@@ -57,8 +57,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
         extra_w = max(0, (wo - 1) * sw + (kw - 1) * dw + 1 - (x.shape[3] + 2 * pw))
         xpad = x
         if ph or pw or extra_h or extra_w:
-            xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph + extra_h), (pw, pw + extra_w)),
-                          constant_values=-np.inf)
+            xpad = pad_hw(x, ph, ph + extra_h, pw, pw + extra_w, value=-np.inf)
         win = _window_view(xpad, kh, kw, sh, sw, dh, dw, ho, wo)      # (N, C, kh, kw, Ho, Wo)
         y, tap = _max_over_taps([win[:, :, i, j] for i in range(kh) for j in range(kw)])
     return (y, tap) if return_indices else y
