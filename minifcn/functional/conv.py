@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
+
 from ..backend import get_array_module
 from ._checks import check_4d, check_float, check_positive_size, pair
 from .im2col import _col2im, _im2col, conv_output_size, conv_transpose_output_size
@@ -100,7 +102,7 @@ def _geometry(op, x, weight, bias, stride, padding, dilation, groups, output_pad
              else "(C, O/groups, kh, kw)")
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
-    g = SimpleNamespace(groups=groups)
+    g = SimpleNamespace(groups=groups, gpu=get_array_module(x) is not np)
     g.n, g.c, g.h, g.w = x.shape
     g.kh, g.kw = weight.shape[2:]
     g.sh, g.sw = pair(stride, "stride", minimum=1)
@@ -296,8 +298,13 @@ def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding
     return dx, dw, db
 
 
+GPU_SUBPIXEL_MIN_COL = 1 << 25      # col entries above which the GPU prefers 'subpixel'
+
+
 def _pick_algorithm(algorithm, g, backward=False):
-    """Resolve 'auto' (measured by benchmarks/deconv.py, see benchmarks/RESULTS.md):
+    """Resolve 'auto' (measured by benchmarks/deconv.py, see benchmarks/RESULTS.md).
+
+    On the CPU:
 
     - forward: 'subpixel' whenever it applies with s > 1 and s dividing k — its GEMM
       writes s*s*(H+A-1)*(W+B-1) values per channel where 'col2im' writes k*k*H*W, and
@@ -306,6 +313,8 @@ def _pick_algorithm(algorithm, g, backward=False):
       single im2col of dy and two GEMMs (no col2im at all); for k = 2s its col has
       4*s*s entries per pixel, and at s = 2 that costs less than subpixel's three
       rearrangements (un-shuffle dy, im2col x, col2im dx).
+
+    On the GPU, 'subpixel' only once the col matrix passes ``GPU_SUBPIXEL_MIN_COL`` entries.
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
@@ -314,9 +323,16 @@ def _pick_algorithm(algorithm, g, backward=False):
         raise ValueError("algorithm 'subpixel' needs dilation 1 and groups 1, got "
                          f"dilation {(g.dh, g.dw)} and groups {g.groups}")
     if algorithm == "auto":
-        min_stride = 4 if backward else 2
-        algorithm = "subpixel" if (subpixel_ok and min(g.sh, g.sw) >= min_stride
-                                   and g.kh % g.sh == 0 and g.kw % g.sw == 0) else "col2im"
+        fits = subpixel_ok and g.kh % g.sh == 0 and g.kw % g.sw == 0
+        if g.gpu:
+            # On the GPU each op is a few kernel launches and the launches, not the bytes,
+            # set the time until the col matrix gets large: measured on an H200,
+            # 'col2im' was faster up to ~22M col entries, 'subpixel' at 88M.
+            col_entries = g.n * g.o * g.kh * g.kw * g.h * g.w
+            algorithm = "subpixel" if fits and col_entries > GPU_SUBPIXEL_MIN_COL else "col2im"
+        else:
+            min_stride = 4 if backward else 2
+            algorithm = "subpixel" if fits and min(g.sh, g.sw) >= min_stride else "col2im"
     if algorithm == "subpixel":
         g.ah, g.aw = -(-g.kh // g.sh), -(-g.kw // g.sw)          # taps per phase, ceil(k/s)
     return algorithm
