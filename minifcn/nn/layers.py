@@ -54,6 +54,20 @@ class _ConvBase(Layer):
         self._x = None
         self._y_shape = None
 
+    def _set_geometry(self, name, in_channels, out_channels, kernel_size, stride, padding,
+                      dilation, groups):
+        """Check and store the arguments both convolutions share."""
+        _check_counts(name, in_channels=in_channels, out_channels=out_channels, groups=groups)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"{name}: in_channels ({in_channels}) and out_channels "
+                             f"({out_channels}) must be divisible by groups ({groups})")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = pair(kernel_size, "kernel_size", minimum=1)
+        self.stride = pair(stride, "stride", minimum=1)
+        self.padding = pair(padding, "padding", minimum=0)
+        self.dilation = pair(dilation, "dilation", minimum=1)
+        self.need_input_grad = True
+
     @property
     def weight(self):
         return self.params["weight"]
@@ -87,17 +101,9 @@ class Conv2d(_ConvBase):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, *, dtype=np.float32, seed=None):
-        _check_counts("Conv2d", in_channels=in_channels, out_channels=out_channels, groups=groups)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"Conv2d: in_channels ({in_channels}) and out_channels "
-                             f"({out_channels}) must be divisible by groups ({groups})")
-        kh, kw = pair(kernel_size, "kernel_size", minimum=1)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride = (kh, kw), pair(stride, "stride", minimum=1)
-        self.padding = pair(padding, "padding", minimum=0)
-        self.dilation = pair(dilation, "dilation", minimum=1)
-        self.groups = groups
-        self.need_input_grad = True
+        self._set_geometry("Conv2d", in_channels, out_channels, kernel_size, stride, padding,
+                           dilation, groups)
+        kh, kw = self.kernel_size
         super().__init__((out_channels, in_channels // groups, kh, kw), bias, dtype, seed)
 
     @staticmethod
@@ -150,30 +156,20 @@ class ConvTranspose2d(_ConvBase):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, *, dtype=np.float32,
                  seed=None, algorithm="auto"):
-        _check_counts("ConvTranspose2d", in_channels=in_channels, out_channels=out_channels,
-                      groups=groups)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"ConvTranspose2d: in_channels ({in_channels}) and out_channels "
-                             f"({out_channels}) must be divisible by groups ({groups})")
-        kh, kw = pair(kernel_size, "kernel_size", minimum=1)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride = (kh, kw), pair(stride, "stride", minimum=1)
-        self.padding = pair(padding, "padding", minimum=0)
+        self._set_geometry("ConvTranspose2d", in_channels, out_channels, kernel_size, stride,
+                           padding, dilation, groups)
+        kh, kw = self.kernel_size
         self.output_padding = pair(output_padding, "output_padding", minimum=0)
-        self.dilation = pair(dilation, "dilation", minimum=1)
         for axis in range(2):
             if self.output_padding[axis] >= max(self.stride[axis], self.dilation[axis]):
                 raise ValueError(f"ConvTranspose2d: output_padding {self.output_padding} must be "
                                  f"smaller than max(stride, dilation) = "
                                  f"{max(self.stride[axis], self.dilation[axis])}")
-        self.groups = groups
         self.algorithm = algorithm
-        self.need_input_grad = True
-        self._groups_for_init = groups
         super().__init__((in_channels, out_channels // groups, kh, kw), bias, dtype, seed)
 
     def _n_out(self, weight_shape):
-        return weight_shape[1] * self._groups_for_init
+        return weight_shape[1] * self.groups
 
     def output_size(self, size):
         """(H, W) of the output for an (H, W) input: the formula of the notes."""
