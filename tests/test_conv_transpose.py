@@ -274,18 +274,21 @@ def test_conv_transpose2d_non_contiguous_inputs(xp, algorithm):
 
 def test_auto_algorithm_choice_follows_the_measurements():
     """'auto' resolves as benchmarks/RESULTS.md measured: on the CPU sub-pixel forward from
-    stride 2 and backward from stride 4; on the GPU only for a large col matrix; never
+    stride 2 and backward from stride 4 with few channels; on the GPU only for a large col
+    matrix; never
     where sub-pixel does not apply (dilation, groups, stride not dividing the kernel)."""
     from types import SimpleNamespace
     from minifcn.functional.conv import GPU_SUBPIXEL_MIN_COL, _pick_algorithm
 
     def pick(k, s, gpu=False, backward=False, n=1, o=21, hw=16, d=1, groups=1):
         g = SimpleNamespace(kh=k, kw=k, sh=s, sw=s, dh=d, dw=d, groups=groups, gpu=gpu,
-                            n=n, o=o, h=hw, w=hw)
+                            n=n, o=o, c=o, h=hw, w=hw)
         return _pick_algorithm("auto", g, backward)
 
     assert pick(64, 32) == pick(4, 2) == pick(16, 8, backward=True) == "subpixel"
     assert pick(4, 2, backward=True) == pick(3, 1) == pick(3, 2) == "col2im"
+    assert pick(8, 4, backward=True, o=64) == "col2im"             # many channels: col2im
+    assert pick(8, 4, o=64) == "subpixel"
     assert pick(4, 2, d=2) == pick(4, 2, groups=3, o=3) == "col2im"
     assert pick(64, 32, gpu=True, hw=16) == "col2im"                # 22M col entries
     assert 21 * 64 * 64 * 32 * 32 > GPU_SUBPIXEL_MIN_COL

@@ -299,6 +299,7 @@ def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding
 
 
 GPU_SUBPIXEL_MIN_COL = 1 << 25      # col entries above which the GPU prefers 'subpixel'
+CPU_SUBPIXEL_MAX_BACKWARD_CHANNELS = 32 * 32   # C_in * C_out up to which its backward pays
 
 
 def _pick_algorithm(algorithm, g, backward=False):
@@ -309,10 +310,11 @@ def _pick_algorithm(algorithm, g, backward=False):
     - forward: 'subpixel' whenever it applies with s > 1 and s dividing k — its GEMM
       writes s*s*(H+A-1)*(W+B-1) values per channel where 'col2im' writes k*k*H*W, and
       the overlap sum happens inside the GEMM;
-    - backward: 'subpixel' only for strides of 4 and more. The 'col2im' backward is a
-      single im2col of dy and two GEMMs (no col2im at all); for k = 2s its col has
-      4*s*s entries per pixel, and at s = 2 that costs less than subpixel's three
-      rearrangements (un-shuffle dy, im2col x, col2im dx).
+    - backward: 'subpixel' only for strides of 4 and more and few channels (C_in * C_out
+      up to 32 * 32: FCN's score maps). The 'col2im' backward is a single im2col of dy and
+      two GEMMs (no col2im at all); for k = 2s its col has 4*s*s entries per pixel, and at
+      s = 2, or with 64 channels and more, that costs less than subpixel's three
+      rearrangements (un-shuffle dy, im2col x, col2im dx) — see the sweep in RESULTS.md.
 
     On the GPU, 'subpixel' only once the col matrix passes ``GPU_SUBPIXEL_MIN_COL`` entries.
     """
@@ -330,9 +332,11 @@ def _pick_algorithm(algorithm, g, backward=False):
             # 'col2im' was faster up to ~22M col entries, 'subpixel' at 88M.
             col_entries = g.n * g.o * g.kh * g.kw * g.h * g.w
             algorithm = "subpixel" if fits and col_entries > GPU_SUBPIXEL_MIN_COL else "col2im"
+        elif backward:
+            algorithm = ("subpixel" if fits and min(g.sh, g.sw) >= 4
+                         and g.c * g.o <= CPU_SUBPIXEL_MAX_BACKWARD_CHANNELS else "col2im")
         else:
-            min_stride = 4 if backward else 2
-            algorithm = "subpixel" if fits and min(g.sh, g.sw) >= min_stride else "col2im"
+            algorithm = "subpixel" if fits and min(g.sh, g.sw) >= 2 else "col2im"
     if algorithm == "subpixel":
         g.ah, g.aw = -(-g.kh // g.sh), -(-g.kw // g.sw)          # taps per phase, ceil(k/s)
     return algorithm
