@@ -260,10 +260,8 @@ def fc_as_conv(fc_weight, in_shape):
 def bilinear_kernel(factor):
     """The ``2f x 2f`` bilinear interpolation kernel (FCN's initial upsampling weight), with
     ``stride = f``, ``padding = f // 2`` a transposed convolution with it enlarges f times."""
-    k = 2 * factor
-    center = (k - 1) / 2                         # for even k: between the two middle taps
-    t = 1 - np.abs(np.arange(k) - center) / factor
-    return np.outer(t, t)
+    from .models.fcn import bilinear_kernel as kernel_of_size   # the one the models use
+    return kernel_of_size(2 * factor)
 
 
 def upsampling_error(image, factor):
