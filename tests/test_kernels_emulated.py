@@ -130,6 +130,22 @@ def test_col2im_is_the_adjoint_of_im2col(rt, geometry):
     assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
 
 
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=_geometry_id)
+def test_im2col_of_a_band_of_rows(rt, geometry):
+    """A band of output rows ``r0 .. r1`` is asked for with padding ``ph - r0*sh`` (negative
+    once the band starts below the top padding) and ``ho = r1 - r0``, as conv2d's row
+    bands do: it must be those rows of the whole col matrix."""
+    shape, win = _windows(geometry)
+    kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = win
+    x = randn(np.random.default_rng(5), shape, np.float32)
+    full = _im2col(x, *win)
+    for r0 in range(ho):
+        for r1 in range(r0 + 1, min(ho, r0 + 3) + 1):
+            band = (kh, kw, sh, sw, ph - r0 * sh, pw, dh, dw, r1 - r0, wo)
+            np.testing.assert_array_equal(get(ops.im2col(rt, put(rt, x), *band)),
+                                          full[..., r0:r1, :])
+
+
 def test_col2im_is_deterministic(backend_name):
     """A gather writes each pixel once, in a fixed order: the same bits every run."""
     rt = runtime(backend_name)

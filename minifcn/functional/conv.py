@@ -92,6 +92,54 @@ def _add_bias(y, bias):
     return y
 
 
+# -- row bands: a bounded col matrix ------------------------------------------------------
+
+CPU_BAND_BYTES = 8 << 20    # col bytes per band on the CPU (fits the last-level cache)
+GPU_BAND_BYTES = 64 << 20   # on the GPU: bounds memory; few bands, since launches cost
+
+
+def _row_bands(x, rows, col_entries_per_row):
+    """Split ``rows`` output rows into bands whose im2col (``col_entries_per_row`` entries
+    per image and row) stays within the band budget: ``[(r0, r1), ...]``.
+
+    Why: the col matrix is ``kh*kw`` times the size of its input — 236 MB for VGG's
+    conv1_2 at 320x320 — and it is the largest array of a training step. Row by row, the
+    product is the same (each output row only reads its own windows), the peak memory is
+    one band, and on the CPU the band is still in cache when the GEMM reads it.
+    """
+    xp = get_array_module(x)
+    budget = CPU_BAND_BYTES if xp is np else GPU_BAND_BYTES
+    per_row = max(1, x.shape[0] * col_entries_per_row * x.dtype.itemsize)
+    step = max(1, budget // per_row)
+    return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+
+
+class _BandBuffer:
+    """One reused NumPy buffer for the bands' col matrices (fresh memory for every band
+    would be page-faulted in again); on the GPU CuPy's memory pool does this already."""
+
+    def __init__(self, x):
+        self.numpy = get_array_module(x) is np
+        self.flat = None
+
+    def get(self, shape, dtype):
+        if not self.numpy:
+            return None
+        size = int(np.prod(shape))
+        if self.flat is None or self.flat.size < size or self.flat.dtype != dtype:
+            self.flat = np.empty(size, dtype=dtype)
+        return self.flat[:size].reshape(shape)
+
+
+def _band_im2col(x, g, r0, r1, buf):
+    """``im2col`` of output rows ``r0 .. r1`` only: the same windows, read from row
+    ``r0*sh - ph`` on (a negative padding for :func:`_im2col`)."""
+    n, c = x.shape[:2]
+    out = buf.get((n, c, g.kh, g.kw, r1 - r0, g.wo), x.dtype)
+    return _im2col(x, g.kh, g.kw, g.sh, g.sw, g.ph - r0 * g.sh, g.pw, g.dh, g.dw,
+                   r1 - r0, g.wo, out=out)
+
+
 # -- argument checking -------------------------------------------------------------------
 
 def _geometry(op, x, weight, bias, stride, padding, dilation, groups, output_padding=None):
@@ -162,9 +210,24 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 def _conv2d(x, weight, g):
-    """conv2d without the checks, for sizes already computed (``g`` from :func:`_geometry`)."""
-    col = _im2col(x, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.ho, g.wo)
-    return _weight_times_col(weight, col, g.groups)
+    """conv2d without the checks, for sizes already computed (``g`` from :func:`_geometry`).
+
+    Output rows are computed in bands (:func:`_row_bands`) so that no col matrix exceeds
+    the band budget: ``y[:, :, r0:r1] = W @ im2col(rows r0..r1)``.
+    """
+    bands = _row_bands(x, g.ho, x.shape[1] * g.kh * g.kw * g.wo)
+    if len(bands) == 1:
+        col = _im2col(x, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.ho, g.wo)
+        return _weight_times_col(weight, col, g.groups)
+    y = None
+    buf = _BandBuffer(x)
+    for r0, r1 in bands:
+        col = _band_im2col(x, g, r0, r1, buf)
+        part = _weight_times_col(weight, col, g.groups)
+        if y is None:
+            y = get_array_module(x).empty(part.shape[:2] + (g.ho, g.wo), dtype=part.dtype)
+        y[:, :, r0:r1] = part
+    return y
 
 
 def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
@@ -193,13 +256,30 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
     g = _geometry("conv2d_backward", x, weight, None, stride, padding, dilation, groups)
     _check_grad_shape("conv2d_backward", dy, g)
     dw = dx = None
-    if need_weight_grad:
-        col = _im2col(x, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.ho, g.wo)
-        dw = _dy_times_col_t(dy, col, groups)
-        del col
+    bands = _row_bands(x, g.ho, g.c * g.kh * g.kw * g.wo)
+    if need_weight_grad:                     # dW = sum over bands of dy[band] @ col[band]^T
+        buf = _BandBuffer(x)
+        for r0, r1 in bands:
+            part = _dy_times_col_t(dy[:, :, r0:r1], _band_im2col(x, g, r0, r1, buf), groups)
+            if dw is None:
+                dw = part
+            else:
+                dw += part
+        del buf
     if need_input_grad:
-        dx = _col2im(_weight_t_times(weight, dy, groups), g.h, g.w,
-                     g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)
+        if len(bands) == 1:
+            dx = _col2im(_weight_t_times(weight, dy, groups), g.h, g.w,
+                         g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)
+        else:                                # each band adds onto the rows its windows read
+            dx = get_array_module(x).zeros(x.shape, dtype=dy.dtype)
+            for r0, r1 in bands:
+                top = r0 * g.sh - g.ph                        # image row of the band's first tap
+                lo = max(0, top)
+                hi = min(g.h, top + (r1 - r0 - 1) * g.sh + (g.kh - 1) * g.dh + 1)
+                if hi > lo:
+                    dcol = _weight_t_times(weight, dy[:, :, r0:r1], groups)
+                    dx[:, :, lo:hi] += _col2im(dcol, hi - lo, g.w, g.sh, g.sw, lo - top, g.pw,
+                                               g.dh, g.dw)
     db = _bias_grad(dy) if need_bias_grad else None
     return dx, dw, db
 

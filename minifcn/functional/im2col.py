@@ -140,18 +140,37 @@ def col2im(col, image_size, stride=1, padding=0, dilation=1, method="auto"):
 
 # -- the unchecked cores, called by conv.py / pool.py with sizes they computed ---------
 
-def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
-    """im2col with the output grid given: ``ho`` may be fewer windows than fit."""
+def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, out=None):
+    """im2col of the ``ho x wo`` windows whose first tap reads row ``oh*sh - ph`` and
+    column ``ow*sw - pw``; a read outside ``x`` gives 0.
+
+    ``ho`` may be fewer windows than fit, and ``ph`` may be negative: window row 0 then
+    starts ``-ph`` rows into the image. That is how a band of output rows ``r0 .. r1`` is
+    asked for: ``ph - r0*sh`` and ``ho = r1 - r0`` (see ``conv.py``'s row bands).
+    ``out`` (NumPy only): a C-contiguous array of the col's shape to write into.
+    """
     xp = get_array_module(x)
     if xp is not np:
         from ..kernels import gpu_im2col
         return gpu_im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
-    # rows/cols past the padded image that the requested windows still reach read as 0
-    extra_h = max(0, (ho - 1) * sh + (kh - 1) * dh + 1 - (x.shape[2] + 2 * ph))
-    extra_w = max(0, (wo - 1) * sw + (kw - 1) * dw + 1 - (x.shape[3] + 2 * pw))
-    if ph or pw or extra_h or extra_w:
-        x = pad_hw(x, ph, ph + extra_h, pw, pw + extra_w)
-    return np.ascontiguousarray(_window_view(x, kh, kw, sh, sw, dh, dw, ho, wo))
+    x = _region(x, -ph, (ho - 1) * sh + (kh - 1) * dh + 1 - ph,
+                -pw, (wo - 1) * sw + (kw - 1) * dw + 1 - pw)
+    view = _window_view(x, kh, kw, sh, sw, dh, dw, ho, wo)
+    if out is None:
+        return np.ascontiguousarray(view)
+    np.copyto(out, view)
+    return out
+
+
+def _region(x, top, bottom, left, right):
+    """``x[:, :, top:bottom, left:right]`` with zeros wherever that range leaves the image
+    (a view when it stays inside)."""
+    h, w = x.shape[2:]
+    if top >= h or bottom <= 0 or left >= w or right <= 0:          # no overlap at all
+        return np.zeros(x.shape[:2] + (bottom - top, right - left), dtype=x.dtype)
+    inner = x[:, :, max(top, 0):min(bottom, h), max(left, 0):min(right, w)]
+    pads = (max(0, -top), max(0, bottom - h), max(0, -left), max(0, right - w))
+    return pad_hw(inner, *pads) if any(pads) else inner
 
 
 def _col2im(col, h, w, sh, sw, ph, pw, dh, dw, method="auto"):

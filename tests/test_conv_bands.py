@@ -1,0 +1,140 @@
+"""conv2d in row bands: the same results as torch, and a bounded col matrix.
+
+``conv2d`` and ``conv2d_backward`` split the output rows into bands once a col matrix would
+pass ``CPU_BAND_BYTES`` (``GPU_BAND_BYTES`` on CuPy arrays). These tests shrink the budget
+so that every case is cut into bands of one, two or three rows, and hold the results to
+torch (float64 autograd) like ``test_conv.py`` does; then they check that the banding
+really bounds the memory a convolution allocates.
+"""
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minifcn.functional.conv as conv
+from minifcn.functional import conv2d, conv2d_backward
+from test_conv import DTYPES, GEOMETRY, H, W, check_conv2d, conv_configs
+from test_conv_transpose import check_conv_transpose2d
+
+
+def _budget_for_rows(rows, n, cin, kh, kw, wo, dtype):
+    """A band budget that gives bands of ``rows`` output rows for this convolution."""
+    return rows * n * cin * kh * kw * wo * np.dtype(dtype).itemsize
+
+
+@pytest.fixture
+def band_budget(monkeypatch):
+    """Call with a byte count: both band budgets (CPU and GPU) are set to it."""
+    def set_budget(nbytes):
+        monkeypatch.setattr(conv, "CPU_BAND_BYTES", nbytes)
+        monkeypatch.setattr(conv, "GPU_BAND_BYTES", nbytes)
+    return set_budget
+
+
+def test_row_bands_cover_every_row_once(band_budget):
+    x = np.zeros((2, 3, 10, 10), np.float32)
+    band_budget(_budget_for_rows(3, 2, 3, 3, 3, 10, np.float32))
+    bands = conv._row_bands(x, 10, 3 * 3 * 3 * 10)
+    assert bands == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    band_budget(1)                                   # below one row: one row per band
+    assert conv._row_bands(x, 4, 90) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    band_budget(1 << 30)
+    assert conv._row_bands(x, 4, 90) == [(0, 4)]
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])
+@pytest.mark.parametrize("kernel,stride,padding,dilation", GEOMETRY)
+def test_banded_conv2d_grid_geometry(xp, band_budget, rows, kernel, stride, padding, dilation):
+    """Every stride/padding/dilation of the grid, cut into bands of 1, 2 and 3 rows: the
+    bands' first taps start in the top padding, inside the image and (stride > kernel)
+    skip rows; their last taps reach into the bottom padding."""
+    kh, kw = kernel
+    band_budget(_budget_for_rows(rows, 2, 3, kh, kw, W, np.float64))
+    check_conv2d(xp, np.float64, n=2, cin=3, cout=4, h=H, w=W, kernel=kernel, stride=stride,
+                 padding=padding, dilation=dilation, groups=1, bias=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("cin,cout,groups", [(4, 6, 2), (4, 4, 4)])
+def test_banded_conv2d_groups(xp, band_budget, dtype, cin, cout, groups):
+    band_budget(1)
+    check_conv2d(xp, dtype, n=3, cin=cin, cout=cout, h=8, w=5, kernel=(3, 2), stride=(2, 1),
+                 padding=(1, 0), dilation=(1, 2), groups=groups, bias=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(cfg=conv_configs(), rows=st.integers(1, 4), seed=st.integers(0, 2**31 - 1))
+def test_banded_conv2d_random_configs(xp, cfg, rows, seed):
+    old = conv.CPU_BAND_BYTES, conv.GPU_BAND_BYTES
+    kh, kw = cfg["kernel"]
+    conv.CPU_BAND_BYTES = conv.GPU_BAND_BYTES = _budget_for_rows(
+        rows, cfg["n"], cfg["cin"], kh, kw, 12, np.float64)
+    try:
+        check_conv2d(xp, np.float64, seed=seed, **cfg)
+    finally:
+        conv.CPU_BAND_BYTES, conv.GPU_BAND_BYTES = old
+
+
+def test_banded_transposed_convolution(xp, band_budget):
+    """The sub-pixel transposed convolution runs an ordinary convolution: banded too."""
+    band_budget(1)
+    check_conv_transpose2d(xp, np.float64, n=2, cin=3, cout=2, h=5, w=4, kernel=4, stride=2,
+                           padding=1, output_padding=0, dilation=1, groups=1, bias=True,
+                           algorithms=["subpixel", "col2im"])
+
+
+def _traced_peak_mb(fn):
+    """Peak bytes NumPy allocated while ``fn`` ran (NumPy reports to tracemalloc)."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def test_bands_bound_the_memory_of_a_convolution(band_budget):
+    """64 channels at 128x128, 3x3: the col matrix is 36 MB. With a 4 MB budget neither
+    the forward nor the backward pass may allocate anywhere near that; with the budget
+    above 36 MB (one band) they do — which shows the measurement can see a col matrix."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 64, 128, 128), dtype=np.float32)       # 4 MB
+    wt = rng.standard_normal((64, 64, 3, 3), dtype=np.float32)
+    dy = rng.standard_normal((1, 64, 128, 128), dtype=np.float32)
+    col_mb = 64 * 9 * 128 * 128 * 4 / 2**20
+    steps = {"forward": lambda: conv2d(x, wt, None, 1, 1),
+             "weight grad": lambda: conv2d_backward(dy, x, wt, 1, 1, need_input_grad=False),
+             "input grad": lambda: conv2d_backward(dy, x, wt, 1, 1, need_weight_grad=False)}
+    band_budget(64 << 20)
+    for name, fn in steps.items():
+        assert _traced_peak_mb(fn) > col_mb, f"{name}: one band should build the whole col"
+    band_budget(4 << 20)
+    for name, fn in steps.items():
+        peak = _traced_peak_mb(fn)
+        # the output or gradient (4 MB), a padded band of x, one 4 MB band and its product
+        assert peak < 16, f"{name}: {peak:.1f} MB allocated with 4 MB bands (col: {col_mb:.0f} MB)"
+
+
+def test_banded_vgg_sized_layer_in_float32(band_budget):
+    """A VGG-sized layer (float32, 128 channels at 48x40), against torch in float64."""
+    import torch
+    import torch.nn.functional as TF
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 128, 48, 40), dtype=np.float32)
+    wt = (rng.standard_normal((96, 128, 3, 3)) * 0.05).astype(np.float32)
+    dy = rng.standard_normal((1, 96, 48, 40), dtype=np.float32)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    wtt = torch.tensor(wt, dtype=torch.float64, requires_grad=True)
+    yt = TF.conv2d(xt, wtt, None, 1, 1)
+    yt.backward(torch.tensor(dy, dtype=torch.float64))
+    band_budget(_budget_for_rows(8, 1, 128, 3, 3, 40, np.float32))
+    assert len(conv._row_bands(x, 48, 128 * 9 * 40)) == 6
+    y = conv2d(x, wt, None, 1, 1)
+    dx, dw, _ = conv2d_backward(dy, x, wt, 1, 1)
+    for got, ref in ((y, yt), (dx, xt.grad), (dw, wtt.grad)):
+        ref = ref.detach().numpy()
+        assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
