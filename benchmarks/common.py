@@ -3,8 +3,11 @@
 Timing rules (benchmarks/RESULTS.md repeats them): warm up first (compilation, caches,
 cuBLAS/cuDNN handles stay out of the numbers), then time each call on its own and report
 the median of ``repeats`` calls. On the GPU the clock is a pair of CUDA events around the
-call; on the CPU ``time.perf_counter``. minifcn and torch run in the same process, one
-after the other on the same inputs, so their ratio compares like with like.
+call; on the CPU ``time.perf_counter``. minifcn and torch run in the same process on the
+same inputs, **interleaved** (:meth:`Timer.rounds`: each round times every contender once,
+in turn), and a ratio is the median of the per-round ratios: on a shared 2-core machine
+the speed drifts by 20-50% over seconds, and a drift then hits both sides of a ratio
+instead of whichever ran during it.
 """
 from __future__ import annotations
 
@@ -83,6 +86,24 @@ class Timer:
             fn()
         self.sync()
         return statistics.median(self.once(fn) for _ in range(repeats))
+
+    def rounds(self, fns, repeats=10, warmup=2):
+        """``{name: fn}`` -> ``{name: [ms per round]}``: every round times each fn once,
+        in turn (after ``warmup`` untimed rounds)."""
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        self.sync()
+        times = {name: [] for name in fns}
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                times[name].append(self.once(fn))
+        return times
+
+
+def paired_ratio(ours, theirs):
+    """Median over rounds of ``ours[i] / theirs[i]`` (lists from :meth:`Timer.rounds`)."""
+    return statistics.median(a / b for a, b in zip(ours, theirs))
 
 
 def ceilings(device, timer):

@@ -9,7 +9,8 @@ phase decomposition; 'auto': what the package picks) and torch, in one process o
 same float32 inputs. Every minifcn variant is first checked against torch on those
 inputs; one that disagrees is reported and not timed.
 
-Columns: median ms; ratio = minifcn / torch (below 1: minifcn faster); GFLOP/s of the
+Columns: median ms; ratio = minifcn / torch, the median of per-round ratios (all
+variants and torch are timed interleaved, round by round; below 1: minifcn faster); GFLOP/s of the
 useful arithmetic (2 * N * C_in * C_out * kh * kw * H * W per pass, twice that for
 backward); GB/s of the least traffic (inputs and outputs once) — beside the measured
 ceilings of the machine (a large copy, a large matmul).
@@ -17,13 +18,14 @@ ceilings of the machine (a large copy, a large matmul).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 
 import numpy as np
 
 from minifcn.functional import conv_transpose2d, conv_transpose2d_backward
 
-from .common import Timer, ceilings, machine, rel_error, table, write_json
+from .common import Timer, ceilings, machine, paired_ratio, rel_error, table, write_json
 
 # (name, N, C_in, C_out, H, W, k, s, p): FCN's upsampling layers and a decoder layer
 FCN_SHAPES = [
@@ -76,31 +78,32 @@ def run_shape(shape, device, timer, repeats, torch):
     out_elems = int(np.prod(yt.shape))
     fwd_bytes = 4 * (x.size + wt.size + out_elems)
     bwd_bytes = 4 * (out_elems + x.size + wt.size + x.size + wt.size)
-    rows = []
-    t_fwd = timer.median(torch_fwd, repeats)
-    t_bwd = timer.median(torch_bwd, repeats)
     base = {"shape": name, "out": "x".join(map(str, yt.shape))}
-    rows.append({**base, "impl": "torch", "fwd_ms": t_fwd, "bwd_ms": t_bwd,
-                 "fwd_GFLOPs": flops / t_fwd / 1e6, "bwd_GFLOPs": 2 * flops / t_bwd / 1e6,
-                 "fwd_GBps": fwd_bytes / t_fwd / 1e6})
-    algorithms = ["auto", "col2im", "subpixel"]
-    for alg in algorithms:
-        def fwd():
+    fwd_fns, bwd_fns, rows, errs = {"torch": torch_fwd}, {"torch": torch_bwd}, [], {}
+    for alg in ["auto", "col2im", "subpixel"]:
+        def fwd(alg=alg):
             return conv_transpose2d(xd, wd, None, s, p, algorithm=alg)
 
-        def bwd():
+        def bwd(alg=alg):
             return conv_transpose2d_backward(dyd, xd, wd, s, p, need_bias_grad=False, algorithm=alg)
         got = [fwd(), *bwd()[:2]]
         errors = [rel_error(_host(g), r) for g, r in zip(got, refs)]
-        if max(errors) > 1e-4:
+        if max(errors) > 1e-4:                  # refuse to time a variant that is wrong
             rows.append({**base, "impl": f"minifcn {alg}", "note": f"FAILED validation {errors}"})
             continue
-        f_ms, b_ms = timer.median(fwd, repeats), timer.median(bwd, repeats)
-        rows.append({**base, "impl": f"minifcn {alg}", "fwd_ms": f_ms, "bwd_ms": b_ms,
-                     "fwd_ratio": f_ms / t_fwd, "bwd_ratio": b_ms / t_bwd,
-                     "fwd_GFLOPs": flops / f_ms / 1e6, "bwd_GFLOPs": 2 * flops / b_ms / 1e6,
-                     "fwd_GBps": fwd_bytes / f_ms / 1e6, "bwd_GBps": bwd_bytes / b_ms / 1e6,
-                     "max_rel_err": max(errors)})
+        fwd_fns[f"minifcn {alg}"], bwd_fns[f"minifcn {alg}"] = fwd, bwd
+        errs[f"minifcn {alg}"] = max(errors)
+    tf, tb = timer.rounds(fwd_fns, repeats), timer.rounds(bwd_fns, repeats)
+    for impl in fwd_fns:
+        f_ms, b_ms = statistics.median(tf[impl]), statistics.median(tb[impl])
+        row = {**base, "impl": impl, "fwd_ms": f_ms, "bwd_ms": b_ms,
+               "fwd_GFLOPs": flops / f_ms / 1e6, "bwd_GFLOPs": 2 * flops / b_ms / 1e6,
+               "fwd_GBps": fwd_bytes / f_ms / 1e6}
+        if impl != "torch":
+            row.update(fwd_ratio=paired_ratio(tf[impl], tf["torch"]),
+                       bwd_ratio=paired_ratio(tb[impl], tb["torch"]),
+                       bwd_GBps=bwd_bytes / b_ms / 1e6, max_rel_err=errs[impl])
+        rows.append(row)
     return rows
 
 

@@ -6,7 +6,8 @@
 A step is forward + softmax cross-entropy + backward + SGD (momentum 0.9), batch 1, both
 frameworks starting from the same weights (copied through the state dict), with the
 bilinear upsamplers frozen in both. Reported: median ms per step, the ratio
-minifcn / torch, and peak memory — on the GPU CuPy's pool (bytes handed out, tracked
+minifcn / torch (the two timed interleaved, step by step; the median of the per-round
+ratios), and peak memory — on the GPU CuPy's pool (bytes handed out, tracked
 by a memory hook) against ``torch.cuda.max_memory_allocated``; on the CPU the growth of
 the process's peak RSS over one step (after a first step has made the optimizer's
 buffers), each framework in a fresh subprocess.
@@ -14,12 +15,13 @@ buffers), each framework in a fresh subprocess.
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 
 import numpy as np
 
-from .common import Timer, machine, table, write_json
+from .common import Timer, machine, paired_ratio, table, write_json
 
 
 def _models(size, device, width):
@@ -147,10 +149,10 @@ def main(argv=None):
     rows = []
     for size in args.sizes:
         ours_step, torch_step = _models(size, args.device, args.width)
-        t_ours = timer.median(ours_step, args.repeats, warmup=2)
-        t_torch = timer.median(torch_step, args.repeats, warmup=2)
-        row = {"size": f"{size}x{size}", "minifcn_ms": t_ours, "torch_ms": t_torch,
-               "ratio": t_ours / t_torch}
+        times = timer.rounds({"minifcn": ours_step, "torch": torch_step}, args.repeats)
+        row = {"size": f"{size}x{size}", "minifcn_ms": statistics.median(times["minifcn"]),
+               "torch_ms": statistics.median(times["torch"]),
+               "ratio": paired_ratio(times["minifcn"], times["torch"])}
         if not args.no_memory:
             if args.device == "cuda":
                 m_ours, m_torch = _gpu_peaks(ours_step, torch_step)

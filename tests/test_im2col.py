@@ -153,3 +153,24 @@ def test_col2im_fcn32_upsampler_geometry(xp):
     for method in ("taps", "blocks", "auto"):
         got = to_np(col2im(xp.asarray(c), (hi, hi), 32, 16, 1, method=method))
         assert_close(got, ref, np.float64, method)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sh=st.integers(1, 5), sw=st.integers(1, 5), hq=st.integers(1, 6), wq=st.integers(1, 6),
+       ph=st.integers(0, 6), pw=st.integers(0, 6), eh=st.integers(-3, 3), ew=st.integers(-3, 3),
+       seed=st.integers(0, 2**31 - 1))
+def test_pixel_shuffle_matches_a_naive_loop(sh, sw, hq, wq, ph, pw, eh, ew, seed):
+    """The sub-pixel transposed convolution's last step (kernel = stride, so a pure
+    rearrangement): ``x[q*sh + r - ph, u*sw + t - pw] = ysub[r, t, q, u]``, any crop, and
+    output rows past the last block (output_padding) left at 0."""
+    from minifcn.functional.im2col import _pixel_shuffle
+    h, w = hq * sh - 2 * ph + eh, wq * sw - 2 * pw + ew
+    if h < 1 or w < 1:
+        return
+    ysub = np.random.default_rng(seed).standard_normal((2, 3, sh, sw, hq, wq))
+    ref = np.zeros((2, 3, h, w))
+    for r, t, q, u in itertools.product(range(sh), range(sw), range(hq), range(wq)):
+        y, x = q * sh + r - ph, u * sw + t - pw
+        if 0 <= y < h and 0 <= x < w:
+            ref[:, :, y, x] = ysub[:, :, r, t, q, u]
+    np.testing.assert_array_equal(_pixel_shuffle(ysub, h, w, ph, pw), ref)

@@ -30,7 +30,8 @@ import numpy as np
 
 from ..backend import get_array_module
 from ._checks import check_4d, check_float, check_positive_size, pair
-from .im2col import _col2im, _im2col, conv_output_size, conv_transpose_output_size
+from .im2col import (_col2im, _im2col, _pixel_shuffle, conv_output_size,
+                     conv_transpose_output_size)
 
 
 # -- the three GEMMs -------------------------------------------------------------------
@@ -98,6 +99,22 @@ CPU_BAND_BYTES = 8 << 20    # col bytes per band on the CPU (fits the last-level
 GPU_BAND_BYTES = 64 << 20   # on the GPU: bounds memory; few bands, since launches cost
 
 
+def _band_budget(x):
+    return CPU_BAND_BYTES if get_array_module(x) is np else GPU_BAND_BYTES
+
+
+def _image_batches(x, col_entries_per_image):
+    """Split the batch into runs of images whose col matrix fits the band budget:
+    ``[(n0, n1), ...]`` (one run when it all fits). Images first, rows second
+    (:func:`_row_bands`): a whole image keeps each GEMM wide."""
+    n = x.shape[0]
+    per_image = max(1, col_entries_per_image * x.dtype.itemsize)
+    if n == 1 or n * per_image <= _band_budget(x):
+        return [(0, n)]
+    step = max(1, _band_budget(x) // per_image)
+    return [(n0, min(n, n0 + step)) for n0 in range(0, n, step)]
+
+
 def _row_bands(x, rows, col_entries_per_row):
     """Split ``rows`` output rows into bands whose im2col (``col_entries_per_row`` entries
     per image and row) stays within the band budget: ``[(r0, r1), ...]``.
@@ -107,10 +124,8 @@ def _row_bands(x, rows, col_entries_per_row):
     product is the same (each output row only reads its own windows), the peak memory is
     one band, and on the CPU the band is still in cache when the GEMM reads it.
     """
-    xp = get_array_module(x)
-    budget = CPU_BAND_BYTES if xp is np else GPU_BAND_BYTES
     per_row = max(1, x.shape[0] * col_entries_per_row * x.dtype.itemsize)
-    step = max(1, budget // per_row)
+    step = max(1, _band_budget(x) // per_row)
     return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
 
 
@@ -215,7 +230,12 @@ def _conv2d(x, weight, g):
     Output rows are computed in bands (:func:`_row_bands`) so that no col matrix exceeds
     the band budget: ``y[:, :, r0:r1] = W @ im2col(rows r0..r1)``.
     """
-    bands = _row_bands(x, g.ho, x.shape[1] * g.kh * g.kw * g.wo)
+    per_row = x.shape[1] * g.kh * g.kw * g.wo                       # col entries per image
+    batches = _image_batches(x, per_row * g.ho)
+    if len(batches) > 1:
+        xp = get_array_module(x)
+        return xp.concatenate([_conv2d(x[n0:n1], weight, g) for n0, n1 in batches])
+    bands = _row_bands(x, g.ho, per_row)
     if len(bands) == 1:
         col = _im2col(x, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.ho, g.wo)
         return _weight_times_col(weight, col, g.groups)
@@ -256,6 +276,20 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
     g = _geometry("conv2d_backward", x, weight, None, stride, padding, dilation, groups)
     _check_grad_shape("conv2d_backward", dy, g)
     dw = dx = None
+    batches = _image_batches(x, g.c * g.kh * g.kw * g.wo * g.ho)
+    if len(batches) > 1:                     # images in runs: dx side by side, dW summed
+        xp = get_array_module(x)
+        parts = [conv2d_backward(dy[n0:n1], x[n0:n1], weight, stride, padding, dilation,
+                                 groups, need_input_grad=need_input_grad,
+                                 need_weight_grad=need_weight_grad, need_bias_grad=False)
+                 for n0, n1 in batches]
+        if need_input_grad:
+            dx = xp.concatenate([p[0] for p in parts])
+        if need_weight_grad:
+            dw = parts[0][1]
+            for p in parts[1:]:
+                dw += p[1]
+        return dx, dw, _bias_grad(dy) if need_bias_grad else None
     bands = _row_bands(x, g.ho, g.c * g.kh * g.kw * g.wo)
     if need_weight_grad:                     # dW = sum over bands of dy[band] @ col[band]^T
         buf = _BandBuffer(x)
@@ -326,9 +360,11 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
         sub = SimpleNamespace(kh=g.ah, kw=g.aw, sh=1, sw=1, ph=g.ah - 1, pw=g.aw - 1, dh=1,
                               dw=1, ho=hq, wo=wq, groups=1)
         ysub = _conv2d(x, _subpixel_weight(weight, g), sub)            # (N, O*sh*sw, Hq, Wq)
-        n = ysub.shape[0]
-        y = _col2im(ysub.reshape(n, g.o, g.sh, g.sw, hq, wq), g.ho, g.wo,
-                    g.sh, g.sw, g.ph, g.pw, 1, 1)                      # pixel shuffle + crop
+        ysub = ysub.reshape(ysub.shape[0], g.o, g.sh, g.sw, hq, wq)
+        if g.gpu:                                                      # pixel shuffle + crop
+            y = _col2im(ysub, g.ho, g.wo, g.sh, g.sw, g.ph, g.pw, 1, 1)
+        else:
+            y = _pixel_shuffle(ysub, g.ho, g.wo, g.ph, g.pw)
     else:
         col = _weight_t_times(weight, x, groups)                       # (N, O, kh, kw, H, W)
         y = _col2im(col, g.ho, g.wo, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)
