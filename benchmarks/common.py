@@ -5,7 +5,7 @@ cuBLAS/cuDNN handles stay out of the numbers), then time each call on its own an
 the median of ``repeats`` calls. On the GPU the clock is a pair of CUDA events around the
 call; on the CPU ``time.perf_counter``. minifcn and torch run in the same process on the
 same inputs, **interleaved** (:meth:`Timer.rounds`: each round times every contender once,
-in turn), and a ratio is the median of the per-round ratios: on a shared 2-core machine
+in turn, each after one untimed call), and a ratio is the median of the per-round ratios: on a shared 2-core machine
 the speed drifts by 20-50% over seconds, and a drift then hits both sides of a ratio
 instead of whichever ran during it.
 """
@@ -87,9 +87,15 @@ class Timer:
         self.sync()
         return statistics.median(self.once(fn) for _ in range(repeats))
 
-    def rounds(self, fns, repeats=10, warmup=2):
+    def rounds(self, fns, repeats=10, warmup=2, rewarm_s=0.02):
         """``{name: fn}`` -> ``{name: [ms per round]}``: every round times each fn once,
-        in turn (after ``warmup`` untimed rounds)."""
+        in turn (after ``warmup`` untimed rounds).
+
+        In a round each fn first runs untimed (once, and again until ``rewarm_s`` have
+        passed), then once timed: the first calls after a switch of library pay for the
+        other library's worker threads, still spinning on the cores (OpenMP's and
+        OpenBLAS's both busy-wait a while after a parallel region); on 2 cores that cost
+        up to 3 ms, 10x a small transposed convolution."""
         for _ in range(warmup):
             for fn in fns.values():
                 fn()
@@ -97,6 +103,11 @@ class Timer:
         times = {name: [] for name in fns}
         for _ in range(repeats):
             for name, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                while time.perf_counter() - start < rewarm_s:
+                    fn()
+                self.sync()
                 times[name].append(self.once(fn))
         return times
 
