@@ -52,7 +52,8 @@ class Variant:
 
     def kernel(self, rt, dtype):
         sfx = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[np.dtype(dtype)]
-        entry = "col2im" if self.number == 2 else f"col2im_v{self.number}"
+        entry = {2: "col2im", 3: "col2im_phase", 4: "col2im_rowblock"}.get(   # the package's
+            self.number, f"col2im_v{self.number}")
         return rt.function(KERNELS / self.source, f"{entry}_{sfx}")
 
     def threads(self, n, c, h, w, kh, kw, s, p, ho, wo):
@@ -84,9 +85,9 @@ class Variant:
 
 VARIANTS = {v.number: v for v in [
     Variant(1, "scatter + atomicAdd", "col2im_v1.cu"),
-    Variant(2, "gather per pixel (package)", "col2im_v2.cu"),
-    Variant(3, "gather, stride-phase order", "col2im_v3.cu", dilation1_only=True),
-    Variant(4, "gather, row block per thread", "col2im_v4.cu", dilation1_only=True),
+    Variant(2, "gather per pixel (package, dilation > 1)", "col2im_v2.cu"),
+    Variant(3, "gather, stride-phase order (package, s > 8)", "col2im_v3.cu", dilation1_only=True),
+    Variant(4, "gather, row block per thread (package, s <= 8)", "col2im_v4.cu", dilation1_only=True),
     Variant(5, "v3 + shared-memory transpose", "col2im_v5.cu", dilation1_only=True),
 ]}
 

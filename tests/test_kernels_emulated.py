@@ -107,13 +107,20 @@ def test_im2col(rt, geometry, dtype):
     np.testing.assert_array_equal(get(got), _im2col(x, *win))   # a copy: exact
 
 
+@pytest.mark.parametrize("kernel", ops.COL2IM_KERNELS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=_geometry_id)
-def test_col2im(rt, geometry, dtype):
+def test_col2im(rt, geometry, dtype, kernel):
+    """Every col2im kernel (and 'auto') against both NumPy strategies."""
     (n, c, h, w), win = _windows(geometry)
     kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = win
+    if kernel in ("phase", "rowblock") and (dh, dw) != (1, 1):
+        with pytest.raises(ValueError, match="needs dilation 1"):
+            ops.col2im(rt, put(rt, np.zeros((n, c, kh, kw, ho, wo), dtype)), h, w, sh, sw,
+                       ph, pw, dh, dw, kernel)
+        return
     col = randn(np.random.default_rng(1), (n, c, kh, kw, ho, wo), dtype)
-    got = ops.col2im(rt, put(rt, col), h, w, sh, sw, ph, pw, dh, dw)
+    got = ops.col2im(rt, put(rt, col), h, w, sh, sw, ph, pw, dh, dw, kernel)
     for method in ("taps", "blocks") if (dh, dw) == (1, 1) else ("taps",):
         assert_close(got, _col2im(col, h, w, sh, sw, ph, pw, dh, dw, method), dtype, method)
 
@@ -176,8 +183,9 @@ def test_im2col_col2im_random_geometry(backend_name, data):
     x = randn(rng, (n, c, h, w), dtype)
     np.testing.assert_array_equal(get(ops.im2col(rt, put(rt, x), *win)), _im2col(x, *win))
     col = randn(rng, (n, c, kh, kw, ho, wo), dtype)
-    assert_close(ops.col2im(rt, put(rt, col), h, w, sh, sw, ph, pw, dh, dw),
-                 _col2im(col, h, w, sh, sw, ph, pw, dh, dw, "taps"), dtype, "col2im")
+    kernel = draw(st.sampled_from(ops.COL2IM_KERNELS if (dh, dw) == (1, 1) else ("auto", "gather")))
+    assert_close(ops.col2im(rt, put(rt, col), h, w, sh, sw, ph, pw, dh, dw, kernel),
+                 _col2im(col, h, w, sh, sw, ph, pw, dh, dw, "taps"), dtype, f"col2im {kernel}")
 
 
 # -- max pooling -------------------------------------------------------------------------------
