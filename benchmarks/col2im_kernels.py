@@ -7,9 +7,10 @@ The variants live in ``benchmarks/kernels/col2im_v*.cu``, numbered in the order 
 tried (the way llm.c develops its CUDA kernels):
 
 - v1 scatter: one thread per col entry, ``atomicAdd`` into a zeroed image;
-- v2 gather: one thread per pixel, only the taps of its stride phase — the package kernel;
-- v3 gather in stride-phase order: a warp shares one phase, so col reads coalesce;
-- v4 gather, one thread per stride block of a row (sw pixels each);
+- v2 gather: one thread per pixel, only the taps of its stride phase (package, dilation > 1);
+- v3 gather in stride-phase order: a warp shares one phase, so col reads coalesce (package,
+  stride > 8);
+- v4 gather, one thread per stride block of a row (sw pixels each) (package, stride <= 8);
 - v5 v3's reads, then a transpose through shared memory so the writes coalesce too.
 
 Every variant is checked against the NumPy reference (``minifcn.functional.col2im``) on the
@@ -307,7 +308,7 @@ def print_table(rows):
         ratio = f"{r['ms'] / base[r['shape']]:.2f}x" if base.get(r["shape"]) else "-"
         print(f"{r['shape']:{width}}  {r['variant']:7}  {r['ms']:9.4f}  {r['gbps']:7.1f}  "
               f"{ratio:>6}  {r['max_rel_error']:8.1e}")
-    print("GB/s: (col bytes + image bytes) / time; 'vs v2': time relative to the package kernel")
+    print("GB/s: (col bytes + image bytes) / time; 'vs v2': time relative to the per-pixel gather")
 
 
 def main(argv=None):
