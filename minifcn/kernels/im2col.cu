@@ -102,6 +102,29 @@ extern "C" __global__ void col2im_f64(const double* __restrict__ col, double* __
     col2im_kernel<double>(col, x, nc, h, w, Windows2d{kh, kw, sh, sw, ph, pw, dh, dw, ho, wo});
 }
 
+// -- the sum both dilation-1 orders share ------------------------------------------------------
+//
+// The col entries (of one (n, c) plane ``c``) that land on padded row q_y*sh + i0 and padded
+// column q*sw + r: row taps i0, i0 + sh, ... from windows oh = q_y, q_y - 1, ...; column
+// taps r, r + sw, ... from windows ow = q, q - 1, ...
+template <typename T>
+__device__ __forceinline__ T sum_taps_dilation1(const T* __restrict__ c, const Windows2d& g,
+                                                int i0, int qy, int r, int q) {
+    T sum = (T)0;
+    for (int i = i0, a = 0; i < g.kh; i += g.sh, ++a) {
+        const int oh = qy - a;
+        if (oh < 0) break;
+        if (oh >= g.ho) continue;
+        for (int j = r, b = 0; j < g.kw; j += g.sw, ++b) {
+            const int ow = q - b;
+            if (ow < 0) break;
+            if (ow >= g.wo) continue;
+            sum += c[(((long long)i * g.kw + j) * g.ho + oh) * g.wo + ow];
+        }
+    }
+    return sum;
+}
+
 // -- col2im_phase (v3): gather in stride-phase order, dilation 1 -----------------------------
 //
 // Padded column xp = q*sw + r splits into a block q and a phase r. All pixels of one phase
@@ -126,19 +149,7 @@ __device__ __forceinline__ void col2im_phase_body(const T* __restrict__ col, T* 
         const int yp = y + g.ph;
         const int qy = yp / g.sh;
         const T* __restrict__ c = col + (long long)nc * plane;
-        T sum = (T)0;
-        for (int i = yp - qy * g.sh, a = 0; i < g.kh; i += g.sh, ++a) {
-            const int oh = qy - a;
-            if (oh < 0) break;
-            if (oh >= g.ho) continue;
-            for (int j = r, b = 0; j < g.kw; j += g.sw, ++b) {
-                const int ow = q - b;
-                if (ow < 0) break;
-                if (ow >= g.wo) continue;
-                sum += c[(((long long)i * g.kw + j) * g.ho + oh) * g.wo + ow];
-            }
-        }
-        x[((long long)nc * h + y) * w + xx] = sum;
+        x[((long long)nc * h + y) * w + xx] = sum_taps_dilation1(c, g, yp - qy * g.sh, qy, r, q);
     }
 }
 
@@ -189,19 +200,7 @@ __device__ __forceinline__ void col2im_rowblock_body(const T* __restrict__ col, 
             const int xx = q * g.sw + r - g.pw;
             if (xx < 0) continue;
             if (xx >= w) break;
-            T sum = (T)0;
-            for (int i = i0, a = 0; i < g.kh; i += g.sh, ++a) {
-                const int oh = qy - a;
-                if (oh < 0) break;
-                if (oh >= g.ho) continue;
-                for (int j = r, b = 0; j < g.kw; j += g.sw, ++b) {
-                    const int ow = q - b;
-                    if (ow < 0) break;
-                    if (ow >= g.wo) continue;
-                    sum += c[(((long long)i * g.kw + j) * g.ho + oh) * g.wo + ow];
-                }
-            }
-            row[xx] = sum;
+            row[xx] = sum_taps_dilation1(c, g, i0, qy, r, q);
         }
     }
 }
