@@ -9,6 +9,7 @@ and col2im is its adjoint, ``<im2col(x), c> == <x, col2im(c)>``.
 from __future__ import annotations
 
 import itertools
+import sys
 
 import numpy as np
 import pytest
@@ -158,12 +159,15 @@ def test_col2im_fcn32_upsampler_geometry(xp):
 @settings(max_examples=60, deadline=None)
 @given(sh=st.integers(1, 5), sw=st.integers(1, 5), hq=st.integers(1, 6), wq=st.integers(1, 6),
        ph=st.integers(0, 6), pw=st.integers(0, 6), eh=st.integers(-3, 3), ew=st.integers(-3, 3),
+       maps_per_block=st.sampled_from([1, 2, 4, 100]), max_copies=st.sampled_from([1, 256]),
        seed=st.integers(0, 2**31 - 1))
-def test_pixel_shuffle_matches_a_naive_loop(sh, sw, hq, wq, ph, pw, eh, ew, seed):
+def test_pixel_shuffle_matches_a_naive_loop(sh, sw, hq, wq, ph, pw, eh, ew, maps_per_block,
+                                            max_copies, seed):
     """The sub-pixel transposed convolution's last step (kernel = stride, so a pure
     rearrangement): ``x[q*sh + r - ph, u*sw + t - pw] = ysub[r, t, q, u]``, any crop, and
-    output rows past the last block (output_padding) left at 0."""
-    from minifcn.functional.im2col import _pixel_shuffle
+    output rows past the last block (output_padding) left at 0; the 2 x 3 maps shuffled in
+    blocks of 1, 2, 4 or all of them (or, past ``max_copies`` copies, as one block)."""
+    im2col_module = sys.modules["minifcn.functional.im2col"]   # (the package exports a function im2col)
     h, w = hq * sh - 2 * ph + eh, wq * sw - 2 * pw + ew
     if h < 1 or w < 1:
         return
@@ -173,4 +177,11 @@ def test_pixel_shuffle_matches_a_naive_loop(sh, sw, hq, wq, ph, pw, eh, ew, seed
         y, x = q * sh + r - ph, u * sw + t - pw
         if 0 <= y < h and 0 <= x < w:
             ref[:, :, y, x] = ysub[:, :, r, t, q, u]
-    np.testing.assert_array_equal(_pixel_shuffle(ysub, h, w, ph, pw), ref)
+    saved = im2col_module.SHUFFLE_BLOCK_BYTES, im2col_module.SHUFFLE_MAX_COPIES
+    im2col_module.SHUFFLE_BLOCK_BYTES = maps_per_block * h * w * ysub.itemsize
+    im2col_module.SHUFFLE_MAX_COPIES = max_copies
+    try:
+        got = im2col_module._pixel_shuffle(ysub, h, w, ph, pw)
+    finally:
+        im2col_module.SHUFFLE_BLOCK_BYTES, im2col_module.SHUFFLE_MAX_COPIES = saved
+    np.testing.assert_array_equal(got, ref)

@@ -31,7 +31,7 @@ import numpy as np
 from ..backend import get_array_module
 from ._checks import check_4d, check_float, check_positive_size, pair
 from .im2col import (_col2im, _im2col, _pixel_shuffle, conv_output_size,
-                     conv_transpose_output_size)
+                     conv_transpose_output_size, pad_hw)
 
 
 # -- the three GEMMs -------------------------------------------------------------------
@@ -153,6 +153,57 @@ def _band_im2col(x, g, r0, r1, buf):
     out = buf.get((n, c, g.kh, g.kw, r1 - r0, g.wo), x.dtype)
     return _im2col(x, g.kh, g.kw, g.sh, g.sw, g.ph - r0 * g.sh, g.pw, g.dh, g.dw,
                    r1 - r0, g.wo, out=out)
+
+
+def _conv2d_shifted_rows(x, weight, ph, pw):
+    r"""A stride-1, dilation-1, one-group convolution on the CPU whose im2col is one
+    contiguous copy per tap: returns ``y (N, O, Ho, Wo)`` as a strided view.
+
+    Flatten a padded image ``xpad (C, Hp, Wp)`` row by row. Window ``(i, j)``'s tap
+    ``(u, v)`` reads ``xpad[c, i + u, j + v]``, which sits at flat index ``p + u*Wp + v``
+    with ``p = i*Wp + j``. So, with the windows numbered by ``p`` instead of ``i*Wo + j``,
+
+    ``col[c, u, v, p] = xpad_flat[c, p + u*Wp + v]``
+
+    — the whole row ``col[c, u, v, :]`` is the flattened image *shifted* by ``u*Wp + v``:
+    a memcpy, not a gather. The price: ``p`` also runs over the ``Wp - Wo`` windows per
+    row that start at ``j >= Wo`` and wrap into the next row; they are computed and
+    thrown away (``Wp / Wo`` of the GEMM: 3% for the sub-pixel 2x2 taps on 32x32, but
+    75% for a 7x7 kernel on 14x14 — so only :func:`conv_transpose2d`'s sub-pixel forward
+    uses this; ``benchmarks/RESULTS.md``).
+
+    The batch is one tall image: the images stacked, ``P`` rows apart, with zero rows
+    between them that serve as the bottom padding of one and the top padding of the
+    next. Image ``k``'s output rows are rows ``k*P .. k*P + Ho - 1`` of the stack's output,
+    so one GEMM covers all images (wider GEMMs run faster). Output rows go in bands so
+    the col matrix stays within ``CPU_BAND_BYTES``, as in :func:`_conv2d`.
+    """
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    wp = w + 2 * pw
+    ho, wo = h + 2 * ph - kh + 1, wp - kw + 1
+    period = h + ph + max(0, ph - kh + 1)           # >= h + ph, and >= Ho: no overlap
+    stack = np.zeros((c, n * period + ph, wp), dtype=x.dtype)
+    stack[:, ph:ph + n * period, pw:pw + w].reshape(c, n, period, w)[:, :, :h] = \
+        x.transpose(1, 0, 2, 3)
+    stack_flat = stack.reshape(c, -1)
+    out_rows = (n - 1) * period + ho                 # the stack's output rows that are needed
+    taps = c * kh * kw
+    w_mat = weight.reshape(o, taps)
+    y = np.empty((o, n * period, wp), dtype=x.dtype)
+    y_flat = y.reshape(o, -1)
+    rows = max(1, CPU_BAND_BYTES // (taps * wp * x.dtype.itemsize))     # output rows per band
+    width = (min(rows, out_rows) - 1) * wp + wo                          # windows per band
+    col = np.empty((c, kh, kw, width), dtype=x.dtype)
+    for r0 in range(0, out_rows, rows):
+        start = r0 * wp                                  # windows p = start .. start+L-1
+        length = (min(out_rows, r0 + rows) - r0 - 1) * wp + wo   # the last row's wrapped
+        for u in range(kh):                                       # windows are not needed
+            for v in range(kw):
+                shift = start + u * wp + v
+                col[:, u, v, :length] = stack_flat[:, shift:shift + length]
+        np.matmul(w_mat, col.reshape(taps, width)[:, :length], out=y_flat[:, start:start + length])
+    return y.reshape(o, n, period, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3)
 
 
 # -- argument checking -------------------------------------------------------------------
@@ -359,7 +410,11 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
         hq, wq = g.h + g.ah - 1, g.w + g.aw - 1
         sub = SimpleNamespace(kh=g.ah, kw=g.aw, sh=1, sw=1, ph=g.ah - 1, pw=g.aw - 1, dh=1,
                               dw=1, ho=hq, wo=wq, groups=1)
-        ysub = _conv2d(x, _subpixel_weight(weight, g), sub)            # (N, O*sh*sw, Hq, Wq)
+        wsub = _subpixel_weight(weight, g)
+        if g.gpu:
+            ysub = _conv2d(x, wsub, sub)                               # (N, O*sh*sw, Hq, Wq)
+        else:
+            ysub = _conv2d_shifted_rows(x, wsub, sub.ph, sub.pw)       # the same, as a view
         ysub = ysub.reshape(ysub.shape[0], g.o, g.sh, g.sw, hq, wq)
         if g.gpu:                                                      # pixel shuffle + crop
             y = _col2im(ysub, g.ho, g.wo, g.sh, g.sw, g.ph, g.pw, 1, 1)
