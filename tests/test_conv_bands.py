@@ -157,7 +157,7 @@ def test_shifted_rows_convolution_matches_torch(band_budget, kernel, padding, ro
     wt = rng.standard_normal((5, 4, kh, kw))
     wp = 6 + 2 * padding[1]
     band_budget(rows * 4 * kh * kw * wp * 8)
-    y = conv._conv2d_shifted_rows(x, wt, *padding)
+    y = conv._conv2d_shifted_rows(x, wt.transpose(1, 2, 3, 0), *padding)   # (C, kh, kw, O)
     ref = TF.conv2d(torch.tensor(x), torch.tensor(wt), padding=padding).numpy()
     assert y.shape == ref.shape
     assert np.abs(y - ref).max() <= 1e-12 * np.abs(ref).max()

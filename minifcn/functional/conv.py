@@ -155,9 +155,10 @@ def _band_im2col(x, g, r0, r1, buf):
                    r1 - r0, g.wo, out=out)
 
 
-def _conv2d_shifted_rows(x, weight, ph, pw):
+def _conv2d_shifted_rows(x, weight_t, ph, pw):
     r"""A stride-1, dilation-1, one-group convolution on the CPU whose im2col is one
-    contiguous copy per tap: returns ``y (N, O, Ho, Wo)`` as a strided view.
+    contiguous copy per tap. ``weight_t (C, kh, kw, O)``: ``W[o, c, u, v]`` stored as
+    ``[c, u, v, o]``, the GEMM's ``W^T``. Returns ``y (N, O, Ho, Wo)`` as a strided view.
 
     Flatten a padded image ``xpad (C, Hp, Wp)`` row by row. Window ``(i, j)``'s tap
     ``(u, v)`` reads ``xpad[c, i + u, j + v]``, which sits at flat index ``p + u*Wp + v``
@@ -165,12 +166,13 @@ def _conv2d_shifted_rows(x, weight, ph, pw):
 
     ``col[c, u, v, p] = xpad_flat[c, p + u*Wp + v]``
 
-    — the whole row ``col[c, u, v, :]`` is the flattened image *shifted* by ``u*Wp + v``:
-    a memcpy, not a gather. The price: ``p`` also runs over the ``Wp - Wo`` windows per
-    row that start at ``j >= Wo`` and wrap into the next row; they are computed and
-    thrown away (``Wp / Wo`` of the GEMM: 3% for the sub-pixel 2x2 taps on 32x32, but
-    75% for a 7x7 kernel on 14x14 — so only :func:`conv_transpose2d`'s sub-pixel forward
-    uses this; ``benchmarks/RESULTS.md``).
+    — the row ``col[c, u, v]`` is the flattened image *shifted* by ``u*Wp + v``: a memcpy,
+    not a gather. The price: ``p`` also runs over the ``Wp - Wo`` windows per row that
+    start at ``j >= Wo`` and wrap into the next row; they are computed and thrown away
+    (``Wp / Wo`` of the GEMM: 3% for the sub-pixel 2x2 taps on 32x32, but 75% for a 7x7
+    kernel on 14x14 — so only :func:`conv_transpose2d`'s sub-pixel forward uses this;
+    ``benchmarks/RESULTS.md``). ``y = weight_t^T @ col``: BLAS reads the weight
+    transposed, so it need not be in ``(O, C*kh*kw)`` order.
 
     The batch is one tall image: the images stacked, ``P`` rows apart, with zero rows
     between them that serve as the bottom padding of one and the top padding of the
@@ -179,7 +181,7 @@ def _conv2d_shifted_rows(x, weight, ph, pw):
     the col matrix stays within ``CPU_BAND_BYTES``, as in :func:`_conv2d`.
     """
     n, c, h, w = x.shape
-    o, _, kh, kw = weight.shape
+    _, kh, kw, o = weight_t.shape
     wp = w + 2 * pw
     ho, wo = h + 2 * ph - kh + 1, wp - kw + 1
     period = h + ph + max(0, ph - kh + 1)           # >= h + ph, and >= Ho: no overlap
@@ -189,7 +191,7 @@ def _conv2d_shifted_rows(x, weight, ph, pw):
     stack_flat = stack.reshape(c, -1)
     out_rows = (n - 1) * period + ho                 # the stack's output rows that are needed
     taps = c * kh * kw
-    w_mat = weight.reshape(o, taps)
+    w_t = weight_t.reshape(taps, o).T                # (O, K): a transposed view
     y = np.empty((o, n * period, wp), dtype=x.dtype)
     y_flat = y.reshape(o, -1)
     rows = max(1, CPU_BAND_BYTES // (taps * wp * x.dtype.itemsize))     # output rows per band
@@ -202,7 +204,7 @@ def _conv2d_shifted_rows(x, weight, ph, pw):
             for v in range(kw):
                 shift = start + u * wp + v
                 col[:, u, v, :length] = stack_flat[:, shift:shift + length]
-        np.matmul(w_mat, col.reshape(taps, width)[:, :length], out=y_flat[:, start:start + length])
+        np.matmul(w_t, col.reshape(taps, width)[:, :length], out=y_flat[:, start:start + length])
     return y.reshape(o, n, period, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3)
 
 
@@ -410,11 +412,10 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
         hq, wq = g.h + g.ah - 1, g.w + g.aw - 1
         sub = SimpleNamespace(kh=g.ah, kw=g.aw, sh=1, sw=1, ph=g.ah - 1, pw=g.aw - 1, dh=1,
                               dw=1, ho=hq, wo=wq, groups=1)
-        wsub = _subpixel_weight(weight, g)
         if g.gpu:
-            ysub = _conv2d(x, wsub, sub)                               # (N, O*sh*sw, Hq, Wq)
-        else:
-            ysub = _conv2d_shifted_rows(x, wsub, sub.ph, sub.pw)       # the same, as a view
+            ysub = _conv2d(x, _subpixel_weight(weight, g), sub)        # (N, O*sh*sw, Hq, Wq)
+        else:                                                          # the same, as a view
+            ysub = _conv2d_shifted_rows(x, _subpixel_weight_t(weight, g), sub.ph, sub.pw)
         ysub = ysub.reshape(ysub.shape[0], g.o, g.sh, g.sw, hq, wq)
         if g.gpu:                                                      # pixel shuffle + crop
             y = _col2im(ysub, g.ho, g.wo, g.sh, g.sw, g.ph, g.pw, 1, 1)
@@ -513,6 +514,18 @@ def _pick_algorithm(algorithm, g, backward=False):
     return algorithm
 
 
+def _subpixel_phases(weight, g):
+    """A view ``w6[c, o, a, r, b, t] = W[c, o, (A-1-a)*sh + r, (B-1-b)*sw + t]`` of the
+    transposed-conv weight (zero past kh, kw): tap ``(a, b)`` of phase ``(r, t)``."""
+    xp = get_array_module(weight)
+    c, o, kh, kw = weight.shape
+    full = weight
+    if (g.ah * g.sh, g.aw * g.sw) != (kh, kw):
+        full = xp.zeros((c, o, g.ah * g.sh, g.aw * g.sw), dtype=weight.dtype)
+        full[:, :, :kh, :kw] = weight
+    return full.reshape(c, o, g.ah, g.sh, g.aw, g.sw)[:, :, ::-1, :, ::-1, :]
+
+
 def _subpixel_weight(weight, g):
     """Rearrange a transposed-conv weight (C, O, kh, kw) into the weight of the
     equivalent ordinary convolution, (O*sh*sw, C, A, B):
@@ -522,14 +535,27 @@ def _subpixel_weight(weight, g):
     ``q - a`` is ``a`` rows *above* output block ``q``.
     """
     xp = get_array_module(weight)
-    c, o, kh, kw = weight.shape
-    full = weight
-    if (g.ah * g.sh, g.aw * g.sw) != (kh, kw):
-        full = xp.zeros((c, o, g.ah * g.sh, g.aw * g.sw), dtype=weight.dtype)
-        full[:, :, :kh, :kw] = weight
-    w6 = full.reshape(c, o, g.ah, g.sh, g.aw, g.sw)[:, :, ::-1, :, ::-1, :]
+    c, o = weight.shape[:2]
+    w6 = _subpixel_phases(weight, g)
     return xp.ascontiguousarray(w6.transpose(1, 3, 5, 0, 2, 4)).reshape(
         o * g.sh * g.sw, c, g.ah, g.aw)
+
+
+def _subpixel_weight_t(weight, g):
+    """The transpose of :func:`_subpixel_weight`'s matrix, (C, A, B, O*sh*sw), for
+    :func:`_conv2d_shifted_rows`. ``C`` stays first, as in ``W`` itself, so the copy
+    permutes within one input channel's (O, kh, kw) block at a time (256 KB for 256
+    outputs at k16: in cache); ``(O*sh*sw, C, A, B)`` is a transpose of C against O,
+    which for a 256 x 256 x 16 x 16 weight (67 MB) took 147 ms, longer than the GEMM.
+    The ``sw`` values of one phase row (``t``) are adjacent in both layouts, so they move
+    as one opaque ``sw*itemsize``-byte item: the copy's inner loop runs over ``o``, not
+    over ``sw`` values (3-4x faster at s = 2 and 4; ``benchmarks/RESULTS.md``).
+    """
+    c, o = weight.shape[:2]
+    w6 = _subpixel_phases(np.ascontiguousarray(weight), g)            # (c, o, a, r, b, t)
+    runs = w6.view(np.dtype((np.void, g.sw * weight.dtype.itemsize)))[..., 0]
+    wt = np.ascontiguousarray(runs.transpose(0, 2, 4, 1, 3)).view(weight.dtype)
+    return wt.reshape(c, g.ah, g.aw, o * g.sh * g.sw)
 
 
 def _subpixel_weight_grad(dwsub, g):
