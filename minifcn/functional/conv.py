@@ -400,7 +400,9 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
       padding. The overlap sum happens inside the GEMM instead of in col2im, so the
       GEMM writes ``s*s*(H+A-1)*(W+B-1)`` values per output channel instead of
       ``kh*kw*H*W`` (3.5x fewer for FCN-32s's k64 s32 on 16x16), for the same FLOPs
-      when ``s`` divides ``k`` (FCN's upsamplers all have k = 2s).
+      when ``s`` divides ``k`` (FCN's upsamplers all have k = 2s). On the CPU the
+      A x B convolution runs as :func:`_conv2d_shifted_rows` (its im2col is one
+      shifted copy per tap) and the shuffle as :func:`~.im2col._pixel_shuffle`.
     - ``'auto'`` — ``'subpixel'`` when it applies and ``s`` divides ``k`` (no padded taps)
       with ``s > 1``, else ``'col2im'`` (see :func:`_pick_algorithm`; ``benchmarks/deconv.py``
       measures all of them).
