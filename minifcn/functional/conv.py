@@ -31,7 +31,7 @@ import numpy as np
 from ..backend import get_array_module
 from ._checks import check_4d, check_float, check_positive_size, pair
 from .im2col import (_col2im, _im2col, _pixel_shuffle, conv_output_size,
-                     conv_transpose_output_size, pad_hw)
+                     conv_transpose_output_size)
 
 
 # -- the three GEMMs -------------------------------------------------------------------
@@ -411,18 +411,16 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
                   output_padding)
     algorithm = _pick_algorithm(algorithm, g)
     if algorithm == "subpixel":
-        hq, wq = g.h + g.ah - 1, g.w + g.aw - 1
-        sub = SimpleNamespace(kh=g.ah, kw=g.aw, sh=1, sw=1, ph=g.ah - 1, pw=g.aw - 1, dh=1,
-                              dw=1, ho=hq, wo=wq, groups=1)
-        if g.gpu:
-            ysub = _conv2d(x, _subpixel_weight(weight, g), sub)        # (N, O*sh*sw, Hq, Wq)
-        else:                                                          # the same, as a view
-            ysub = _conv2d_shifted_rows(x, _subpixel_weight_t(weight, g), sub.ph, sub.pw)
-        ysub = ysub.reshape(ysub.shape[0], g.o, g.sh, g.sw, hq, wq)
-        if g.gpu:                                                      # pixel shuffle + crop
-            y = _col2im(ysub, g.ho, g.wo, g.sh, g.sw, g.ph, g.pw, 1, 1)
-        else:
-            y = _pixel_shuffle(ysub, g.ho, g.wo, g.ph, g.pw)
+        hq, wq = g.h + g.ah - 1, g.w + g.aw - 1                       # ysub: (N, O*sh*sw, Hq, Wq)
+        if g.gpu:                      # the GPU kernels: im2col, GEMM, col2im with kernel = stride
+            sub = SimpleNamespace(kh=g.ah, kw=g.aw, sh=1, sw=1, ph=g.ah - 1, pw=g.aw - 1, dh=1,
+                                  dw=1, ho=hq, wo=wq, groups=1)
+            ysub = _conv2d(x, _subpixel_weight(weight, g), sub)
+            y = _col2im(ysub.reshape(g.n, g.o, g.sh, g.sw, hq, wq), g.ho, g.wo, g.sh, g.sw,
+                        g.ph, g.pw, 1, 1)
+        else:                          # NumPy: shifted-copy im2col, GEMM, pixel shuffle + crop
+            ysub = _conv2d_shifted_rows(x, _subpixel_weight_t(weight, g), g.ah - 1, g.aw - 1)
+            y = _pixel_shuffle(ysub.reshape(g.n, g.o, g.sh, g.sw, hq, wq), g.ho, g.wo, g.ph, g.pw)
     else:
         col = _weight_t_times(weight, x, groups)                       # (N, O, kh, kw, H, W)
         y = _col2im(col, g.ho, g.wo, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)

@@ -252,10 +252,11 @@ def _pixel_shuffle(ysub, h, w, ph, pw):
     rows, cols = runs(h, sh, ph, hq), runs(w, sw, pw, wq)
     covered = all(cnt == want for *_, cnt, want in rows + cols)
     x = (np.empty if covered else np.zeros)((n, c, h, w), dtype=ysub.dtype)
-    step = max(1, SHUFFLE_BLOCK_BYTES // (h * w * ysub.dtype.itemsize))
-    blocks = [(slice(i, i + 1), slice(c0, c0 + step)) for i in range(n) for c0 in range(0, c, step)]
-    if n * c <= step or len(blocks) * sh * sw > SHUFFLE_MAX_COPIES:
-        blocks = [(slice(None), slice(None))]   # fits one block, or per-copy overhead wins
+    step = max(1, SHUFFLE_BLOCK_BYTES // (h * w * ysub.dtype.itemsize))   # maps per block
+    blocks = [(slice(None), slice(None))]     # all at once: fits one block, or too many copies
+    if n * c > step and n * -(-c // step) * sh * sw <= SHUFFLE_MAX_COPIES:
+        blocks = [(slice(i, i + 1), slice(c0, c0 + step)) for i in range(n)
+                  for c0 in range(0, c, step)]
     for images, maps in blocks:
         for r, y0, q0, hc, _ in rows:
             for t, x0, u0, wc, _ in cols:
