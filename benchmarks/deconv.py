@@ -5,7 +5,8 @@
 
 For each shape: forward, and backward (input + weight gradients together, as a training
 step needs them), for minifcn's algorithms ('col2im': GEMM + col2im; 'subpixel': the
-phase decomposition; 'auto': what the package picks) and torch, in one process on the
+phase decomposition; 'fused': col2im with the GEMM folded in, one kernel on the GPU and
+one GEMM per tap on the CPU; 'auto': what the package picks) and torch, in one process on the
 same float32 inputs. Every minifcn variant is first checked against torch on those
 inputs; one that disagrees is reported and not timed.
 
@@ -80,7 +81,7 @@ def run_shape(shape, device, timer, repeats, torch):
     bwd_bytes = 4 * (out_elems + x.size + wt.size + x.size + wt.size)
     base = {"shape": name, "out": "x".join(map(str, yt.shape))}
     fwd_fns, bwd_fns, rows, errs = {"torch": torch_fwd}, {"torch": torch_bwd}, [], {}
-    for alg in ["auto", "col2im", "subpixel"]:
+    for alg in ["auto", "col2im", "subpixel", "fused"]:
         def fwd(alg=alg):
             return conv_transpose2d(xd, wd, None, s, p, algorithm=alg)
 

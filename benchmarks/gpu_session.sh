@@ -14,7 +14,9 @@ step "GPU test cases (pytest -m gpu)"
 timeout 170 python3 -m pytest -m gpu -q -n 8 -p no:cacheprovider tests > "$OUT/gpu_tests.txt" 2>&1
 echo "exit $?" >> "$OUT/gpu_tests.txt"; tail -4 "$OUT/gpu_tests.txt" | tee -a "$log"
 step "transposed convolution vs cuDNN"
-timeout 60 python3 -m benchmarks.deconv --device cuda --json "$OUT/deconv_cuda.json" 2>&1 | tail -30 | tee -a "$log"
+# --sweep too: where 'fused' (one kernel) stops beating the GEMM paths sets GPU_FUSED_MAX_MACS
+timeout 120 python3 -m benchmarks.deconv --device cuda --sweep --json "$OUT/deconv_cuda.json" > "$OUT/deconv_cuda.txt" 2>&1
+head -40 "$OUT/deconv_cuda.txt" | tee -a "$log"
 step "FCN-8s training step vs torch+cuDNN"
 timeout 70 python3 -m benchmarks.step --device cuda --sizes 224 320 --json "$OUT/step_cuda.json" 2>&1 | tail -6 | tee -a "$log"
 step "python -m minifcn.train --device cuda (the default run)"

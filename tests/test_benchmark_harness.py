@@ -31,7 +31,7 @@ def test_deconv_rows_validate_then_time_every_algorithm():
     import torch
     rows = deconv.run_shape(SMALL, "cpu", Timer("cpu"), 2, torch)
     impls = [r["impl"] for r in rows]
-    assert impls == ["torch", "minifcn auto", "minifcn col2im", "minifcn subpixel"]
+    assert impls == ["torch", "minifcn auto", "minifcn col2im", "minifcn subpixel", "minifcn fused"]
     for r in rows[1:]:
         assert r["max_rel_err"] <= 1e-4 and r["fwd_ratio"] > 0 and r["bwd_ratio"] > 0
 

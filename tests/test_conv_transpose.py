@@ -3,8 +3,8 @@ identities that make it the *transpose* of a convolution.
 
 - ``torch.nn.functional.conv_transpose2d`` + autograd in float64 is the reference
   (relative error <= 1e-10 in float64, <= 1e-5 in float32, relative to max |ref|).
-- ``algorithm='col2im'`` always, ``'subpixel'`` where it applies (dilation 1, groups 1),
-  and ``'auto'``.
+- ``algorithm='col2im'`` and ``'fused'`` always, ``'subpixel'`` where it applies
+  (dilation 1, groups 1), and ``'auto'``.
 - ``<conv_transpose2d(x, W), g> == <x, conv2d(g, W)>``, and conv2d's input gradient *is*
   ``conv_transpose2d(dy, W)``.
 """
@@ -34,7 +34,7 @@ def _pair(v):
 
 
 def algorithms_for(dilation, groups):
-    return ["col2im", "auto"] + (["subpixel"] if _pair(dilation) == (1, 1) and groups == 1 else [])
+    return ["col2im", "fused", "auto"] + (["subpixel"] if _pair(dilation) == (1, 1) and groups == 1 else [])
 
 
 def check_conv_transpose2d(xp, dtype, *, n, cin, cout, h, w, kernel, stride, padding,
@@ -237,13 +237,15 @@ def test_conv_input_gradient_is_the_transposed_conv(xp, cfg, seed):
 
 
 def test_algorithms_agree_with_each_other_exactly_enough(xp):
-    """'col2im' and 'subpixel' compute the same sums in a different order."""
+    """'col2im', 'subpixel' and 'fused' compute the same sums in different orders."""
     rng = np.random.default_rng(7)
     x = xp.asarray(rng.standard_normal((2, 4, 6, 5)))
     wt = xp.asarray(rng.standard_normal((4, 3, 6, 4)))
     a = to_np(conv_transpose2d(x, wt, None, (3, 2), (1, 2), (2, 1), algorithm="col2im"))
     b = to_np(conv_transpose2d(x, wt, None, (3, 2), (1, 2), (2, 1), algorithm="subpixel"))
     assert_close(b, a, np.float64, "subpixel vs col2im")
+    c = to_np(conv_transpose2d(x, wt, None, (3, 2), (1, 2), (2, 1), algorithm="fused"))
+    assert_close(c, a, np.float64, "fused vs col2im")
 
 
 def test_conv_transpose2d_pair_and_int_arguments_agree(xp):
@@ -256,7 +258,7 @@ def test_conv_transpose2d_pair_and_int_arguments_agree(xp):
     assert conv_output_size(to_np(a).shape[2], 3, 2, 1) == 4     # it maps back onto 4x4
 
 
-@pytest.mark.parametrize("algorithm", ["col2im", "subpixel"])
+@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused"])
 def test_conv_transpose2d_non_contiguous_inputs(xp, algorithm):
     rng = np.random.default_rng(9)
     x = xp.asarray(rng.standard_normal((2, 6, 8, 5)))[:, ::2, ::-2, :]     # (2, 3, 4, 5)
@@ -276,14 +278,18 @@ def test_auto_algorithm_choice_follows_the_measurements():
     """'auto' resolves as benchmarks/RESULTS.md measured: on the CPU sub-pixel forward from
     stride 2 and backward from stride 4 with few channels; on the GPU only for a large col
     matrix; never
-    where sub-pixel does not apply (dilation, groups, stride not dividing the kernel)."""
+    where sub-pixel does not apply (dilation, groups, stride not dividing the kernel). On the
+    GPU a small forward (float32/64) runs 'fused', one kernel launch."""
     from types import SimpleNamespace
-    from minifcn.functional.conv import GPU_SUBPIXEL_MIN_COL, _pick_algorithm
+    from minifcn.functional.conv import (GPU_FUSED_MAX_MACS, GPU_SUBPIXEL_MIN_COL,
+                                         _pick_algorithm)
 
-    def pick(k, s, gpu=False, backward=False, n=1, o=21, hw=16, d=1, groups=1):
+    def pick(k, s, gpu=False, backward=False, n=1, o=21, hw=16, d=1, groups=1,
+             dtype=np.float32, algorithm="auto"):
         g = SimpleNamespace(kh=k, kw=k, sh=s, sw=s, dh=d, dw=d, groups=groups, gpu=gpu,
-                            n=n, o=o, c=o, h=hw, w=hw)
-        return _pick_algorithm("auto", g, backward)
+                            n=n, o=o, c=o, h=hw, w=hw, ho=(hw - 1) * s + k, wo=(hw - 1) * s + k,
+                            dtype=np.dtype(dtype))
+        return _pick_algorithm(algorithm, g, backward)
 
     assert pick(64, 32) == pick(4, 2) == pick(16, 8, backward=True) == "subpixel"
     assert pick(4, 2, backward=True) == pick(3, 1) == pick(3, 2) == "col2im"
@@ -293,3 +299,11 @@ def test_auto_algorithm_choice_follows_the_measurements():
     assert pick(64, 32, gpu=True, hw=16) == "col2im"                # 22M col entries
     assert 21 * 64 * 64 * 32 * 32 > GPU_SUBPIXEL_MIN_COL
     assert pick(64, 32, gpu=True, hw=32) == pick(64, 32, gpu=True, hw=32, backward=True) == "subpixel"
+    # the GPU's small forwards: FCN's k4 s2 upsamplers (1.8M multiply-adds at 21 channels)
+    assert 21 * 21 * 16 * 16 * 16 <= GPU_FUSED_MAX_MACS < 21 * 21 * 64 * 64 * 256
+    assert pick(4, 2, gpu=True) == pick(3, 2, gpu=True, d=2) == "fused"
+    assert pick(4, 2, gpu=True, dtype=np.float16) == "col2im"        # the kernel is f32/f64
+    assert pick(4, 2, gpu=True, backward=True) == "col2im"           # no fused backward
+    assert pick(4, 2, backward=True, algorithm="fused") == "col2im"
+    assert pick(16, 8, gpu=True, hw=64) == "col2im"                  # 462M: the GEMM paths
+    assert pick(4, 2, gpu=True, n=8, o=128, hw=32) == "col2im"        # 2.1G multiply-adds

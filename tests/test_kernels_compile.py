@@ -41,7 +41,7 @@ def parse_ptxas(report: str) -> dict:
 
 def test_there_are_sources():
     names = {p.name for p in SOURCES if p.parent == KERNEL_DIR}
-    assert {"activation.cu", "im2col.cu", "loss.cu", "pool.cu"} <= names
+    assert {"activation.cu", "conv_transpose.cu", "im2col.cu", "loss.cu", "pool.cu"} <= names
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found on PATH (install the CUDA toolkit)")

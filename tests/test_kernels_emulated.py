@@ -188,6 +188,55 @@ def test_im2col_col2im_random_geometry(backend_name, data):
                  _col2im(col, h, w, sh, sw, ph, pw, dh, dw, "taps"), dtype, f"col2im {kernel}")
 
 
+# -- conv_transpose2d in one kernel ---------------------------------------------------------------
+
+# (N, C_in, C_out, H, W), kernel, stride, padding, output_padding, dilation, groups, bias
+DECONVS = [
+    ((2, 3, 4, 5, 6), 4, 2, 1, 0, 1, 1, True),             # FCN's k4 s2 p1
+    ((1, 2, 3, 2, 2), 64, 32, 16, 0, 1, 1, False),         # FCN-32s's k64 s32 p16
+    ((1, 2, 2, 3, 4), 8, 4, 2, 1, 1, 1, True),             # k8 s4, output padding
+    ((1, 4, 6, 4, 5), (3, 2), (2, 3), (1, 0), (1, 2), (2, 1), 2, True),   # groups, dilation
+    ((1, 2, 3, 3, 4), 2, 3, 0, 2, 1, 1, False),            # stride > kernel: rows no tap reaches
+    ((1, 2, 2, 6, 5), 3, 4, 1, 1, 2, 1, False),            # gcd(s, d) = 2
+    ((2, 3, 2, 5, 5), 3, 1, 1, 0, 1, 1, True),             # stride 1
+    ((1, 6, 6, 3, 3), 3, 2, 0, 0, 1, 3, True),             # 3 groups of 2
+    ((1, 2, 1, 1, 1), 3, 2, 0, 1, 1, 1, False),            # a single pixel
+]
+
+
+def _deconv_id(case):
+    shape, k, s, p, op, d, g, b = case
+    return f"x{'x'.join(map(str, shape))}-k{k}-s{s}-p{p}-op{op}-d{d}-g{g}-{'bias' if b else 'nobias'}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", DECONVS, ids=_deconv_id)
+def test_conv_transpose2d_fused_kernel(rt, case, dtype):
+    """The one-kernel transposed convolution against torch (float64)."""
+    torch = pytest.importorskip("torch")
+    (n, cin, cout, h, w), k, s, p, op, d, groups, bias = case
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = pair(k), pair(s), pair(p), pair(d)
+    rng = np.random.default_rng(6)
+    x = randn(rng, (n, cin, h, w), dtype)
+    wt = randn(rng, (cin, cout // groups, kh, kw), dtype)
+    b = randn(rng, (cout,), dtype) if bias else None
+    ref = torch.nn.functional.conv_transpose2d(
+        torch.from_numpy(x.astype(np.float64)), torch.from_numpy(wt.astype(np.float64)),
+        None if b is None else torch.from_numpy(b.astype(np.float64)),
+        pair(s), pair(p), pair(op), groups, pair(d)).numpy()
+    got = ops.conv_transpose2d(rt, put(rt, x), put(rt, wt), None if b is None else put(rt, b),
+                               groups, ref.shape[2], ref.shape[3], sh, sw, ph, pw, dh, dw)
+    assert_close(got, ref.astype(dtype), dtype, "conv_transpose2d")
+
+
+def test_conv_transpose2d_fused_kernel_refuses_mixed_dtypes(backend_name):
+    rt = runtime(backend_name)
+    x, w = np.zeros((1, 2, 3, 3), np.float32), np.zeros((2, 2, 3, 3), np.float64)
+    with pytest.raises(TypeError, match="weight is float64 but the input is float32"):
+        ops.conv_transpose2d(rt, put(rt, x), put(rt, w), None, 1, 5, 5, 1, 1, 0, 0, 1, 1)
+
+
 # -- max pooling -------------------------------------------------------------------------------
 
 # (N, C, H, W), kernel, stride, padding, dilation, ceil_mode

@@ -218,7 +218,8 @@ def _geometry(op, x, weight, bias, stride, padding, dilation, groups, output_pad
              else "(C, O/groups, kh, kw)")
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
-    g = SimpleNamespace(groups=groups, gpu=get_array_module(x) is not np)
+    g = SimpleNamespace(groups=groups, gpu=get_array_module(x) is not np,
+                        dtype=np.result_type(x.dtype, weight.dtype))
     g.n, g.c, g.h, g.w = x.shape
     g.kh, g.kw = weight.shape[2:]
     g.sh, g.sw = pair(stride, "stride", minimum=1)
@@ -373,7 +374,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
 
 # -- conv_transpose2d ----------------------------------------------------------------------
 
-ALGORITHMS = ("auto", "col2im", "subpixel")
+ALGORITHMS = ("auto", "col2im", "subpixel", "fused")
 
 
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
@@ -403,13 +404,21 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
       when ``s`` divides ``k`` (FCN's upsamplers all have k = 2s). On the CPU the
       A x B convolution runs as :func:`_conv2d_shifted_rows` (its im2col is one
       shifted copy per tap) and the shuffle as :func:`~.im2col._pixel_shuffle`.
+    - ``'fused'`` — ``'col2im'`` with the GEMM folded into the col2im: no col matrix.
+      On the GPU one kernel (``kernels/conv_transpose.cu``), one thread per output pixel,
+      summing ``W[c, o, u, v] * x[n, c, i, j]`` over the taps that reach it and the input
+      channels; on the CPU (:func:`_conv_transpose2d_fused`) the stamp formula above
+      literally, one GEMM per kernel tap. Any stride, dilation, groups. Its backward is
+      ``'col2im'``'s.
     - ``'auto'`` — ``'subpixel'`` when it applies and ``s`` divides ``k`` (no padded taps)
-      with ``s > 1``, else ``'col2im'`` (see :func:`_pick_algorithm`; ``benchmarks/deconv.py``
-      measures all of them).
+      with ``s > 1``, else ``'col2im'``; on the GPU, ``'fused'`` for small problems (see
+      :func:`_pick_algorithm`; ``benchmarks/deconv.py`` measures all of them).
     """
     g = _geometry("conv_transpose2d", x, weight, bias, stride, padding, dilation, groups,
                   output_padding)
     algorithm = _pick_algorithm(algorithm, g)
+    if algorithm == "fused":
+        return _conv_transpose2d_fused(x, weight, bias, g)
     if algorithm == "subpixel":
         hq, wq = g.h + g.ah - 1, g.w + g.aw - 1                       # ysub: (N, O*sh*sw, Hq, Wq)
         if g.gpu:                      # the GPU kernels: im2col, GEMM, col2im with kernel = stride
@@ -424,6 +433,40 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     else:
         col = _weight_t_times(weight, x, groups)                       # (N, O, kh, kw, H, W)
         y = _col2im(col, g.ho, g.wo, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)
+    return y if bias is None else _add_bias(y, bias)
+
+
+def _conv_transpose2d_fused(x, weight, bias, g):
+    """``algorithm='fused'``: the transposed convolution without a col matrix.
+
+    On the GPU (float32/float64) one kernel does it all, bias included
+    (:func:`~minifcn.kernels.gpu_conv_transpose2d`). Elsewhere, the stamp formula of
+    :func:`conv_transpose2d` one kernel tap ``(u, v)`` at a time: the tap's col entries
+    ``W[:, :, u, v]^T @ x`` (one GEMM per group) are added into the output pixels
+    ``(i*s + u*d, j*s + v*d)`` they land on, a strided slice of the padded output; the
+    padding is cropped at the end. Memory: one tap's col (the size of the output's
+    ``N x O x H x W`` samples) instead of all ``kh*kw``.
+    """
+    xp = get_array_module(x)
+    dtype = np.result_type(g.dtype, *(() if bias is None else (bias.dtype,)))
+    if g.gpu and dtype in (np.float32, np.float64):
+        from ..kernels import gpu_conv_transpose2d
+        return gpu_conv_transpose2d(x.astype(dtype, copy=False), weight.astype(dtype, copy=False),
+                                    None if bias is None else bias.astype(dtype, copy=False),
+                                    g.groups, g.ho, g.wo, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)
+    n, c, h, w = x.shape
+    cg, og = c // g.groups, g.o // g.groups
+    hp = max(g.ph + g.ho, (h - 1) * g.sh + (g.kh - 1) * g.dh + 1)    # the padded output
+    wp = max(g.pw + g.wo, (w - 1) * g.sw + (g.kw - 1) * g.dw + 1)
+    y = xp.zeros((n, g.o, hp, wp), dtype=dtype)
+    xg = x.reshape(n, g.groups, cg, h * w)
+    for u in range(g.kh):
+        for v in range(g.kw):
+            w_uv = weight[:, :, u, v].reshape(g.groups, cg, og).transpose(0, 2, 1)  # (g, O/g, C/g)
+            stamps = xp.matmul(w_uv, xg).reshape(n, g.o, h, w)       # col[:, :, u, v]
+            y[:, :, u * g.dh:u * g.dh + (h - 1) * g.sh + 1:g.sh,
+              v * g.dw:v * g.dw + (w - 1) * g.sw + 1:g.sw] += stamps
+    y = xp.ascontiguousarray(y[:, :, g.ph:g.ph + g.ho, g.pw:g.pw + g.wo])
     return y if bias is None else _add_bias(y, bias)
 
 
@@ -442,6 +485,7 @@ def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding
     i.e. ``dW = x @ col^T``: each weight multiplied an input pixel onto an output pixel, so
     its gradient pairs that input with the gradient that reached that output.
     ``db[o] = sum dy[n, o, :, :]`` (the bias was added to every output pixel).
+    ``algorithm='fused'`` runs this ``'col2im'`` backward (only its forward differs).
     With ``output_padding >= stride`` (possible when dilation > stride) the convolution of
     ``dy`` has windows past the first H x W; no input fed them, so they are not computed.
 
@@ -471,6 +515,8 @@ def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding
 
 
 GPU_SUBPIXEL_MIN_COL = 1 << 25      # col entries above which the GPU prefers 'subpixel'
+GPU_FUSED_MAX_MACS = 1 << 24        # multiply-adds up to which the GPU forward runs 'fused'
+GPU_FUSED_MAX_PER_PIXEL = 4096      # ... if no output pixel's own sum is longer than this
 CPU_SUBPIXEL_MAX_BACKWARD_CHANNELS = 32 * 32   # C_in * C_out up to which its backward pays
 
 
@@ -489,6 +535,13 @@ def _pick_algorithm(algorithm, g, backward=False):
       rearrangements (un-shuffle dy, im2col x, col2im dx) — see the sweep in RESULTS.md.
 
     On the GPU, 'subpixel' only once the col matrix passes ``GPU_SUBPIXEL_MIN_COL`` entries.
+    The forward of a small problem (up to ``GPU_FUSED_MAX_MACS`` multiply-adds, float32 or
+    float64) runs 'fused': one kernel launch where the others take two or three and a
+    cuBLAS call, which is what their time was made of on FCN's k4 s2 upsamplers (~0.2 ms
+    against cuDNN's 0.034 ms). That bound is an estimate — the fused kernel does no data
+    reuse, so it loses once the arithmetic dominates — and not yet measured on a GPU
+    (``benchmarks/gpu_session.sh`` times all algorithms side by side).
+    A backward asked for with 'fused' runs 'col2im' (the fused kernel is forward only).
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
@@ -496,6 +549,8 @@ def _pick_algorithm(algorithm, g, backward=False):
     if algorithm == "subpixel" and not subpixel_ok:
         raise ValueError("algorithm 'subpixel' needs dilation 1 and groups 1, got "
                          f"dilation {(g.dh, g.dw)} and groups {g.groups}")
+    if algorithm == "fused" and backward:
+        algorithm = "col2im"
     if algorithm == "auto":
         fits = subpixel_ok and g.kh % g.sh == 0 and g.kw % g.sw == 0
         if g.gpu:
@@ -503,7 +558,13 @@ def _pick_algorithm(algorithm, g, backward=False):
             # set the time until the col matrix gets large: measured on an H200,
             # 'col2im' was faster up to ~22M col entries, 'subpixel' at 88M.
             col_entries = g.n * g.o * g.kh * g.kw * g.h * g.w
-            algorithm = "subpixel" if fits and col_entries > GPU_SUBPIXEL_MIN_COL else "col2im"
+            macs = col_entries * (g.c // g.groups)
+            per_pixel = macs // max(1, g.n * g.o * g.ho * g.wo)
+            if (not backward and macs <= GPU_FUSED_MAX_MACS and per_pixel <= GPU_FUSED_MAX_PER_PIXEL
+                    and g.dtype in (np.float32, np.float64)):
+                algorithm = "fused"
+            else:
+                algorithm = "subpixel" if fits and col_entries > GPU_SUBPIXEL_MIN_COL else "col2im"
         elif backward:
             algorithm = ("subpixel" if fits and min(g.sh, g.sw) >= 4
                          and g.c * g.o <= CPU_SUBPIXEL_MAX_BACKWARD_CHANNELS else "col2im")

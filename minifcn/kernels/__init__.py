@@ -7,6 +7,8 @@ the ``gpu_*`` functions below from its ``if xp is not np:`` branches:
 kernel source                  GPU entry point             NumPy twin
 =============================  ==========================  ===================================
 ``im2col.cu``                  gpu_im2col, gpu_col2im      functional/im2col.py
+``conv_transpose.cu``          gpu_conv_transpose2d        functional/conv.py
+                                                           (``_conv_transpose2d_fused``)
 ``pool.cu``                    gpu_max_pool2d(_backward)   functional/pool.py
 ``activation.cu``              gpu_relu(_backward),        functional/activation.py
                                gpu_dropout(_backward)
@@ -14,7 +16,9 @@ kernel source                  GPU entry point             NumPy twin
                                (_backward)
 =============================  ==========================  ===================================
 
-GEMMs are not here: they go to cuBLAS through ``cupy.matmul``.
+GEMMs are not here: they go to cuBLAS through ``cupy.matmul`` (except inside
+``conv_transpose.cu``, whose kernel computes the few multiply-adds of a small transposed
+convolution itself, to make it one launch).
 
 Layout of this package: ``*.cu`` (the CUDA C, shared helpers in ``common.cuh``),
 :mod:`.runtime` (compile with NVRTC through ``cupy.RawModule``, cache, launch sizes) and
@@ -38,6 +42,12 @@ def gpu_im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
 def gpu_col2im(col, h, w, sh, sw, ph, pw, dh, dw):
     """The adjoint of :func:`gpu_im2col`, as a gather (no atomics, deterministic)."""
     return ops.col2im(cupy_runtime(), col, h, w, sh, sw, ph, pw, dh, dw)
+
+
+def gpu_conv_transpose2d(x, weight, bias, groups, hout, wout, sh, sw, ph, pw, dh, dw):
+    """torch's ``conv_transpose2d`` in one launch: col2im with the GEMM fused in."""
+    return ops.conv_transpose2d(cupy_runtime(), x, weight, bias, groups, hout, wout,
+                                sh, sw, ph, pw, dh, dw)
 
 
 def gpu_max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
@@ -96,7 +106,8 @@ def gpu_softmax_cross_entropy_backward(logits, labels, ignore_index, denom):
 
 
 __all__ = [
-    "gpu_im2col", "gpu_col2im", "gpu_max_pool2d", "gpu_max_pool2d_backward",
+    "gpu_im2col", "gpu_col2im", "gpu_conv_transpose2d", "gpu_max_pool2d",
+    "gpu_max_pool2d_backward",
     "gpu_relu", "gpu_relu_backward", "gpu_dropout", "gpu_dropout_backward",
     "gpu_softmax_cross_entropy", "gpu_softmax_cross_entropy_backward",
 ]

@@ -97,6 +97,30 @@ def col2im(rt, col, h, w, sh, sw, ph, pw, dh, dw, kernel="auto"):
     return x
 
 
+# -- transposed convolution in one kernel ------------------------------------------------------
+
+def conv_transpose2d(rt, x, weight, bias, groups, hout, wout, sh, sw, ph, pw, dh, dw):
+    """x (N, C, H, W), weight (C, O/groups, kh, kw), bias (O,) or None -> y (N, O, hout, wout):
+    torch's ``conv_transpose2d`` as one gather kernel (``conv_transpose.cu``): col2im with
+    the col entries computed on the spot. x, weight and bias must share one dtype."""
+    sfx = _suffix(x.dtype, "conv_transpose2d")
+    for name, a in (("weight", weight), ("bias", bias)):
+        if a is not None and a.dtype != x.dtype:
+            raise TypeError(f"conv_transpose2d: {name} is {a.dtype} but the input is {x.dtype}")
+    x, weight = rt.xp.ascontiguousarray(x), rt.xp.ascontiguousarray(weight)
+    n, c, h, w = x.shape
+    _, og, kh, kw = weight.shape
+    y = rt.xp.empty((n, og * groups, hout, wout), dtype=x.dtype)
+    has_bias = bias is not None
+    bias = rt.xp.ascontiguousarray(bias) if has_bias else rt.xp.empty(1, dtype=x.dtype)  # unread
+    _launch(rt, "conv_transpose.cu", f"conv_transpose2d_{sfx}", y.size,
+            [x, weight, bias, y,
+             np.int64(n), _i32(c), _i32(og * groups), _i32(groups), _i32(h), _i32(w),
+             _i32(hout), _i32(wout), *[_i32(v) for v in (kh, kw, sh, sw, ph, pw, dh, dw)],
+             _i32(has_bias)])
+    return y
+
+
 # -- max pooling -----------------------------------------------------------------------------
 
 def max_pool2d(rt, x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
