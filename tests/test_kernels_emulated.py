@@ -237,6 +237,35 @@ def test_conv_transpose2d_fused_kernel_refuses_mixed_dtypes(backend_name):
         ops.conv_transpose2d(rt, put(rt, x), put(rt, w), None, 1, 5, 5, 1, 1, 0, 0, 1, 1)
 
 
+def test_conv_transpose2d_on_the_gpu_path_runs_the_fused_kernel(monkeypatch):
+    """The wiring without a GPU: functional.conv_transpose2d as it runs on one ('auto' on a
+    small problem -> 'fused' -> gpu_conv_transpose2d -> ops -> conv_transpose.cu), with the
+    emulator as the runtime, against torch."""
+    torch = pytest.importorskip("torch")
+    if not compiler_available():
+        pytest.skip("the CPU emulator needs g++")
+    import minifcn.functional.conv as conv_module
+    import minifcn.kernels as kernels
+    calls = []
+
+    def emulated_runtime():
+        calls.append(1)
+        return runtime("emu")
+
+    monkeypatch.setattr(kernels, "cupy_runtime", emulated_runtime)
+    monkeypatch.setattr(conv_module, "get_array_module", lambda a: "a GPU array module")
+    rng = np.random.default_rng(9)
+    x = randn(rng, (2, 21, 8, 8), np.float32)
+    wt = randn(rng, (21, 21, 4, 4), np.float32)
+    b = randn(rng, (21,), np.float32)
+    y = F.conv_transpose2d(x, wt, b, 2, 1)                  # algorithm='auto'
+    assert calls, "auto did not take the fused kernel for a small problem on the GPU"
+    ref = torch.nn.functional.conv_transpose2d(torch.from_numpy(x).double(),
+                                               torch.from_numpy(wt).double(),
+                                               torch.from_numpy(b).double(), 2, 1).numpy()
+    assert_close(y, ref.astype(np.float32), np.float32, "auto -> fused on the GPU path")
+
+
 # -- max pooling -------------------------------------------------------------------------------
 
 # (N, C, H, W), kernel, stride, padding, dilation, ceil_mode
