@@ -28,10 +28,12 @@ def _budget_for_rows(rows, n, cin, kh, kw, wo, dtype):
 
 @pytest.fixture
 def band_budget(monkeypatch):
-    """Call with a byte count: both band budgets (CPU and GPU) are set to it."""
+    """Call with a byte count: both band budgets (CPU and GPU) are set to it, and bands of
+    a transposed convolution's backward may be as thin as one row."""
     def set_budget(nbytes):
         monkeypatch.setattr(conv, "CPU_BAND_BYTES", nbytes)
         monkeypatch.setattr(conv, "GPU_BAND_BYTES", nbytes)
+        monkeypatch.setattr(conv, "MIN_BAND_WINDOWS", 1)
     return set_budget
 
 
@@ -44,6 +46,10 @@ def test_row_bands_cover_every_row_once(band_budget):
     assert conv._row_bands(x, 4, 90) == [(0, 1), (1, 2), (2, 3), (3, 4)]
     band_budget(1 << 30)
     assert conv._row_bands(x, 4, 90) == [(0, 4)]
+    band_budget(_budget_for_rows(6, 2, 3, 3, 3, 10, np.float32))       # even heights: 5 + 5,
+    assert conv._row_bands(x, 10, 3 * 3 * 3 * 10) == [(0, 5), (5, 10)]  # not 6 + 4
+    band_budget(1)
+    assert conv._row_bands(x, 10, 90, min_rows=4) == [(0, 4), (4, 8), (8, 10)]
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3])
@@ -85,6 +91,48 @@ def test_banded_transposed_convolution(xp, band_budget):
     check_conv_transpose2d(xp, np.float64, n=2, cin=3, cout=2, h=5, w=4, kernel=4, stride=2,
                            padding=1, output_padding=0, dilation=1, groups=1, bias=True,
                            algorithms=["subpixel", "col2im"])
+
+
+# (kernel, stride, padding, output_padding, dilation, groups): the transposed convolution's
+# backward im2col reads dy through windows one per input pixel
+TRANSPOSED = [
+    (4, 2, 1, 0, 1, 1),                     # FCN's k4 s2 p1
+    (3, 1, 1, 0, 2, 2),                     # stride 1, dilation, groups
+    (3, 2, 0, 2, 3, 1),                     # output_padding >= stride: windows past H x W
+    (2, 3, 0, 1, 1, 1),                     # stride > kernel: rows no tap reaches
+]
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, "images"])
+@pytest.mark.parametrize("kernel,stride,padding,output_padding,dilation,groups", TRANSPOSED)
+def test_banded_transposed_convolution_backward(xp, band_budget, rows, kernel, stride, padding,
+                                                output_padding, dilation, groups):
+    """The 'col2im' backward makes im2col(dy) one image and a band of input rows at a time
+    (or, with a budget of two images, images 0-1 and then 2), for both GEMMs: held to
+    torch."""
+    n, cin, cout, h, w = 3, 4, 2 * groups, 5, 4
+    per_row = cout * kernel * kernel * w * 8            # float64 col bytes per image and row
+    band_budget(2 * h * per_row if rows == "images" else rows * per_row)
+    check_conv_transpose2d(xp, np.float64, n=n, cin=cin, cout=cout, h=h, w=w, kernel=kernel,
+                           stride=stride, padding=padding, output_padding=output_padding,
+                           dilation=dilation, groups=groups, bias=True, algorithms=["col2im"])
+
+
+def test_bands_bound_the_memory_of_a_transposed_convolution_backward(band_budget):
+    """256->128 k4 s2 p1 on 32x32: im2col(dy) is 8.4 MB per image. With a 2 MB budget the
+    backward stays far below that; with one band it builds it whole."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 256, 32, 32), dtype=np.float32)             # 1 MB
+    wt = rng.standard_normal((256, 128, 4, 4), dtype=np.float32)            # 2 MB
+    dy = rng.standard_normal((1, 128, 64, 64), dtype=np.float32)            # 2 MB
+    col_mb = 128 * 16 * 32 * 32 * 4 / 2**20
+    backward = lambda: conv.conv_transpose2d_backward(dy, x, wt, 2, 1, algorithm="col2im")
+    band_budget(64 << 20)
+    assert _traced_peak_mb(backward) > col_mb
+    band_budget(2 << 20)
+    peak = _traced_peak_mb(backward)
+    # dx (1 MB), dW and one band's part of it (2 + 2 MB), a 2 MB band, a slice of x
+    assert peak < 8, f"{peak:.1f} MB allocated with 2 MB bands (col: {col_mb:.1f} MB)"
 
 
 def _traced_peak_mb(fn):
