@@ -49,3 +49,39 @@ def test_deconv_refuses_to_time_a_variant_that_fails_validation(monkeypatch):
     bad = rows["minifcn col2im"]
     assert "FAILED validation" in bad["note"] and "fwd_ms" not in bad
     assert np.isfinite(rows["minifcn subpixel"]["fwd_ms"])
+
+
+def test_profile_deconv_names_the_steps_of_each_algorithm(capsys):
+    """The profile finds the package's step functions by name: renaming one would silently
+    drop it from the report, so every algorithm's steps must show up."""
+    import benchmarks.profile_deconv as profile
+    shape = ["--shape", "2", "3", "2", "5", "4", "4", "2", "1", "--repeats", "2"]
+    expected = {"subpixel": ["sub-pixel weight", "stack the images", "shifted copies (im2col)",
+                             "GEMM (shifted rows)", "pixel shuffle"],
+                "col2im": ["GEMM (W^T @ x)", "col2im"],
+                "fused": ["fused (per-tap GEMMs)"]}
+    for algorithm, labels in expected.items():
+        assert profile.main(shape + ["--algorithm", algorithm]) == 0
+        out = capsys.readouterr().out
+        for label in labels:
+            assert f"  {label} " in out, (algorithm, label, out)
+
+
+def test_profile_deconv_refuses_a_wrong_result(monkeypatch, capsys):
+    import benchmarks.profile_deconv as profile
+    real = profile.conv_transpose2d
+    monkeypatch.setattr(profile, "conv_transpose2d", lambda *a, **k: real(*a, **k) * 2)
+    assert profile.main(["--shape", "1", "2", "2", "4", "4", "4", "2", "1"]) == 1
+    assert "not profiled" in capsys.readouterr().out
+
+
+def test_profile_deconv_bad_arguments_get_a_clear_error(capsys):
+    import pytest
+    import benchmarks.profile_deconv as profile
+    assert profile.main(["--shape", "1", "2", "2", "4", "4", "9", "2", "9"]) == 2
+    assert "--shape 1 2 2 4 4 9 2 9" in capsys.readouterr().err
+    for bad in (["--algorithm", "fft"], ["--repeats", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            profile.main(bad)
+        assert exc.value.code == 2
+        assert bad[0] in capsys.readouterr().err

@@ -187,10 +187,7 @@ def _conv2d_shifted_rows(x, weight_t, ph, pw):
     wp = w + 2 * pw
     ho, wo = h + 2 * ph - kh + 1, wp - kw + 1
     period = h + ph + max(0, ph - kh + 1)           # >= h + ph, and >= Ho: no overlap
-    stack = np.zeros((c, n * period + ph, wp), dtype=x.dtype)
-    stack[:, ph:ph + n * period, pw:pw + w].reshape(c, n, period, w)[:, :, :h] = \
-        x.transpose(1, 0, 2, 3)
-    stack_flat = stack.reshape(c, -1)
+    stack_flat = _stack_images(x, ph, pw, period).reshape(c, -1)
     out_rows = (n - 1) * period + ho                 # the stack's output rows that are needed
     taps = c * kh * kw
     w_t = weight_t.reshape(taps, o).T                # (O, K): a transposed view
@@ -202,12 +199,29 @@ def _conv2d_shifted_rows(x, weight_t, ph, pw):
     for r0 in range(0, out_rows, rows):
         start = r0 * wp                                  # windows p = start .. start+L-1
         length = (min(out_rows, r0 + rows) - r0 - 1) * wp + wo   # the last row's wrapped
-        for u in range(kh):                                       # windows are not needed
-            for v in range(kw):
-                shift = start + u * wp + v
-                col[:, u, v, :length] = stack_flat[:, shift:shift + length]
+        _shifted_copies(stack_flat, col, start, length, wp)       # windows are not needed
         np.matmul(w_t, col.reshape(taps, width)[:, :length], out=y_flat[:, start:start + length])
     return y.reshape(o, n, period, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3)
+
+
+def _stack_images(x, ph, pw, period):
+    """x (N, C, H, W) -> (C, N*period + ph, W + 2*pw): the images one below the other,
+    ``period`` rows apart, in zeros (the padding of each, shared between neighbours)."""
+    n, c, h, w = x.shape
+    stack = np.zeros((c, n * period + ph, w + 2 * pw), dtype=x.dtype)
+    stack[:, ph:ph + n * period, pw:pw + w].reshape(c, n, period, w)[:, :, :h] = \
+        x.transpose(1, 0, 2, 3)
+    return stack
+
+
+def _shifted_copies(stack_flat, col, start, length, wp):
+    """``col[c, u, v, :length] = stack_flat[c, start + u*wp + v :][:length]``: the im2col of
+    windows ``start .. start+length-1``, one contiguous copy per tap."""
+    _, kh, kw, _ = col.shape
+    for u in range(kh):
+        for v in range(kw):
+            shift = start + u * wp + v
+            col[:, u, v, :length] = stack_flat[:, shift:shift + length]
 
 
 # -- argument checking -------------------------------------------------------------------

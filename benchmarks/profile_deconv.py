@@ -1,0 +1,120 @@
+"""Where the CPU time of one transposed convolution goes, beside torch's whole op.
+
+    python -m benchmarks.profile_deconv                      # 256->128 k4 s2 p1, batch 8
+    python -m benchmarks.profile_deconv --shape 1 21 21 16 16 4 2 1 --algorithm subpixel
+
+Runs ``conv_transpose2d`` under cProfile (after warm-up) and reports, per call, the time
+inside each of the package's functions that does one step (cumulative time; for the
+shifted-rows convolution its own time, which is its GEMMs: cProfile does not see
+``numpy.matmul``, a ufunc) and the rest. torch's forward is timed in the same rounds,
+interleaved, for the ratio. Every figure is a median over the rounds. cProfile adds ~1 us
+per Python call, which these ops make a few dozen of. torch's time of the default shape
+depends on the allocator's state (~120 ms in a fresh process, ~85 ms in the deconv
+harness, benchmarks/RESULTS.md): the ratio here is context, the harness's is the number.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from minifcn.functional import conv_transpose2d
+from minifcn.functional.conv import ALGORITHMS
+
+# (label, function name as pstats writes it) of the steps reported
+STEPS = [
+    ("sub-pixel weight", "_subpixel_weight_t"),
+    ("stack the images", "_stack_images"),
+    ("shifted copies (im2col)", "_shifted_copies"),
+    ("GEMM (shifted rows)", "_conv2d_shifted_rows"),
+    ("pixel shuffle", "_pixel_shuffle"),
+    ("GEMM (W^T @ x)", "_weight_t_times"),
+    ("col2im", "_col2im"),
+    ("fused (per-tap GEMMs)", "_conv_transpose2d_fused"),
+]
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text}")
+    return value
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.profile_deconv",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--shape", type=int, nargs=8, metavar=("N", "C_IN", "C_OUT", "H", "W", "K", "S", "P"),
+                   default=[8, 256, 128, 32, 32, 4, 2, 1])
+    p.add_argument("--algorithm", default="auto", choices=ALGORITHMS)
+    p.add_argument("--repeats", type=_positive, default=15)
+    args = p.parse_args(argv)
+    import torch
+    n, cin, cout, h, w, k, s, pad = args.shape
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, cin, h, w), dtype=np.float32)
+    wt = (rng.standard_normal((cin, cout, k, k)) / np.sqrt(cin * k * k / s / s)).astype(np.float32)
+    xt, wtt = torch.from_numpy(x), torch.from_numpy(wt)
+
+    def ours():
+        return conv_transpose2d(x, wt, None, s, pad, algorithm=args.algorithm)
+
+    def theirs():
+        return torch.nn.functional.conv_transpose2d(xt, wtt, stride=s, padding=pad)
+
+    try:
+        got = ours()
+    except ValueError as e:                  # a shape the op refuses: say so, no traceback
+        print(f"python -m benchmarks.profile_deconv: --shape {' '.join(map(str, args.shape))}: {e}",
+              file=sys.stderr)
+        return 2
+    ref = theirs().numpy()
+    err = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+    if err > 1e-4:
+        print(f"minifcn disagrees with torch (relative error {err:.2e}): not profiled")
+        return 1
+    for _ in range(2):                       # warm-up: allocations, BLAS threads
+        ours(), theirs()
+    ours_ms, torch_ms, steps = [], [], {name: [] for _, name in STEPS}
+    for _ in range(args.repeats):
+        theirs()
+        t = time.perf_counter()
+        theirs()
+        torch_ms.append((time.perf_counter() - t) * 1e3)
+        ours()
+        prof = cProfile.Profile()                    # one per round: medians per step
+        t = time.perf_counter()
+        prof.enable()
+        ours()
+        prof.disable()
+        ours_ms.append((time.perf_counter() - t) * 1e3)
+        times = {}                                   # {name: (own s, cumulative s)}
+        for (_, _, name), (_, _, tt, ct, _) in pstats.Stats(prof).stats.items():
+            t_own, t_cum = times.get(name, (0.0, 0.0))
+            times[name] = (t_own + tt, t_cum + ct)
+        for name in steps:
+            if name in times:
+                t_own, t_cum = times[name]
+                # the shifted-rows convolution: its own time (its GEMMs); its steps apart
+                steps[name].append((t_own if name == "_conv2d_shifted_rows" else t_cum) * 1e3)
+    total = statistics.median(ours_ms)
+    print(f"conv_transpose2d {args.shape} algorithm={args.algorithm!r}: {total:.2f} ms "
+          f"(median of {args.repeats}, profiled); torch {statistics.median(torch_ms):.2f} ms, "
+          f"ratio {statistics.median(a / b for a, b in zip(ours_ms, torch_ms)):.2f}")
+    accounted = 0.0
+    for label, name in STEPS:
+        if steps[name]:
+            ms = statistics.median(steps[name])
+            accounted += ms
+            print(f"  {label:<24} {ms:8.2f} ms")
+    print(f"  {'rest':<24} {max(0.0, total - accounted):8.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
