@@ -169,25 +169,32 @@ def _conv2d_shifted_rows(x, weight_t, ph, pw):
     ``col[c, u, v, p] = xpad_flat[c, p + u*Wp + v]``
 
     — the row ``col[c, u, v]`` is the flattened image *shifted* by ``u*Wp + v``: a memcpy,
-    not a gather. The price: ``p`` also runs over the ``Wp - Wo`` windows per row that
-    start at ``j >= Wo`` and wrap into the next row; they are computed and thrown away
-    (``Wp / Wo`` of the GEMM: 3% for the sub-pixel 2x2 taps on 32x32, but 75% for a 7x7
-    kernel on 14x14 — so only :func:`conv_transpose2d`'s sub-pixel forward uses this;
-    ``benchmarks/RESULTS.md``). ``y = weight_t^T @ col``: BLAS reads the weight
+    not a gather. The rows share their padding: a row is ``G`` zeros and then the ``W``
+    pixels, and a window that runs past the right end of its row reads the zeros at the
+    start of the next, so the row pitch is ``Wp = W + G`` with ``G = pw + max(0, pw - kw
+    + 1)`` (``>= pw`` zeros on each side, and ``Wp >= Wo``). Windows ``j >= Wo`` of a row,
+    if any (``Wp - Wo = kw - 1 - pw`` when ``pw < kw``), wrap into the next row; they are
+    computed and thrown away. For the sub-pixel step (``pw = kw - 1``) there are none;
+    for, say, a 7x7 kernel with no padding on 14x14 they would be 75% of the GEMM, which
+    is why only :func:`conv_transpose2d`'s sub-pixel forward uses this
+    (``benchmarks/RESULTS.md``). ``y = weight_t^T @ col``: BLAS reads the weight
     transposed, so it need not be in ``(O, C*kh*kw)`` order.
 
     The batch is one tall image: the images stacked, ``P`` rows apart, with zero rows
     between them that serve as the bottom padding of one and the top padding of the
-    next. Image ``k``'s output rows are rows ``k*P .. k*P + Ho - 1`` of the stack's output,
-    so one GEMM covers all images (wider GEMMs run faster). Output rows go in bands so
-    the col matrix stays within ``CPU_BAND_BYTES``, as in :func:`_conv2d`.
+    next (the same sharing, vertically). Image ``k``'s output rows are rows
+    ``k*P .. k*P + Ho - 1`` of the stack's output, so one GEMM covers all images (wider
+    GEMMs run faster). Output rows go in bands so the col matrix stays within
+    ``CPU_BAND_BYTES``, as in :func:`_conv2d`.
     """
     n, c, h, w = x.shape
     _, kh, kw, o = weight_t.shape
-    wp = w + 2 * pw
-    ho, wo = h + 2 * ph - kh + 1, wp - kw + 1
+    gap = pw + max(0, pw - kw + 1)                   # zeros between rows: >= pw, Wp >= Wo
+    wp = w + gap
+    ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
     period = h + ph + max(0, ph - kh + 1)           # >= h + ph, and >= Ho: no overlap
-    stack_flat = _stack_images(x, ph, pw, period).reshape(c, -1)
+    # padded pixel (r, s) of image k at flat (k*period + r)*Wp + s + (gap - pw)
+    stack_flat = _stack_images(x, ph, gap, period).reshape(c, -1)[:, gap - pw:]
     out_rows = (n - 1) * period + ho                 # the stack's output rows that are needed
     taps = c * kh * kw
     w_t = weight_t.reshape(taps, o).T                # (O, K): a transposed view
@@ -204,12 +211,14 @@ def _conv2d_shifted_rows(x, weight_t, ph, pw):
     return y.reshape(o, n, period, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3)
 
 
-def _stack_images(x, ph, pw, period):
-    """x (N, C, H, W) -> (C, N*period + ph, W + 2*pw): the images one below the other,
-    ``period`` rows apart, in zeros (the padding of each, shared between neighbours)."""
+def _stack_images(x, ph, gap, period):
+    """x (N, C, H, W) -> (C, N*period + ph + 1, gap + W): the images one below the other,
+    ``period`` rows apart, each row after ``gap`` zeros, all in zeros (the padding of
+    each image, shared between neighbouring rows and images; one more zero row at the
+    bottom for the last windows' reads past their row)."""
     n, c, h, w = x.shape
-    stack = np.zeros((c, n * period + ph, w + 2 * pw), dtype=x.dtype)
-    stack[:, ph:ph + n * period, pw:pw + w].reshape(c, n, period, w)[:, :, :h] = \
+    stack = np.zeros((c, n * period + ph + 1, gap + w), dtype=x.dtype)
+    stack[:, ph:ph + n * period, gap:].reshape(c, n, period, w)[:, :, :h] = \
         x.transpose(1, 0, 2, 3)
     return stack
 
