@@ -41,7 +41,7 @@ def test_row_bands_cover_every_row_once(band_budget):
     x = np.zeros((2, 3, 10, 10), np.float32)
     band_budget(_budget_for_rows(3, 2, 3, 3, 3, 10, np.float32))
     bands = conv._row_bands(x, 10, 3 * 3 * 3 * 10)
-    assert bands == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert bands == [(0, 2), (2, 5), (5, 7), (7, 10)]             # 4 bands of <= 3 rows
     band_budget(1)                                   # below one row: one row per band
     assert conv._row_bands(x, 4, 90) == [(0, 1), (1, 2), (2, 3), (3, 4)]
     band_budget(1 << 30)
@@ -49,7 +49,9 @@ def test_row_bands_cover_every_row_once(band_budget):
     band_budget(_budget_for_rows(6, 2, 3, 3, 3, 10, np.float32))       # even heights: 5 + 5,
     assert conv._row_bands(x, 10, 3 * 3 * 3 * 10) == [(0, 5), (5, 10)]  # not 6 + 4
     band_budget(1)
-    assert conv._row_bands(x, 10, 90, min_rows=4) == [(0, 4), (4, 8), (8, 10)]
+    assert conv._row_bands(x, 10, 90, min_rows=4) == [(0, 5), (5, 10)]  # each >= 4 rows
+    assert conv._row_bands(x, 10, 90, min_rows=6) == [(0, 10)]
+    assert conv._row_bands(x, 0, 90) == []
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3])

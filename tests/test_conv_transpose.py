@@ -248,6 +248,17 @@ def test_algorithms_agree_with_each_other_exactly_enough(xp):
     assert_close(c, a, np.float64, "fused vs col2im")
 
 
+def test_algorithms_return_the_same_dtype(xp):
+    """The output dtype is result_type(x, W) for every algorithm, whatever the bias's
+    (it is added in place), so 'auto' cannot change it by picking another algorithm."""
+    rng = np.random.default_rng(11)
+    x = xp.asarray(rng.standard_normal((1, 2, 4, 4)).astype(np.float32))
+    wt = xp.asarray(rng.standard_normal((2, 3, 4, 4)).astype(np.float32))
+    b = xp.asarray(rng.standard_normal(3))                                  # float64
+    for alg in ("col2im", "subpixel", "fused", "auto"):
+        assert conv_transpose2d(x, wt, b, 2, 1, algorithm=alg).dtype == np.float32, alg
+
+
 def test_conv_transpose2d_pair_and_int_arguments_agree(xp):
     rng = np.random.default_rng(8)
     x = xp.asarray(rng.standard_normal((1, 2, 4, 4)))

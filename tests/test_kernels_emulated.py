@@ -230,11 +230,21 @@ def test_conv_transpose2d_fused_kernel(rt, case, dtype):
     assert_close(got, ref.astype(dtype), dtype, "conv_transpose2d")
 
 
-def test_conv_transpose2d_fused_kernel_refuses_mixed_dtypes(backend_name):
+def test_conv_transpose2d_fused_kernel_refuses_mismatched_arguments(backend_name):
+    """The kernel trusts its sizes: the host code refuses what would read out of bounds."""
     rt = runtime(backend_name)
     x, w = np.zeros((1, 2, 3, 3), np.float32), np.zeros((2, 2, 3, 3), np.float64)
     with pytest.raises(TypeError, match="weight is float64 but the input is float32"):
         ops.conv_transpose2d(rt, put(rt, x), put(rt, w), None, 1, 5, 5, 1, 1, 0, 0, 1, 1)
+    w = np.zeros((3, 2, 3, 3), np.float32)                       # 3 weight rows for 2 channels
+    with pytest.raises(ValueError, match=r"weight \(3, 2, 3, 3\) with groups=1 do not fit"):
+        ops.conv_transpose2d(rt, put(rt, x), put(rt, w), None, 1, 5, 5, 1, 1, 0, 0, 1, 1)
+    w = np.zeros((2, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="groups=3 do not fit"):
+        ops.conv_transpose2d(rt, put(rt, x), put(rt, w), None, 3, 5, 5, 1, 1, 0, 0, 1, 1)
+    with pytest.raises(ValueError, match=r"bias must have shape \(2,\), got \(3,\)"):
+        ops.conv_transpose2d(rt, put(rt, x), put(rt, w), put(rt, np.zeros(3, np.float32)), 1,
+                             5, 5, 1, 1, 0, 0, 1, 1)
 
 
 def test_conv_transpose2d_on_the_gpu_path_runs_the_fused_kernel(monkeypatch):

@@ -24,6 +24,7 @@ The GEMM helpers below are shared by both ops; each is named for the product it 
 """
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -118,17 +119,26 @@ def _image_batches(x, col_entries_per_image):
 
 def _row_bands(x, rows, col_entries_per_row, min_rows=1):
     """Split ``rows`` output rows into bands whose im2col (``col_entries_per_row`` entries
-    per image and row) stays within the band budget: ``[(r0, r1), ...]``.
+    per image and row) stays within the band budget: ``[(r0, r1), ...]``, the bands as
+    even as whole rows allow (32 rows under a 31-row budget: 16 + 16, not 31 + 1). With
+    ``min_rows`` above the budget's rows, the bands are instead at least ``min_rows``
+    high (and may pass the budget).
 
     Why: the col matrix is ``kh*kw`` times the size of its input — 236 MB for VGG's
     conv1_2 at 320x320 — and it is the largest array of a training step. Row by row, the
     product is the same (each output row only reads its own windows), the peak memory is
     one band, and on the CPU the band is still in cache when the GEMM reads it.
     """
+    if rows <= 0:
+        return []
     per_row = max(1, x.shape[0] * col_entries_per_row * x.dtype.itemsize)
-    step = max(1, min_rows, _band_budget(x) // per_row)
-    step = -(-rows // -(-rows // step))     # as many bands, of even height (32 rows: 16 + 16,
-    return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]   # not 31 + 1)
+    budget_rows = max(1, _band_budget(x) // per_row)
+    if min_rows > budget_rows:
+        count = max(1, rows // min_rows)             # every band >= min_rows
+    else:
+        count = -(-rows // budget_rows)              # every band <= budget_rows
+    bounds = [k * rows // count for k in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 class _BandBuffer:
@@ -175,8 +185,8 @@ def _conv2d_shifted_rows(x, weight_t, ph, pw):
     + 1)`` (``>= pw`` zeros on each side, and ``Wp >= Wo``). Windows ``j >= Wo`` of a row,
     if any (``Wp - Wo = kw - 1 - pw`` when ``pw < kw``), wrap into the next row; they are
     computed and thrown away. For the sub-pixel step (``pw = kw - 1``) there are none;
-    for, say, a 7x7 kernel with no padding on 14x14 they would be 75% of the GEMM, which
-    is why only :func:`conv_transpose2d`'s sub-pixel forward uses this
+    for, say, a 7x7 kernel with no padding on 14x14 they would make the GEMM 1.75x as
+    large (Wp/Wo = 14/8), which is why only :func:`conv_transpose2d`'s sub-pixel forward uses this
     (``benchmarks/RESULTS.md``). ``y = weight_t^T @ col``: BLAS reads the weight
     transposed, so it need not be in ``(O, C*kh*kw)`` order.
 
@@ -469,11 +479,11 @@ def _conv_transpose2d_fused(x, weight, bias, g):
     :func:`conv_transpose2d` one kernel tap ``(u, v)`` at a time: the tap's col entries
     ``W[:, :, u, v]^T @ x`` (one GEMM per group) are added into the output pixels
     ``(i*s + u*d, j*s + v*d)`` they land on, a strided slice of the padded output; the
-    padding is cropped at the end. Memory: one tap's col (the size of the output's
-    ``N x O x H x W`` samples) instead of all ``kh*kw``.
+    padding is cropped at the end. Memory: the padded output, and one tap's col
+    (``N x O x H x W``, H x W the *input* size) instead of all ``kh*kw`` taps' at once.
     """
     xp = get_array_module(x)
-    dtype = np.result_type(g.dtype, *(() if bias is None else (bias.dtype,)))
+    dtype = g.dtype               # result_type(x, W), as the other algorithms (bias added in place)
     if g.gpu and dtype in (np.float32, np.float64):
         from ..kernels import gpu_conv_transpose2d
         return gpu_conv_transpose2d(x.astype(dtype, copy=False), weight.astype(dtype, copy=False),
@@ -547,7 +557,7 @@ def _conv_transpose2d_backward_col(dy, x, weight, g, need_dx, need_dw):
     (:func:`_image_batches`, :func:`_row_bands`), and each band's col matrix is made
     once, in one reused buffer, and read by both GEMMs while it is still in cache. (At
     256->128 k4 s2 on 8 x 32x32 the whole col matrix would be 67 MB.) A band keeps at least
-    ``MIN_BAND_WINDOWS`` windows: every band adds a partial dW of ``C*O*kh*kw`` values, and
+    ``MIN_BAND_WINDOWS`` windows (or is the whole image): every band adds a partial dW of ``C*O*kh*kw`` values, and
     below that its GEMM does too little work per value (FCN-32s's k64 s32 on 16x16 in
     bands of one row ran 1.12x slower than whole).
     """
@@ -555,6 +565,8 @@ def _conv_transpose2d_backward_col(dy, x, weight, g, need_dx, need_dw):
                            dw=g.dw, wo=g.w)              # the convolution of dy, H x W windows
     per_row = g.o * g.kh * g.kw * g.w                    # col entries per image and input row
     dx = dw = None
+    if not (need_dx or need_dw):
+        return dx, dw
     buf = _BandBuffer(dy)
     for n0, n1 in _image_batches(dy, per_row * g.h):
         for r0, r1 in _row_bands(dy[n0:n1], g.h, per_row, -(-MIN_BAND_WINDOWS // g.w)):
@@ -618,7 +630,9 @@ def _pick_algorithm(algorithm, g, backward=False):
             # 'col2im' was faster up to ~22M col entries, 'subpixel' at 88M.
             col_entries = g.n * g.o * g.kh * g.kw * g.h * g.w
             macs = col_entries * (g.c // g.groups)
-            per_pixel = macs // max(1, g.n * g.o * g.ho * g.wo)
+            # the most taps one output pixel gathers: every (s / gcd(s, d))-th tap per axis
+            per_pixel = ((g.c // g.groups) * -(-g.kh // (g.sh // math.gcd(g.sh, g.dh)))
+                         * -(-g.kw // (g.sw // math.gcd(g.sw, g.dw))))
             if (not backward and macs <= GPU_FUSED_MAX_MACS and per_pixel <= GPU_FUSED_MAX_PER_PIXEL
                     and g.dtype in (np.float32, np.float64)):
                 algorithm = "fused"

@@ -3,21 +3,23 @@
 //
 // The two-kernel forward (GEMM, then col2im) first writes the col matrix
 //
-//   col[n, o, i, j, oh, ow] = sum_c W[c, o, i, j] * x[n, c, oh, ow]          (cuBLAS)
+//   col[n, o, i, j, oh, ow] = sum_c W[c, o', i, j] * x[n, c, oh, ow]          (cuBLAS)
 //
+// (c over the C/groups input channels of o's group, o' = o's index within its group)
 // and then gathers, for each output pixel, the col entries whose tap (i, j) of window
 // (oh, ow) lands on it (col2im in im2col.cu). Here a thread is one output pixel, as in that
 // col2im gather, but it computes each col entry on the spot from x and W instead of
 // reading it:
 //
 //   y[n, o, Y, X] = b[o] + sum over the (i, j, oh, ow) that reach (Y, X) of
-//                          sum_c W[c, o, i, j] * x[n, c, oh, ow]
+//                          sum_c W[c, o', i, j] * x[n, c, oh, ow]
 //
-// No col matrix, and one launch instead of two or three. Each pixel does
-// (kh/sh)*(kw/sw)*(C/groups) multiply-adds with no data reuse between threads beyond the
-// caches, so this is for small problems, where the launches and the cuBLAS call cost more
-// than the arithmetic (FCN's k4 s2 upsamplers); large ones go to the GEMM paths
-// (_pick_algorithm in conv.py).
+// No col matrix, and one launch instead of two or three. A pixel gathers at most
+// ceil(kh/t_h)*ceil(kw/t_w) taps, t = s / gcd(s, d) (ceil(k/s) per axis without dilation),
+// each C/groups multiply-adds, with no data reuse between threads beyond the caches. So
+// this is for small problems, where the launches and the cuBLAS call cost more than the
+// arithmetic (FCN's k4 s2 upsamplers); large ones go to the GEMM paths (_pick_algorithm
+// in conv.py).
 #include "common.cuh"
 
 template <typename T, typename I>
@@ -66,7 +68,8 @@ __device__ __forceinline__ void conv_transpose2d_kernel(
 }
 
 // x (N, C, H, W), w (C, O/groups, kh, kw), bias (O,) — any array of its own when has_bias
-// is 0: it is not read — y (N, O, hout, wout). (h, w) is the input size: the number of windows.
+// is 0: it is not read — y (N, O, hout, wout). (h, w_in) is the input size H x W: the
+// number of windows.
 extern "C" __global__ void conv_transpose2d_f32(
         const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
         float* __restrict__ y, long long n, int c_in, int c_out, int groups, int h, int w_in,

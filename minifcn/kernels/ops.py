@@ -109,7 +109,14 @@ def conv_transpose2d(rt, x, weight, bias, groups, hout, wout, sh, sw, ph, pw, dh
             raise TypeError(f"conv_transpose2d: {name} is {a.dtype} but the input is {x.dtype}")
     x, weight = rt.xp.ascontiguousarray(x), rt.xp.ascontiguousarray(weight)
     n, c, h, w = x.shape
-    _, og, kh, kw = weight.shape
+    cw, og, kh, kw = weight.shape
+    if cw != c or c % groups:               # the kernel would read past x or W
+        raise ValueError(f"conv_transpose2d: input {tuple(x.shape)} and weight "
+                         f"{tuple(weight.shape)} with groups={groups} do not fit: the weight "
+                         f"must be (C, O/groups, kh, kw) with C divisible by groups")
+    if bias is not None and tuple(bias.shape) != (og * groups,):
+        raise ValueError(f"conv_transpose2d: bias must have shape ({og * groups},), "
+                         f"got {tuple(bias.shape)}")
     y = rt.xp.empty((n, og * groups, hout, wout), dtype=x.dtype)
     has_bias = bias is not None
     bias = rt.xp.ascontiguousarray(bias) if has_bias else rt.xp.empty(1, dtype=x.dtype)  # unread
