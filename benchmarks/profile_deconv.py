@@ -49,8 +49,8 @@ def _positive(text):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile_deconv",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--shape", type=int, nargs=8, metavar=("N", "C_IN", "C_OUT", "H", "W", "K", "S", "P"),
-                   default=[8, 256, 128, 32, 32, 4, 2, 1])
+    p.add_argument("--shape", type=int, nargs=8, default=[8, 256, 128, 32, 32, 4, 2, 1],
+                   metavar=("N", "C_IN", "C_OUT", "H", "W", "K", "S", "P"))
     p.add_argument("--algorithm", default="auto", choices=ALGORITHMS)
     p.add_argument("--repeats", type=_positive, default=15)
     args = p.parse_args(argv)

@@ -318,3 +318,7 @@ def test_auto_algorithm_choice_follows_the_measurements():
     assert pick(4, 2, backward=True, algorithm="fused") == "col2im"
     assert pick(16, 8, gpu=True, hw=64) == "col2im"                  # 462M: the GEMM paths
     assert pick(4, 2, gpu=True, n=8, o=128, hw=32) == "col2im"        # 2.1G multiply-adds
+    # few multiply-adds in all, but each pixel's sum too long for one thread (4096 * 2 * 2)
+    g = SimpleNamespace(kh=4, kw=4, sh=2, sw=2, dh=1, dw=1, groups=1, gpu=True, n=1, o=1,
+                        c=4096, h=1, w=1, ho=4, wo=4, dtype=np.dtype(np.float32))
+    assert _pick_algorithm("auto", g) == "col2im"

@@ -556,10 +556,10 @@ def _conv_transpose2d_backward_col(dy, x, weight, g, need_dx, need_dw):
     its own windows: the images run in batches and the rows in bands
     (:func:`_image_batches`, :func:`_row_bands`), and each band's col matrix is made
     once, in one reused buffer, and read by both GEMMs while it is still in cache. (At
-    256->128 k4 s2 on 8 x 32x32 the whole col matrix would be 67 MB.) A band keeps at least
-    ``MIN_BAND_WINDOWS`` windows (or is the whole image): every band adds a partial dW of ``C*O*kh*kw`` values, and
-    below that its GEMM does too little work per value (FCN-32s's k64 s32 on 16x16 in
-    bands of one row ran 1.12x slower than whole).
+    256->128 k4 s2 on 8 x 32x32 the whole col matrix would be 67 MB.) A band keeps at
+    least ``MIN_BAND_WINDOWS`` windows (or is the whole image): every band adds a partial
+    dW of ``C*O*kh*kw`` values, and below that its GEMM does too little work per value
+    (FCN-32s's k64 s32 on 16x16 in bands of one row ran 1.12x slower than whole).
     """
     conv = SimpleNamespace(kh=g.kh, kw=g.kw, sh=g.sh, sw=g.sw, ph=g.ph, pw=g.pw, dh=g.dh,
                            dw=g.dw, wo=g.w)              # the convolution of dy, H x W windows
