@@ -573,9 +573,12 @@ def _conv_transpose2d_backward_col(dy, x, weight, g, need_dx, need_dw):
             col = _band_im2col(dy[n0:n1], conv, r0, r1, buf)
             if need_dx:
                 part = _weight_times_col(weight, col, g.groups)
-                if dx is None:
-                    dx = get_array_module(dy).empty(x.shape, dtype=part.dtype)
-                dx[n0:n1, :, r0:r1] = part
+                if (n1 - n0, r1 - r0) == (g.n, g.h):      # one band: it is dx, no copy
+                    dx = part
+                else:
+                    if dx is None:
+                        dx = get_array_module(dy).empty(x.shape, dtype=part.dtype)
+                    dx[n0:n1, :, r0:r1] = part
             if need_dw:
                 part = _dy_times_col_t(x[n0:n1, :, r0:r1], col, g.groups)
                 if dw is None:
