@@ -9,6 +9,8 @@ where it fits, forced 64-bit). The references are the NumPy functions, never the
 """
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -274,6 +276,78 @@ def test_conv_transpose2d_on_the_gpu_path_runs_the_fused_kernel(monkeypatch):
                                                torch.from_numpy(wt).double(),
                                                torch.from_numpy(b).double(), 2, 1).numpy()
     assert_close(y, ref.astype(np.float32), np.float32, "auto -> fused on the GPU path")
+
+
+class _NumpyPosingAsGpu(types.ModuleType):
+    """NumPy under another name: ``get_array_module`` returning it sends the functional
+    code down its GPU branches (``xp is not np``) with NumPy arrays, which the emulator
+    runs the kernels on."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def _take_gpu_branches(monkeypatch, banded):
+    """Send functional/'s convolutions down their GPU branches, kernels on the emulator;
+    ``banded``: in bands of one row (GPU_BAND_BYTES = 1)."""
+    torch = pytest.importorskip("torch")
+    if not compiler_available():
+        pytest.skip("the CPU emulator needs g++")
+    import sys
+    import minifcn.functional.conv as conv_module
+    import minifcn.kernels as kernels
+    im2col_module = sys.modules["minifcn.functional.im2col"]   # (F.im2col: the function)
+    gpu_numpy = _NumpyPosingAsGpu("numpy_posing_as_gpu")
+    monkeypatch.setattr(kernels, "cupy_runtime", lambda: runtime("emu"))
+    monkeypatch.setattr(conv_module, "get_array_module", lambda *a: gpu_numpy)
+    monkeypatch.setattr(im2col_module, "get_array_module", lambda *a: gpu_numpy)
+    if banded:
+        monkeypatch.setattr(conv_module, "GPU_BAND_BYTES", 1)
+        monkeypatch.setattr(conv_module, "MIN_BAND_WINDOWS", 1)
+    return torch
+
+
+@pytest.mark.parametrize("banded", [False, True], ids=["whole", "bands"])
+@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused", "auto"])
+def test_transposed_convolution_gpu_branches_on_the_emulator(monkeypatch, algorithm, banded):
+    """conv_transpose2d and its backward down the GPU branches of functional/ (kernels by
+    the emulator, GEMMs by NumPy), whole and in one-row bands (GPU_BAND_BYTES), against
+    torch: the code that runs on a GPU, without one."""
+    torch = _take_gpu_branches(monkeypatch, banded)
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 3, 5, 4))
+    wt = rng.standard_normal((3, 4, 4, 4))
+    b = rng.standard_normal(4)
+    y = F.conv_transpose2d(x, wt, b, 2, 1, algorithm=algorithm)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = F.conv_transpose2d_backward(dy, x, wt, 2, 1, algorithm=algorithm)
+    xt, wtt, bt = (torch.tensor(a, requires_grad=True) for a in (x, wt, b))
+    yt = torch.nn.functional.conv_transpose2d(xt, wtt, bt, 2, 1)
+    yt.backward(torch.tensor(dy))
+    for name, got, ref in (("y", y, yt), ("dx", dx, xt.grad), ("dW", dw, wtt.grad),
+                           ("db", db, bt.grad)):
+        assert_close(got, ref.detach().numpy(), np.float64, f"{name} [{algorithm}]")
+
+
+@pytest.mark.parametrize("banded", [False, True], ids=["whole", "bands"])
+@pytest.mark.parametrize("stride,padding,dilation,groups", [(1, 1, 1, 1), (2, 0, 2, 2)])
+def test_convolution_gpu_branches_on_the_emulator(monkeypatch, stride, padding, dilation,
+                                                  groups, banded):
+    """conv2d and its backward down the GPU branches (row bands included), against torch."""
+    torch = _take_gpu_branches(monkeypatch, banded)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 4, 7, 6))
+    wt = rng.standard_normal((6, 4 // groups, 3, 3))
+    b = rng.standard_normal(6)
+    y = F.conv2d(x, wt, b, stride, padding, dilation, groups)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = F.conv2d_backward(dy, x, wt, stride, padding, dilation, groups)
+    xt, wtt, bt = (torch.tensor(a, requires_grad=True) for a in (x, wt, b))
+    yt = torch.nn.functional.conv2d(xt, wtt, bt, stride, padding, dilation, groups)
+    yt.backward(torch.tensor(dy))
+    for name, got, ref in (("y", y, yt), ("dx", dx, xt.grad), ("dW", dw, wtt.grad),
+                           ("db", db, bt.grad)):
+        assert_close(got, ref.detach().numpy(), np.float64, name)
 
 
 # -- max pooling -------------------------------------------------------------------------------
