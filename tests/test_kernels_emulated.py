@@ -289,24 +289,44 @@ class _NumpyPosingAsGpu(types.ModuleType):
         return getattr(np, name)
 
 
-def _take_gpu_branches(monkeypatch, banded):
-    """Send functional/'s convolutions down their GPU branches, kernels on the emulator;
-    ``banded``: in bands of one row (GPU_BAND_BYTES = 1)."""
+def _take_gpu_branches(monkeypatch, banded=False):
+    """Send the package down its GPU branches (every module's ``get_array_module``
+    answers the NumPy-posing-as-GPU module), kernels on the emulator; ``banded``: the
+    convolutions in bands of one row (GPU_BAND_BYTES = 1)."""
     torch = pytest.importorskip("torch")
     if not compiler_available():
         pytest.skip("the CPU emulator needs g++")
     import sys
+    import minifcn.backend
     import minifcn.functional.conv as conv_module
     import minifcn.kernels as kernels
-    im2col_module = sys.modules["minifcn.functional.im2col"]   # (F.im2col: the function)
     gpu_numpy = _NumpyPosingAsGpu("numpy_posing_as_gpu")
-    monkeypatch.setattr(kernels, "cupy_runtime", lambda: runtime("emu"))
-    monkeypatch.setattr(conv_module, "get_array_module", lambda *a: gpu_numpy)
-    monkeypatch.setattr(im2col_module, "get_array_module", lambda *a: gpu_numpy)
+    launched = set()
+    monkeypatch.setattr(kernels, "cupy_runtime", lambda: _RecordingRuntime(launched))
+    for name, module in list(sys.modules.items()):       # the ops and layers; not the code
+        if (name.startswith(("minifcn.functional", "minifcn.kernels", "minifcn.nn.layers",
+                             "minifcn.nn.structural")) and     # that moves arrays to devices
+                getattr(module, "get_array_module", None) is minifcn.backend.get_array_module):
+            monkeypatch.setattr(module, "get_array_module", lambda *a: gpu_numpy)
     if banded:
         monkeypatch.setattr(conv_module, "GPU_BAND_BYTES", 1)
         monkeypatch.setattr(conv_module, "MIN_BAND_WINDOWS", 1)
-    return torch
+    return torch, launched
+
+
+class _RecordingRuntime:
+    """The emulator's runtime, noting the name of every kernel launched."""
+
+    def __init__(self, launched):
+        self.emu, self.launched = runtime("emu"), launched
+        self.xp = self.emu.xp
+
+    def launch_config(self, total):
+        return self.emu.launch_config(total)
+
+    def function(self, path, name):
+        self.launched.add(name)
+        return self.emu.function(path, name)
 
 
 @pytest.mark.parametrize("banded", [False, True], ids=["whole", "bands"])
@@ -315,7 +335,7 @@ def test_transposed_convolution_gpu_branches_on_the_emulator(monkeypatch, algori
     """conv_transpose2d and its backward down the GPU branches of functional/ (kernels by
     the emulator, GEMMs by NumPy), whole and in one-row bands (GPU_BAND_BYTES), against
     torch: the code that runs on a GPU, without one."""
-    torch = _take_gpu_branches(monkeypatch, banded)
+    torch, launched = _take_gpu_branches(monkeypatch, banded)
     rng = np.random.default_rng(10)
     x = rng.standard_normal((2, 3, 5, 4))
     wt = rng.standard_normal((3, 4, 4, 4))
@@ -329,6 +349,7 @@ def test_transposed_convolution_gpu_branches_on_the_emulator(monkeypatch, algori
     for name, got, ref in (("y", y, yt), ("dx", dx, xt.grad), ("dW", dw, wtt.grad),
                            ("db", db, bt.grad)):
         assert_close(got, ref.detach().numpy(), np.float64, f"{name} [{algorithm}]")
+    assert launched, "no kernel ran: the GPU branches were not taken"
 
 
 @pytest.mark.parametrize("banded", [False, True], ids=["whole", "bands"])
@@ -336,7 +357,7 @@ def test_transposed_convolution_gpu_branches_on_the_emulator(monkeypatch, algori
 def test_convolution_gpu_branches_on_the_emulator(monkeypatch, stride, padding, dilation,
                                                   groups, banded):
     """conv2d and its backward down the GPU branches (row bands included), against torch."""
-    torch = _take_gpu_branches(monkeypatch, banded)
+    torch, launched = _take_gpu_branches(monkeypatch, banded)
     rng = np.random.default_rng(12)
     x = rng.standard_normal((2, 4, 7, 6))
     wt = rng.standard_normal((6, 4 // groups, 3, 3))
@@ -350,6 +371,18 @@ def test_convolution_gpu_branches_on_the_emulator(monkeypatch, stride, padding, 
     for name, got, ref in (("y", y, yt), ("dx", dx, xt.grad), ("dW", dw, wtt.grad),
                            ("db", db, bt.grad)):
         assert_close(got, ref.detach().numpy(), np.float64, name)
+    assert "im2col_f64" in launched, launched
+
+
+@pytest.mark.parametrize("name", ["fcn32s", "fcn8s"])
+def test_whole_model_gpu_branches_on_the_emulator(monkeypatch, name):
+    """A whole FCN, forward and backward (every weight's gradient), down the GPU branches
+    of every layer, against torch: conv, transposed conv, ReLU, max pool, crop, add."""
+    _, launched = _take_gpu_branches(monkeypatch)
+    from test_models import _check_whole_model
+    _check_whole_model(name, "notes", "cpu")
+    assert {"im2col_f64", "relu_f64", "relu_backward_f64", "max_pool2d_f64",
+            "max_pool2d_backward_f64", "conv_transpose2d_f64"} <= launched, launched
 
 
 # -- max pooling -------------------------------------------------------------------------------
