@@ -25,6 +25,7 @@ import sys
 import numpy as np
 
 from minifcn.functional import conv_transpose2d, conv_transpose2d_backward
+from minifcn.functional.conv import _geometry, _pick_algorithm
 
 from .common import Timer, ceilings, machine, paired_ratio, rel_error, table, write_json
 
@@ -79,7 +80,11 @@ def run_shape(shape, device, timer, repeats, torch):
     out_elems = int(np.prod(yt.shape))
     fwd_bytes = 4 * (x.size + wt.size + out_elems)
     bwd_bytes = 4 * (out_elems + x.size + wt.size + x.size + wt.size)
-    base = {"shape": name, "out": "x".join(map(str, yt.shape))}
+    base = {"shape": name, "out": "x".join(map(str, yt.shape)),
+            "macs": n * cin * cout * k * k * h * w,
+            "auto_fwd": _pick_algorithm("auto", _geometry("", xd, wd, None, s, p, 1, 1, 0)),
+            "auto_bwd": _pick_algorithm("auto", _geometry("", xd, wd, None, s, p, 1, 1, 0),
+                                        backward=True)}
     fwd_fns, bwd_fns, rows, errs = {"torch": torch_fwd}, {"torch": torch_bwd}, [], {}
     for alg in ["auto", "col2im", "subpixel", "fused"]:
         def fwd(alg=alg):
@@ -137,8 +142,32 @@ def main(argv=None):
     cols = ["shape", "impl", "fwd_ms", "fwd_ratio", "bwd_ms", "bwd_ratio", "fwd_GFLOPs",
             "bwd_GFLOPs", "fwd_GBps", "note"]
     print(table(rows, cols))
+    print("\nWhat 'auto' picks against the fastest algorithm of each shape (by ratio to torch):")
+    print(table(auto_check(rows), ["shape", "macs", "auto_fwd", "best_fwd", "auto_fwd_vs_best",
+                                   "auto_bwd", "best_bwd", "auto_bwd_vs_best"]))
     write_json(args.json, {"machine": info, "device": args.device, "rows": rows})
     return 0
+
+
+def auto_check(rows):
+    """Per shape: the algorithm 'auto' resolved to, the fastest explicit one (lowest median
+    ratio to torch), and auto's ratio over that best one (1.0: auto picked the best;
+    above: by how much its pick lost). This is how the rules in _pick_algorithm
+    (thresholds such as GPU_FUSED_MAX_MACS) are checked against a machine."""
+    out = []
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        timed = {r["impl"].split()[-1]: r for r in rows
+                 if r["shape"] == shape and r["impl"].startswith("minifcn") and "fwd_ratio" in r}
+        if "auto" not in timed or len(timed) < 2:
+            continue
+        auto = timed.pop("auto")
+        entry = {"shape": shape, "macs": auto["macs"]}
+        for d in ("fwd", "bwd"):
+            best = min(timed, key=lambda a: timed[a][f"{d}_ratio"])
+            entry.update({f"auto_{d}": auto[f"auto_{d}"], f"best_{d}": best,
+                          f"auto_{d}_vs_best": auto[f"{d}_ratio"] / timed[best][f"{d}_ratio"]})
+        out.append(entry)
+    return out
 
 
 if __name__ == "__main__":

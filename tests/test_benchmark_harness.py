@@ -3,6 +3,7 @@ variant that fails validation (issue 6). Tiny shapes; no timing is asserted."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import benchmarks.deconv as deconv
 from benchmarks.common import Timer, paired_ratio
@@ -34,6 +35,22 @@ def test_deconv_rows_validate_then_time_every_algorithm():
     assert impls == ["torch", "minifcn auto", "minifcn col2im", "minifcn subpixel", "minifcn fused"]
     for r in rows[1:]:
         assert r["max_rel_err"] <= 1e-4 and r["fwd_ratio"] > 0 and r["bwd_ratio"] > 0
+    (check,) = deconv.auto_check(rows)
+    assert check["auto_fwd"] == "subpixel" and check["auto_bwd"] == "col2im"    # CPU, k4 s2
+    assert check["best_fwd"] in ("col2im", "subpixel", "fused") and check["auto_fwd_vs_best"] > 0
+
+
+def test_auto_check_names_the_fastest_algorithm_and_what_auto_lost():
+    rows = [{"shape": "s", "impl": "torch", "fwd_ms": 1.0}]
+    for impl, f, b in (("auto", 1.2, 0.5), ("col2im", 1.0, 0.5), ("subpixel", 1.2, 0.7),
+                       ("fused", 0.8, 0.9)):
+        rows.append({"shape": "s", "impl": f"minifcn {impl}", "fwd_ratio": f, "bwd_ratio": b,
+                     "macs": 7, "auto_fwd": "subpixel", "auto_bwd": "col2im"})
+    rows.append({"shape": "s", "impl": "minifcn broken", "note": "FAILED validation"})
+    (check,) = deconv.auto_check(rows)
+    assert check.pop("auto_fwd_vs_best") == pytest.approx(1.2 / 0.8)
+    assert check == {"shape": "s", "macs": 7, "auto_fwd": "subpixel", "best_fwd": "fused",
+                     "auto_bwd": "col2im", "best_bwd": "col2im", "auto_bwd_vs_best": 1.0}
 
 
 def test_deconv_refuses_to_time_a_variant_that_fails_validation(monkeypatch):
@@ -76,7 +93,6 @@ def test_profile_deconv_refuses_a_wrong_result(monkeypatch, capsys):
 
 
 def test_profile_deconv_bad_arguments_get_a_clear_error(capsys):
-    import pytest
     import benchmarks.profile_deconv as profile
     assert profile.main(["--shape", "1", "2", "2", "4", "4", "9", "2", "9"]) == 2
     assert "--shape 1 2 2 4 4 9 2 9" in capsys.readouterr().err
