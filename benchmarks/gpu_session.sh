@@ -17,6 +17,7 @@ step "transposed convolution vs cuDNN"
 # --sweep too: where 'fused' (one kernel) stops beating the GEMM paths sets GPU_FUSED_MAX_MACS
 timeout 120 python3 -m benchmarks.deconv --device cuda --sweep --json "$OUT/deconv_cuda.json" > "$OUT/deconv_cuda.txt" 2>&1
 head -40 "$OUT/deconv_cuda.txt" | tee -a "$log"
+sed -n "/What 'auto' picks/,\$p" "$OUT/deconv_cuda.txt" | tee -a "$log"
 step "FCN-8s training step vs torch+cuDNN"
 timeout 70 python3 -m benchmarks.step --device cuda --sizes 224 320 --json "$OUT/step_cuda.json" 2>&1 | tail -6 | tee -a "$log"
 step "python -m minifcn.train --device cuda (the default run)"
