@@ -196,16 +196,18 @@ def test_banded_vgg_sized_layer_in_float32(band_budget):
 @pytest.mark.parametrize("padding", [(0, 0), (1, 1), (1, 0), (2, 1)])
 @pytest.mark.parametrize("rows", [1, 2, 100])
 def test_shifted_rows_convolution_matches_torch(band_budget, kernel, padding, rows):
-    """``_conv2d_shifted_rows`` numbers windows by their flat index in the padded image and
-    discards the ones that wrap around a row end; bands of 1 and 2 rows start mid-image.
-    Held to torch's float64 conv2d."""
+    """``_conv2d_shifted_rows`` numbers windows by their flat index in the stacked image,
+    whose rows share their padding (pitch W + gap), and discards the ones that wrap
+    around a row end; bands of 1 and 2 rows start mid-image. Paddings both below and
+    above kw - 1. Held to torch's float64 conv2d."""
     import torch
     import torch.nn.functional as TF
     rng = np.random.default_rng(sum(kernel) + 7 * sum(padding) + rows)
     kh, kw = kernel
     x = rng.standard_normal((3, 4, 7, 6))
     wt = rng.standard_normal((5, 4, kh, kw))
-    wp = 6 + 2 * padding[1]
+    pw = padding[1]
+    wp = 6 + pw + max(0, pw - kw + 1)                     # the row pitch: W + gap
     band_budget(rows * 4 * kh * kw * wp * 8)
     y = conv._conv2d_shifted_rows(x, wt.transpose(1, 2, 3, 0), *padding)   # (C, kh, kw, O)
     ref = TF.conv2d(torch.tensor(x), torch.tensor(wt), padding=padding).numpy()
