@@ -80,11 +80,10 @@ def run_shape(shape, device, timer, repeats, torch):
     out_elems = int(np.prod(yt.shape))
     fwd_bytes = 4 * (x.size + wt.size + out_elems)
     bwd_bytes = 4 * (out_elems + x.size + wt.size + x.size + wt.size)
+    g = _geometry("conv_transpose2d", xd, wd, None, s, p, 1, 1, 0)      # what 'auto' resolves to
     base = {"shape": name, "out": "x".join(map(str, yt.shape)),
-            "macs": n * cin * cout * k * k * h * w,
-            "auto_fwd": _pick_algorithm("auto", _geometry("", xd, wd, None, s, p, 1, 1, 0)),
-            "auto_bwd": _pick_algorithm("auto", _geometry("", xd, wd, None, s, p, 1, 1, 0),
-                                        backward=True)}
+            "macs": n * cin * cout * k * k * h * w, "auto_fwd": _pick_algorithm("auto", g),
+            "auto_bwd": _pick_algorithm("auto", g, backward=True)}
     fwd_fns, bwd_fns, rows, errs = {"torch": torch_fwd}, {"torch": torch_bwd}, [], {}
     for alg in ["auto", "col2im", "subpixel", "fused"]:
         def fwd(alg=alg):
