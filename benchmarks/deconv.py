@@ -6,7 +6,8 @@
 For each shape: forward, and backward (input + weight gradients together, as a training
 step needs them), for minifcn's algorithms ('col2im': GEMM + col2im; 'subpixel': the
 phase decomposition; 'fused': col2im with the GEMM folded in, one kernel on the GPU and
-one GEMM per tap on the CPU; 'auto': what the package picks) and torch, in one process on the
+one GEMM per tap on the CPU; 'implicit': the phases as GEMMs that read the padded input
+in place, no im2col; 'auto': what the package picks) and torch, in one process on the
 same float32 inputs. Every minifcn variant is first checked against torch on those
 inputs; one that disagrees is reported and not timed.
 
@@ -85,7 +86,7 @@ def run_shape(shape, device, timer, repeats, torch):
             "macs": n * cin * cout * k * k * h * w, "auto_fwd": _pick_algorithm("auto", g),
             "auto_bwd": _pick_algorithm("auto", g, backward=True)}
     fwd_fns, bwd_fns, rows, errs = {"torch": torch_fwd}, {"torch": torch_bwd}, [], {}
-    for alg in ["auto", "col2im", "subpixel", "fused"]:
+    for alg in ["auto", "col2im", "subpixel", "fused", "implicit"]:
         def fwd(alg=alg):
             return conv_transpose2d(xd, wd, None, s, p, algorithm=alg)
 
@@ -152,8 +153,8 @@ def auto_check(rows):
     """Per shape: the algorithm 'auto' resolved to, the fastest explicit one (lowest median
     ratio to torch), and auto's ratio over that best one (1.0: auto picked the best;
     above: by how much its pick lost). This is how the rules in _pick_algorithm
-    (thresholds such as GPU_FUSED_MAX_MACS) are checked against a machine. 'fused' is
-    not ranked for the backward: its backward is 'col2im''s code."""
+    (thresholds such as GPU_FUSED_MAX_MACS) are checked against a machine. 'fused' and
+    'implicit' are not ranked for the backward: their backward is 'col2im''s code."""
     out = []
     for shape in dict.fromkeys(r["shape"] for r in rows):
         timed = {r["impl"].split()[-1]: r for r in rows
@@ -163,7 +164,7 @@ def auto_check(rows):
         auto = timed.pop("auto")
         entry = {"shape": shape, "macs": auto["macs"]}
         for d in ("fwd", "bwd"):
-            ranked = [a for a in timed if not (d == "bwd" and a == "fused")]
+            ranked = [a for a in timed if not (d == "bwd" and a in ("fused", "implicit"))]
             best = min(ranked, key=lambda a: timed[a][f"{d}_ratio"])
             entry.update({f"auto_{d}": auto[f"auto_{d}"], f"best_{d}": best,
                           f"auto_{d}_vs_best": auto[f"{d}_ratio"] / timed[best][f"{d}_ratio"]})

@@ -36,6 +36,10 @@ STEPS = [
     ("GEMM (W^T @ x)", "_weight_t_times"),
     ("col2im", "_col2im"),
     ("fused (per-tap GEMMs)", "_conv_transpose2d_fused"),
+    ("phase weights", "_gemm_plan"),
+    ("stack the input", "_stack_input"),
+    ("GEMMs (implicit)", "gemm"),
+    ("phase shuffle", "_shuffle_phases"),
 ]
 
 

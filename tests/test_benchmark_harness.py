@@ -32,18 +32,21 @@ def test_deconv_rows_validate_then_time_every_algorithm():
     import torch
     rows = deconv.run_shape(SMALL, "cpu", Timer("cpu"), 2, torch)
     impls = [r["impl"] for r in rows]
-    assert impls == ["torch", "minifcn auto", "minifcn col2im", "minifcn subpixel", "minifcn fused"]
+    assert impls == ["torch", "minifcn auto", "minifcn col2im", "minifcn subpixel", "minifcn fused",
+                     "minifcn implicit"]
     for r in rows[1:]:
         assert r["max_rel_err"] <= 1e-4 and r["fwd_ratio"] > 0 and r["bwd_ratio"] > 0
     (check,) = deconv.auto_check(rows)
     assert check["auto_fwd"] == "subpixel" and check["auto_bwd"] == "col2im"    # CPU, k4 s2
-    assert check["best_fwd"] in ("col2im", "subpixel", "fused") and check["auto_fwd_vs_best"] > 0
+    assert check["best_fwd"] in ("col2im", "subpixel", "fused", "implicit")
+    assert check["auto_fwd_vs_best"] > 0
 
 
 def test_auto_check_names_the_fastest_algorithm_and_what_auto_lost():
     rows = [{"shape": "s", "impl": "torch", "fwd_ms": 1.0}]
     for impl, f, b in (("auto", 1.2, 0.5), ("col2im", 1.0, 0.5), ("subpixel", 1.2, 0.7),
-                       ("fused", 0.8, 0.4)):        # fused's backward is col2im's: not ranked
+                       ("fused", 0.8, 0.4),         # fused's backward is col2im's: not ranked
+                       ("implicit", 0.9, 0.3)):     # nor implicit's
         rows.append({"shape": "s", "impl": f"minifcn {impl}", "fwd_ratio": f, "bwd_ratio": b,
                      "macs": 7, "auto_fwd": "subpixel", "auto_bwd": "col2im"})
     rows.append({"shape": "s", "impl": "minifcn broken", "note": "FAILED validation"})
@@ -76,7 +79,9 @@ def test_profile_deconv_names_the_steps_of_each_algorithm(capsys):
     expected = {"subpixel": ["sub-pixel weight", "stack the images", "shifted copies (im2col)",
                              "GEMM (shifted rows)", "pixel shuffle"],
                 "col2im": ["GEMM (W^T @ x)", "col2im"],
-                "fused": ["fused (per-tap GEMMs)"]}
+                "fused": ["fused (per-tap GEMMs)"],
+                "implicit": ["phase weights", "stack the input", "GEMMs (implicit)",
+                             "phase shuffle"]}
     for algorithm, labels in expected.items():
         assert profile.main(shape + ["--algorithm", algorithm]) == 0
         out = capsys.readouterr().out

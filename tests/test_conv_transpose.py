@@ -3,8 +3,8 @@ identities that make it the *transpose* of a convolution.
 
 - ``torch.nn.functional.conv_transpose2d`` + autograd in float64 is the reference
   (relative error <= 1e-10 in float64, <= 1e-5 in float32, relative to max |ref|).
-- ``algorithm='col2im'`` and ``'fused'`` always, ``'subpixel'`` where it applies
-  (dilation 1, groups 1), and ``'auto'``.
+- ``algorithm='col2im'`` and ``'fused'`` always, ``'subpixel'`` and ``'implicit'`` where
+  they apply (dilation 1, groups 1), and ``'auto'``.
 - ``<conv_transpose2d(x, W), g> == <x, conv2d(g, W)>``, and conv2d's input gradient *is*
   ``conv_transpose2d(dy, W)``.
 """
@@ -34,7 +34,8 @@ def _pair(v):
 
 
 def algorithms_for(dilation, groups):
-    return ["col2im", "fused", "auto"] + (["subpixel"] if _pair(dilation) == (1, 1) and groups == 1 else [])
+    return ["col2im", "fused", "auto"] + (["subpixel", "implicit"] if _pair(dilation) == (1, 1)
+                                          and groups == 1 else [])
 
 
 def check_conv_transpose2d(xp, dtype, *, n, cin, cout, h, w, kernel, stride, padding,
@@ -237,7 +238,7 @@ def test_conv_input_gradient_is_the_transposed_conv(xp, cfg, seed):
 
 
 def test_algorithms_agree_with_each_other_exactly_enough(xp):
-    """'col2im', 'subpixel' and 'fused' compute the same sums in different orders."""
+    """'col2im', 'subpixel', 'fused' and 'implicit' compute the same sums in different orders."""
     rng = np.random.default_rng(7)
     x = xp.asarray(rng.standard_normal((2, 4, 6, 5)))
     wt = xp.asarray(rng.standard_normal((4, 3, 6, 4)))
@@ -246,6 +247,8 @@ def test_algorithms_agree_with_each_other_exactly_enough(xp):
     assert_close(b, a, np.float64, "subpixel vs col2im")
     c = to_np(conv_transpose2d(x, wt, None, (3, 2), (1, 2), (2, 1), algorithm="fused"))
     assert_close(c, a, np.float64, "fused vs col2im")
+    d = to_np(conv_transpose2d(x, wt, None, (3, 2), (1, 2), (2, 1), algorithm="implicit"))
+    assert_close(d, a, np.float64, "implicit vs col2im")
 
 
 def test_algorithms_return_the_same_dtype(xp):
@@ -255,7 +258,7 @@ def test_algorithms_return_the_same_dtype(xp):
     x = xp.asarray(rng.standard_normal((1, 2, 4, 4)).astype(np.float32))
     wt = xp.asarray(rng.standard_normal((2, 3, 4, 4)).astype(np.float32))
     b = xp.asarray(rng.standard_normal(3))                                  # float64
-    for alg in ("col2im", "subpixel", "fused", "auto"):
+    for alg in ("col2im", "subpixel", "fused", "implicit", "auto"):
         assert conv_transpose2d(x, wt, b, 2, 1, algorithm=alg).dtype == np.float32, alg
 
 
@@ -269,7 +272,7 @@ def test_conv_transpose2d_pair_and_int_arguments_agree(xp):
     assert conv_output_size(to_np(a).shape[2], 3, 2, 1) == 4     # it maps back onto 4x4
 
 
-@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused"])
+@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused", "implicit"])
 def test_conv_transpose2d_non_contiguous_inputs(xp, algorithm):
     rng = np.random.default_rng(9)
     x = xp.asarray(rng.standard_normal((2, 6, 8, 5)))[:, ::2, ::-2, :]     # (2, 3, 4, 5)
@@ -306,6 +309,13 @@ def test_auto_algorithm_choice_follows_the_measurements():
     assert pick(4, 2, backward=True) == pick(3, 1) == pick(3, 2) == "col2im"
     assert pick(8, 4, backward=True, o=64) == "col2im"             # many channels: col2im
     assert pick(8, 4, o=64) == "subpixel"
+    # 'implicit': the CPU forward at stride 2 with >= 128 channels in and out
+    assert pick(4, 2, n=8, o=128, hw=32) == pick(4, 2, o=256) == "implicit"
+    assert pick(4, 2, o=64) == pick(8, 4, o=256) == pick(16, 8, o=256) == "subpixel"
+    assert pick(4, 2, o=256, backward=True) == pick(4, 2, algorithm="implicit", backward=True) \
+        == "col2im"
+    assert pick(3, 2, o=256) == pick(4, 2, o=256, d=2) == "col2im"       # implicit does not fit
+    assert pick(4, 2, o=256, gpu=True) != "implicit"
     assert pick(4, 2, d=2) == pick(4, 2, groups=3, o=3) == "col2im"
     assert pick(64, 32, gpu=True, hw=16) == "col2im"                # 22M col entries
     assert 21 * 64 * 64 * 32 * 32 > GPU_SUBPIXEL_MIN_COL

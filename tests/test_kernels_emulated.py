@@ -337,7 +337,7 @@ class _RecordingRuntime:
 
 
 @pytest.mark.parametrize("banded", [False, True], ids=["whole", "bands"])
-@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused", "auto"])
+@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused", "implicit", "auto"])
 def test_transposed_convolution_gpu_branches_on_the_emulator(monkeypatch, algorithm, banded):
     """conv_transpose2d and its backward down the GPU branches of functional/ (kernels by
     the emulator, GEMMs by NumPy), whole and in one-row bands (GPU_BAND_BYTES), against
@@ -356,9 +356,11 @@ def test_transposed_convolution_gpu_branches_on_the_emulator(monkeypatch, algori
     for name, got, ref in (("y", y, yt), ("dx", dx, xt.grad), ("dW", dw, wtt.grad),
                            ("db", db, bt.grad)):
         assert_close(got, ref.detach().numpy(), np.float64, f"{name} [{algorithm}]")
-    # the forward's kernels (auto: the fused one, for this small problem), the backward's im2col
+    # the forward's kernels (auto: the fused one, for this small problem; implicit: none,
+    # its GEMMs and shuffle are array operations), the backward's im2col
     forward = {"col2im": {"col2im_rowblock_f64"}, "subpixel": {"im2col_f64", "col2im_rowblock_f64"},
-               "fused": {"conv_transpose2d_f64"}, "auto": {"conv_transpose2d_f64"}}[algorithm]
+               "fused": {"conv_transpose2d_f64"}, "implicit": set(),
+               "auto": {"conv_transpose2d_f64"}}[algorithm]
     assert forward | {"im2col_f64"} <= launched, launched
 
 

@@ -69,7 +69,7 @@ DECONVS = [  # x shape, weight shape (C, O, kh, kw), stride, padding
 ]
 
 
-@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused"])
+@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused", "implicit"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("deconv", DECONVS, ids=str)
 def test_conv_transpose2d(cp, deconv, dtype, algorithm):

@@ -1,0 +1,121 @@
+"""``conv_transpose2d(..., algorithm='implicit')``: the phase table against a naive
+enumeration of the stamp formula, the op against torch in every band layout and through
+both GEMM paths, and the claim that each phase computes only its own outputs.
+
+(The op's forward and gradients on the shared geometry grids are in test_conv_transpose.py,
+test_math.py and test_gradcheck.py, which loop over every algorithm.)"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+from conftest import assert_close
+from minifcn.functional import blas, conv_transpose2d, conv_transpose_output_size, implicit
+
+
+@pytest.mark.parametrize("k,s,p,extra", [(4, 2, 1, 0), (4, 2, 0, 1), (64, 32, 16, 0),
+                                         (16, 8, 4, 7), (3, 2, 0, 1), (5, 3, 2, 2),
+                                         (2, 3, 0, 0), (1, 1, 0, 0), (3, 1, 2, 0)])
+def test_axis_phases_is_the_stamp_formula_regrouped(k, s, p, extra):
+    """Enumerate every (input i, tap u) with output y = i*s + u - p inside the output, and
+    check that phase r = y mod s lists exactly those taps, as shifts d = i - y // s."""
+    h = 5
+    out = conv_transpose_output_size(h, k, s, p, 1, extra)
+    phases = implicit.axis_phases(out, k, s, p)
+    assert len(phases) == s
+    for r, (count, taps) in enumerate(phases):
+        ys = range(r, out, s)
+        assert count == len(ys)
+        for y in ys:
+            m = y // s
+            want = sorted((u, i - m) for i in range(-k, h + k) for u in range(k)
+                          if i * s + u - p == y)
+            assert sorted(taps) == want, (r, y)
+
+
+def _torch_ref(x, wt, s, p, op):
+    return TF.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(wt), None, s, p, op).numpy()
+
+
+# (N, C, O, H, W, k, s, p, output_padding)
+CASES = [
+    (3, 4, 5, 6, 5, (4, 4), (2, 2), (1, 1), (0, 0)),      # FCN's k4 s2 p1 upsampler
+    (2, 3, 2, 5, 7, (4, 6), (2, 3), (1, 2), (1, 0)),      # everything different per axis
+    (2, 2, 3, 3, 4, (16, 16), (8, 8), (4, 4), (0, 0)),    # k16 s8: shifts shared by few phases
+    (2, 3, 2, 4, 4, (3, 5), (2, 2), (0, 2), (1, 1)),      # s does not divide k
+    (1, 2, 2, 4, 3, (2, 2), (3, 3), (0, 0), (2, 1)),      # k < s: phases no tap reaches
+    (2, 3, 4, 5, 5, (3, 3), (1, 1), (1, 1), (0, 0)),      # stride 1: one phase, nine shifts
+    (1, 2, 3, 1, 1, (4, 4), (2, 2), (1, 1), (0, 0)),      # a single pixel
+]
+
+
+@pytest.mark.parametrize("band_bytes", [1, 3000, 1 << 30], ids=["row bands", "few images", "whole"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_implicit_against_torch_in_every_band_layout(monkeypatch, case, band_bytes):
+    """Bands of one phase row, of a few images, or the whole batch: the same result."""
+    n, c, o, h, w, k, s, p, op = case
+    monkeypatch.setattr(implicit, "IMPLICIT_BAND_BYTES", band_bytes)
+    rng = np.random.default_rng(sum(k) + sum(s))
+    x, wt = rng.standard_normal((n, c, h, w)), rng.standard_normal((c, o) + k)
+    y = conv_transpose2d(x, wt, None, s, p, op, algorithm="implicit")
+    assert_close(y, _torch_ref(x, wt, s, p, op), np.float64, f"{case} band {band_bytes}")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_implicit_without_cblas_is_the_same_op(monkeypatch, dtype):
+    """Where NumPy's BLAS is not reachable, ``gemm`` accumulates through matmul + add."""
+    monkeypatch.setattr(blas, "CBLAS", {})
+    rng = np.random.default_rng(1)
+    for n, c, o, h, w, k, s, p, op in CASES[:3]:
+        x = rng.standard_normal((n, c, h, w)).astype(dtype)
+        wt = rng.standard_normal((c, o) + k).astype(dtype)
+        y = conv_transpose2d(x, wt, None, s, p, op, algorithm="implicit")
+        assert y.dtype == dtype
+        assert_close(y, _torch_ref(x.astype(np.float64), wt.astype(np.float64), s, p, op),
+                     dtype, "matmul fallback")
+
+
+def test_implicit_keeps_the_result_dtype_of_its_inputs():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 3, 4, 4)).astype(np.float32)
+    wt = rng.standard_normal((3, 2, 4, 4))                                 # float64
+    y = conv_transpose2d(x, wt, None, 2, 1, algorithm="implicit")
+    assert y.dtype == np.float64
+    assert_close(y, _torch_ref(x.astype(np.float64), wt, 2, 1, 0), np.float64, "mixed")
+
+
+def test_each_phase_computes_only_its_own_outputs(monkeypatch):
+    """The GEMMs' multiply-adds for 256->128-like k4 s2 p1: every tap of every output
+    pixel once, plus one column of row padding per row (the shared gap, Wp = W + 1) —
+    and no extra rows (a shared phase grid would need one more row and column)."""
+    done = []
+    real = implicit.gemm
+
+    def counting(a, b, out, accumulate=False):
+        done.append(a.shape[0] * a.shape[1] * b.shape[1])
+        return real(a, b, out, accumulate)
+
+    monkeypatch.setattr(implicit, "gemm", counting)
+    n, c, o, h, w = 2, 8, 4, 8, 8
+    x, wt = np.ones((n, c, h, w)), np.ones((c, o, 4, 4))
+    monkeypatch.setattr(implicit, "IMPLICIT_BAND_BYTES", 1 << 30)          # one band, 2 images
+    conv_transpose2d(x, wt, None, 2, 1, algorithm="implicit")
+    rows_between_images = 1                                                # period - mq
+    assert sum(done) == c * o * 4 * 4 * (n * h + rows_between_images) * (w + 1)
+    assert len(done) == 9                                                  # one GEMM per shift
+    done.clear()
+    monkeypatch.setattr(implicit, "IMPLICIT_BAND_BYTES", 1)                # one phase row each
+    conv_transpose2d(x, wt, None, 2, 1, algorithm="implicit")
+    assert sum(done) == c * o * 4 * 4 * n * h * (w + 1)
+
+
+def test_implicit_refuses_what_it_cannot_do():
+    x, wt = np.ones((1, 2, 4, 4)), np.ones((2, 2, 3, 3))
+    with pytest.raises(ValueError, match="algorithm 'implicit' needs dilation 1 and groups 1"):
+        conv_transpose2d(x, wt, None, 2, 1, dilation=2, algorithm="implicit")
+    with pytest.raises(ValueError, match="algorithm 'implicit' needs dilation 1 and groups 1"):
+        conv_transpose2d(x, np.ones((2, 1, 3, 3)), None, 2, 1, groups=2, algorithm="implicit")
