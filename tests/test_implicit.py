@@ -37,6 +37,26 @@ def test_axis_phases_is_the_stamp_formula_regrouped(k, s, p, extra):
             assert sorted(taps) == want, (r, y)
 
 
+@pytest.mark.parametrize("k,s,p,extra", [(4, 2, 1, 0), (4, 2, 0, 1), (64, 32, 16, 0),
+                                         (16, 8, 4, 7), (3, 2, 0, 1), (5, 3, 2, 2),
+                                         (2, 3, 0, 0), (1, 1, 0, 0), (3, 1, 2, 0), (6, 4, 5, 3)])
+def test_column_slots_put_every_stamp_on_the_shared_grid(k, s, p, extra):
+    """Enumerate every (input j, tap v) with output X = j*s + v - p, and find it in the
+    slot table: X = t + s*l sits at grid column l + delta of the slot holding t, which
+    gets W[v] * x[l' + e] for its column taps (v = slot + s*a)."""
+    w = 5
+    out = conv_transpose_output_size(w, k, s, p, 1, extra)
+    slots, taps = implicit.column_slots(out, k, s, p)
+    assert sorted(t for t, _, _ in slots) == list(range(s))
+    for j, (t, count, delta) in enumerate(slots):
+        assert count == len(range(t, out, s))
+        for X in range(t, out, s):
+            grid_col = X // s + delta
+            got = sorted((j + s * a, grid_col + e) for a, e, width in taps if j < width)
+            want = sorted((v, i) for i in range(-k, w + k) for v in range(k) if i * s + v - p == X)
+            assert got == want, (j, X)
+
+
 def _torch_ref(x, wt, s, p, op):
     return TF.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(wt), None, s, p, op).numpy()
 
@@ -90,8 +110,8 @@ def test_implicit_keeps_the_result_dtype_of_its_inputs():
 
 def test_each_phase_computes_only_its_own_outputs(monkeypatch):
     """The GEMMs' multiply-adds for 256->128-like k4 s2 p1: every tap of every output
-    pixel once, plus one column of row padding per row (the shared gap, Wp = W + 1) —
-    and no extra rows (a shared phase grid would need one more row and column)."""
+    pixel once, plus one column per row (the shared gap, Wp = W + 1, which the column
+    phases' shared grid uses) — and no extra rows."""
     done = []
     real = implicit.gemm
 
@@ -106,7 +126,7 @@ def test_each_phase_computes_only_its_own_outputs(monkeypatch):
     conv_transpose2d(x, wt, None, 2, 1, algorithm="implicit")
     rows_between_images = 1                                                # period - mq
     assert sum(done) == c * o * 4 * 4 * (n * h + rows_between_images) * (w + 1)
-    assert len(done) == 9                                                  # one GEMM per shift
+    assert len(done) == 6                  # one GEMM per row shift (3) and column tap (2)
     done.clear()
     monkeypatch.setattr(implicit, "IMPLICIT_BAND_BYTES", 1)                # one phase row each
     conv_transpose2d(x, wt, None, 2, 1, algorithm="implicit")

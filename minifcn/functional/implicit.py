@@ -20,12 +20,21 @@ apart, and "``x`` shifted by ``(d, e)``" is the same flat array read from ``d*Wp
 on — a view with rows ``C``-plane apart, which BLAS reads in place
 (:func:`~minifcn.functional.blas.gemm`), and the sum over taps accumulates in the GEMM's
 output (``beta = 1``). Phases that share a shift share its GEMM: their weights stack
-into one taller ``A`` (for FCN's k4 s2 upsamplers, shift (0, 0) serves all four phases).
-Last, the phase outputs are interleaved into ``y`` (the pixel shuffle).
+into one taller ``A``. Last, the phase outputs are interleaved into ``y`` (the pixel
+shuffle).
+
+Rows and columns share differently (:func:`column_slots`). Each row phase computes
+exactly its own rows. The column phases all go on one grid: phase ``t``'s column ``l``
+sits at grid column ``l + delta_t`` (``delta_t`` in {0, 1}), which lines up their
+shifts, so every column shift serves every column phase. That grid is one column wider
+than a phase, but the flat rows carry that column anyway (the zero gap between rows
+that the shifts read as padding), so it costs nothing. For FCN's k4 s2 p1 that makes
+6 GEMMs of 2 or 4 phases each (rows ``O*2`` or ``O*4``) where one per exact shift
+would be 9, four of them a single phase's: BLAS runs the taller ones faster.
 
 Against ``'subpixel'`` (same phases, CPU path in :mod:`.conv`): no im2col copies, and
-each phase computes exactly its own rows, where ``'subpixel'``'s one GEMM computes every
-phase on a shared grid one row and column larger (6% more arithmetic at 32x32).
+no extra rows, where ``'subpixel'``'s one GEMM computes every phase on a shared grid one
+row and column larger (6% more arithmetic at 32x32).
 Against ``'col2im'``: the overlap sum happens in the GEMMs, never in a col matrix.
 Dilation 1 and groups 1 only, like ``'subpixel'``.
 """
@@ -51,41 +60,59 @@ def axis_phases(out_size, k, s, p):
     return phases
 
 
-def _gemm_plan(weight, rows, cols, g, xp):
-    """The GEMMs of one band: ``[(d, e, A, (r0, r1), t), ...]`` — for each shift ``(d, e)``
-    the stacked weights ``A`` of the phases that read it, rows ``(r, o, t)`` for ``r`` in
-    ``r0 .. r1-1`` and every ``t`` (``t = None``) or one ``t``; columns ``c``. Ordered so
-    that a GEMM covering every phase comes first.
+def column_slots(out_size, k, s, p):
+    """The column phases on one shared grid: ``(slots, taps)``.
 
-    Phase ``r`` reads shift ``d`` through tap ``u = r + p - s*d`` (:func:`axis_phases`), so
-    a shift's phases are the ``r`` with ``0 <= u < k`` — one run — and its taps one slice
-    ``W[:, :, u(r0):u(r1), ...]`` of the kernel: ``A`` is that slice, reshaped. It is
-    kept as the transpose of a ``(c, (r, o, t))`` array, copied one input channel's
-    block at a time (in cache; BLAS reads it transposed)."""
-    c, o = weight.shape[:2]
+    ``slots[j] = (t, count, delta)``: slot ``j`` holds phase ``t = (j - p) mod s`` (so its
+    taps are ``v = j + s*a``: the slots run in tap order), whose ``count`` outputs
+    ``t + s*l`` sit at grid columns ``l + delta``. ``taps = [(a, e, width), ...]``: tap
+    ``a`` of every slot ``j < width`` (those with ``j + s*a < k``) reads grid shift ``e``:
+    grid column ``l'`` gets ``W[..., j + s*a] * x[..., l' + e]``.
+
+    Why: phase ``t`` reads shifts ``q_t - a`` with ``q_t = (t + p) // s``
+    (:func:`axis_phases`), and ``q_t`` takes at most two values; moving the phases with
+    the larger one a column to the right (``delta = q_t - min q``) gives them all the
+    shifts ``min q - a``."""
+    q = [(t + p) // s for t in range(s)]
+    slots = []
+    for j in range(s):
+        t = (j - p) % s
+        slots.append((t, len(range(t, out_size, s)), q[t] - min(q)))
+    taps = [(a, min(q) - a, min(s, k - s * a)) for a in range(-(-k // s))]
+    return slots, taps
+
+
+def _gemm_plan(weight, rows, col_taps, g, xp):
+    """The GEMMs of one band: ``[(d, e, A, (r0, r1), j), ...]`` — for each row shift ``d``
+    and column tap ``a`` (grid shift ``e``), the stacked weights ``A`` of the phases that
+    read it: rows ``(r, o, j)`` for ``r`` in ``r0 .. r1-1`` and every slot ``j`` (``j =
+    None``) or one slot ``j``; columns ``c``. Ordered so that a GEMM covering every phase
+    comes first.
+
+    Row phase ``r`` reads shift ``d`` through tap ``u = r + p - s*d`` (:func:`axis_phases`),
+    so a shift's row phases are the ``r`` with ``0 <= u < k`` — one run — and slot ``j``
+    takes column tap ``j + s*a`` (:func:`column_slots`): ``A`` is one slice of the
+    kernel, ``W[:, :, u(r0):u(r1), s*a:s*a + width]``, reshaped. It is kept as the
+    transpose of a ``(c, (r, o, j))`` array, copied one input channel's block at a time
+    (in cache; BLAS reads it transposed)."""
+    c = weight.shape[0]
     ds = sorted({d for _, taps in rows for _, d in taps})
-    es = sorted({e for _, taps in cols for _, e in taps})
-    if not ds or not es:
-        return [], False
     plan = []
     for d in ds:
         r0 = max(0, g.sh * d - g.ph)                        # the phases with 0 <= u < kh
         r1 = min(g.sh, g.sh * d - g.ph + g.kh)
         taps = weight[:, :, g.ph - g.sh * d + r0:g.ph - g.sh * d + r1]   # u = r + p - s*d
-        for e in es:
-            t0, t1 = max(0, g.sw * e - g.pw), min(g.sw, g.sw * e - g.pw + g.kw)
-            v0 = g.pw - g.sw * e
-            if (t0, t1) == (0, g.sw):                       # rows (r, o, t): one uniform stride
-                a_t = _swap_o_and_r(taps[..., v0:v0 + g.sw], xp)
-                plan.append((d, e, a_t.reshape(c, -1).T, (r0, r1), None))
-            else:                                           # rows (r, o) of one t
-                plan.extend((d, e, _swap_o_and_r(taps[..., v0 + t:v0 + t + 1], xp)
-                             .reshape(c, -1).T, (r0, r1), t) for t in range(t0, t1))
+        for a, e, width in col_taps:
+            block = taps[..., g.sw * a:g.sw * a + width]    # slot j: column tap j + s*a
+            if width == g.sw:                               # rows (r, o, j): one uniform stride
+                plan.append((d, e, _swap_o_and_r(block, xp).reshape(c, -1).T, (r0, r1), None))
+            else:                                           # rows (r, o) of one slot
+                plan.extend((d, e, _swap_o_and_r(block[..., j:j + 1], xp).reshape(c, -1).T,
+                             (r0, r1), j) for j in range(width))
     full = [i for i, q in enumerate(plan) if q[3] == (0, g.sh) and q[4] is None]
     if full:
         plan.insert(0, plan.pop(full[0]))
     return plan, bool(full)
-
 
 
 def _swap_o_and_r(taps, xp):
@@ -118,14 +145,14 @@ def conv_transpose2d_implicit(x, weight, g):
     x, weight = x.astype(dtype, copy=False), weight.astype(dtype, copy=False)
     n, c, h, w = x.shape
     rows = axis_phases(g.ho, g.kh, g.sh, g.ph)
-    cols = axis_phases(g.wo, g.kw, g.sw, g.pw)
-    mq = max(count for count, _ in rows)                 # the phase grid: mq x nq blocks
-    nq = max(count for count, _ in cols)
+    slots, col_taps = column_slots(g.wo, g.kw, g.sw, g.pw)
+    mq = max(count for count, _ in rows)                 # phase rows per image
+    grid = max(count + delta for _, count, delta in slots)   # columns of the shared grid
     ds = [d for _, taps in rows for _, d in taps] or [0]
-    es = [e for _, taps in cols for _, e in taps] or [0]
+    es = [e for _, e, _ in col_taps] or [0]
     # Padding that the shifts read: rows -top .. h-1+bottom, columns -gap .. w-1+gap.
     top, bottom = max(0, -min(ds)), max(0, mq - 1 + max(ds) - (h - 1))
-    gap = max(0, -min(es), nq - 1 + max(es) - (w - 1))
+    gap = max(0, -min(es), grid - 1 + max(es) - (w - 1), grid - w)
     lay = _Layout(top=top, gap=gap, wp=gap + w,        # row pitch: gap zeros, then the pixels
                   period=max(h + max(top, bottom), mq))  # images this many rows apart
     row_bytes = g.sh * g.sw * g.o * lay.wp * np.dtype(dtype).itemsize
@@ -133,13 +160,13 @@ def conv_transpose2d_implicit(x, weight, g):
     last = max(lay.start(k0, m0, max(ds), max(es)) + lay.span(k0, k1, m0, m1) * lay.wp
                for k0, k1, m0, m1 in bands)             # the furthest read, + 1
     flat = _stack_input(x, lay, -(-last // lay.wp)).reshape(c, -1)
-    plan, full_first = _gemm_plan(weight, rows, cols, g, xp)
+    plan, full_first = _gemm_plan(weight, rows, col_taps, g, xp)
     y = xp.empty((n, g.o, g.ho, g.wo), dtype=dtype)
     longest = max((k1 - k0) * lay.height(k0, k1, m0, m1) for k0, k1, m0, m1 in bands)
     buf = xp.empty((g.sh, g.o, g.sw, longest * lay.wp), dtype=dtype)
     for band in bands:
         _phase_gemms(flat, plan, full_first, lay, band, buf)
-        _shuffle_phases(buf, rows, cols, lay, band, y, g)
+        _shuffle_phases(buf, rows, slots, lay, band, y, g)
     return y
 
 
@@ -190,16 +217,16 @@ def _phase_gemms(flat, plan, full_first, lay, band, buf):
         gemm(a, b, dest.reshape(-1, length), accumulate=i > 0 or not full_first)
 
 
-def _shuffle_phases(buf, rows, cols, lay, band, y, g):
-    """The pixel shuffle of one band: phase ``(r, t)``'s block ``(m, l)`` ->
-    ``y[:, :, r + sh*m, t + sw*l]``."""
+def _shuffle_phases(buf, rows, slots, lay, band, y, g):
+    """The pixel shuffle of one band: row phase ``r``'s row ``m`` and slot ``j``'s grid
+    column ``l + delta`` -> ``y[:, :, r + sh*m, t + sw*l]`` (``t`` the slot's phase)."""
     k0, k1, m0, m1 = band
     height = lay.height(*band)
     grid = buf[..., :(k1 - k0) * height * lay.wp].reshape(g.sh, g.o, g.sw, k1 - k0, height, lay.wp)
     for r, (count_r, _) in enumerate(rows):
         hr = min(m1, count_r) - m0
-        for t, (count_t, _) in enumerate(cols):
+        for j, (t, count_t, delta) in enumerate(slots):
             if hr > 0 and count_t > 0:
                 y0 = r + g.sh * m0
                 y[k0:k1, :, y0:y0 + g.sh * (hr - 1) + 1:g.sh, t::g.sw] = \
-                    grid[r, :, t, :, :hr, :count_t].transpose(1, 0, 2, 3)
+                    grid[r, :, j, :, :hr, delta:delta + count_t].transpose(1, 0, 2, 3)
