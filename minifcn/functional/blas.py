@@ -122,6 +122,8 @@ def gemm(a, b, out, accumulate=False):
     xp = get_array_module(out)
     if accumulate:
         out += xp.matmul(a, b)
+    elif xp is np:
+        np.matmul(a, b, out=out)          # NumPy takes a strided ``out`` (copying if it must)
     else:
-        xp.matmul(a, b, out=out)
+        out[...] = xp.matmul(a, b)        # whatever CuPy makes of a strided ``out``
     return out
