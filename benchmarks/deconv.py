@@ -153,8 +153,8 @@ def auto_check(rows):
     """Per shape: the algorithm 'auto' resolved to, the fastest explicit one (lowest median
     ratio to torch), and auto's ratio over that best one (1.0: auto picked the best;
     above: by how much its pick lost). This is how the rules in _pick_algorithm
-    (thresholds such as GPU_FUSED_MAX_MACS) are checked against a machine. 'fused' and
-    'implicit' are not ranked for the backward: their backward is 'col2im''s code."""
+    (thresholds such as GPU_FUSED_MAX_MACS) are checked against a machine. 'fused' is
+    not ranked for the backward: its backward is 'col2im''s code."""
     out = []
     for shape in dict.fromkeys(r["shape"] for r in rows):
         timed = {r["impl"].split()[-1]: r for r in rows
@@ -164,7 +164,7 @@ def auto_check(rows):
         auto = timed.pop("auto")
         entry = {"shape": shape, "macs": auto["macs"]}
         for d in ("fwd", "bwd"):
-            ranked = [a for a in timed if not (d == "bwd" and a in ("fused", "implicit"))]
+            ranked = [a for a in timed if not (d == "bwd" and a == "fused")]
             best = min(ranked, key=lambda a: timed[a][f"{d}_ratio"])
             entry.update({f"auto_{d}": auto[f"auto_{d}"], f"best_{d}": best,
                           f"auto_{d}_vs_best": auto[f"{d}_ratio"] / timed[best][f"{d}_ratio"]})

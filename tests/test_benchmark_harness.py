@@ -46,14 +46,15 @@ def test_auto_check_names_the_fastest_algorithm_and_what_auto_lost():
     rows = [{"shape": "s", "impl": "torch", "fwd_ms": 1.0}]
     for impl, f, b in (("auto", 1.2, 0.5), ("col2im", 1.0, 0.5), ("subpixel", 1.2, 0.7),
                        ("fused", 0.8, 0.4),         # fused's backward is col2im's: not ranked
-                       ("implicit", 0.9, 0.3)):     # nor implicit's
+                       ("implicit", 0.9, 0.45)):
         rows.append({"shape": "s", "impl": f"minifcn {impl}", "fwd_ratio": f, "bwd_ratio": b,
                      "macs": 7, "auto_fwd": "subpixel", "auto_bwd": "col2im"})
     rows.append({"shape": "s", "impl": "minifcn broken", "note": "FAILED validation"})
     (check,) = deconv.auto_check(rows)
     assert check.pop("auto_fwd_vs_best") == pytest.approx(1.2 / 0.8)
+    assert check.pop("auto_bwd_vs_best") == pytest.approx(0.5 / 0.45)      # implicit's own
     assert check == {"shape": "s", "macs": 7, "auto_fwd": "subpixel", "best_fwd": "fused",
-                     "auto_bwd": "col2im", "best_bwd": "col2im", "auto_bwd_vs_best": 1.0}
+                     "auto_bwd": "col2im", "best_bwd": "implicit"}
 
 
 def test_deconv_refuses_to_time_a_variant_that_fails_validation(monkeypatch):

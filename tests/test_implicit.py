@@ -1,6 +1,7 @@
-"""``conv_transpose2d(..., algorithm='implicit')``: the phase table against a naive
-enumeration of the stamp formula, the op against torch in every band layout and through
-both GEMM paths, and the claim that each phase computes only its own outputs.
+"""``conv_transpose2d(..., algorithm='implicit')``: the phase tables against a naive
+enumeration of the stamp formula, the op and its gradients against torch in every band
+layout and through both GEMM paths, and the claim that each phase computes only its own
+outputs.
 
 (The op's forward and gradients on the shared geometry grids are in test_conv_transpose.py,
 test_math.py and test_gradcheck.py, which loop over every algorithm.)"""
@@ -14,7 +15,8 @@ import torch
 import torch.nn.functional as TF
 
 from conftest import assert_close
-from minifcn.functional import blas, conv_transpose2d, conv_transpose_output_size, implicit
+from minifcn.functional import (blas, conv_transpose2d, conv_transpose2d_backward,
+                                conv_transpose_output_size, implicit)
 
 
 @pytest.mark.parametrize("k,s,p,extra", [(4, 2, 1, 0), (4, 2, 0, 1), (64, 32, 16, 0),
@@ -73,16 +75,37 @@ CASES = [
 ]
 
 
+def _torch_grads(x, wt, dy, s, p, op):
+    xt, wtt = torch.tensor(x, requires_grad=True), torch.tensor(wt, requires_grad=True)
+    TF.conv_transpose2d(xt, wtt, None, s, p, op).backward(torch.tensor(dy))
+    return xt.grad.numpy(), wtt.grad.numpy()
+
+
 @pytest.mark.parametrize("band_bytes", [1, 3000, 1 << 30], ids=["row bands", "few images", "whole"])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_implicit_against_torch_in_every_band_layout(monkeypatch, case, band_bytes):
-    """Bands of one phase row, of a few images, or the whole batch: the same result."""
+    """Bands of one phase row, of a few images, or the whole batch: the same forward, and
+    the same gradients (each alone too: need_input_grad / need_weight_grad)."""
     n, c, o, h, w, k, s, p, op = case
     monkeypatch.setattr(implicit, "IMPLICIT_BAND_BYTES", band_bytes)
     rng = np.random.default_rng(sum(k) + sum(s))
     x, wt = rng.standard_normal((n, c, h, w)), rng.standard_normal((c, o) + k)
     y = conv_transpose2d(x, wt, None, s, p, op, algorithm="implicit")
     assert_close(y, _torch_ref(x, wt, s, p, op), np.float64, f"{case} band {band_bytes}")
+    dy = rng.standard_normal(y.shape)
+    ref_dx, ref_dw = _torch_grads(x, wt, dy, s, p, op)
+    dx, dw, db = conv_transpose2d_backward(dy, x, wt, s, p, op, algorithm="implicit")
+    assert_close(dx, ref_dx, np.float64, f"dx {case} band {band_bytes}")
+    assert_close(dw, ref_dw, np.float64, f"dW {case} band {band_bytes}")
+    assert_close(db, dy.sum(axis=(0, 2, 3)), np.float64, "db")
+    dx, dw, _ = conv_transpose2d_backward(dy, x, wt, s, p, op, need_weight_grad=False,
+                                          algorithm="implicit")
+    assert dw is None
+    assert_close(dx, ref_dx, np.float64, "dx alone")
+    dx, dw, _ = conv_transpose2d_backward(dy, x, wt, s, p, op, need_input_grad=False,
+                                          algorithm="implicit")
+    assert dx is None
+    assert_close(dw, ref_dw, np.float64, "dW alone")
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
@@ -95,8 +118,14 @@ def test_implicit_without_cblas_is_the_same_op(monkeypatch, dtype):
         wt = rng.standard_normal((c, o) + k).astype(dtype)
         y = conv_transpose2d(x, wt, None, s, p, op, algorithm="implicit")
         assert y.dtype == dtype
-        assert_close(y, _torch_ref(x.astype(np.float64), wt.astype(np.float64), s, p, op),
-                     dtype, "matmul fallback")
+        x64, w64 = x.astype(np.float64), wt.astype(np.float64)
+        assert_close(y, _torch_ref(x64, w64, s, p, op), dtype, "matmul fallback")
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dx, dw, _ = conv_transpose2d_backward(dy, x, wt, s, p, op, algorithm="implicit")
+        ref_dx, ref_dw = _torch_grads(x64, w64, dy.astype(np.float64), s, p, op)
+        assert dx.dtype == dw.dtype == dtype
+        assert_close(dx, ref_dx, dtype, "dx, matmul fallback")
+        assert_close(dw, ref_dw, dtype, "dW, matmul fallback")
 
 
 def test_implicit_keeps_the_result_dtype_of_its_inputs():

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ._checks import check_4d, check_float, check_positive_size, pair
-from .implicit import conv_transpose2d_implicit
+from .implicit import conv_transpose2d_implicit, conv_transpose2d_implicit_backward
 from .im2col import (_col2im, _im2col, _pixel_shuffle, conv_output_size,
                      conv_transpose_output_size)
 
@@ -449,8 +449,8 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     - ``'implicit'`` — ``'subpixel'``'s phases without its im2col: each phase is a sum over
       its taps of ``W_tap @ (x shifted)``, one GEMM per shift reading the padded input in
       place and adding into the phase's output (:mod:`.implicit`), then the pixel shuffle.
-      Each phase computes exactly its own outputs. Dilation 1, groups 1; its backward is
-      ``'col2im'``'s.
+      Each row phase computes exactly its own rows. Dilation 1, groups 1. Its backward is
+      its adjoint, step by step (:func:`~.implicit.conv_transpose2d_implicit_backward`).
     - ``'auto'`` — ``'subpixel'`` when it applies and ``s`` divides ``k`` (no padded taps)
       with ``s > 1``, else ``'col2im'``; on the GPU, ``'fused'`` for small problems (see
       :func:`_pick_algorithm`; ``benchmarks/deconv.py`` measures all of them).
@@ -528,8 +528,8 @@ def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding
     i.e. ``dW = x @ col^T``: each weight multiplied an input pixel onto an output pixel, so
     its gradient pairs that input with the gradient that reached that output.
     ``db[o] = sum dy[n, o, :, :]`` (the bias was added to every output pixel).
-    ``algorithm='fused'`` and ``'implicit'`` run this ``'col2im'`` backward (only their
-    forwards differ).
+    ``algorithm='fused'`` runs this ``'col2im'`` backward (only its forward differs);
+    ``'implicit'`` runs its forward's adjoint (:mod:`.implicit`).
     With ``output_padding >= stride`` (possible when dilation > stride) the convolution of
     ``dy`` has windows past the first H x W; no input fed them, so they are not computed.
 
@@ -542,7 +542,10 @@ def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding
                   groups, output_padding)
     _check_grad_shape("conv_transpose2d_backward", dy, g)
     algorithm = _pick_algorithm(algorithm, g, backward=True)
-    if algorithm == "subpixel":
+    if algorithm == "implicit":
+        dx, dw = conv_transpose2d_implicit_backward(dy, x, weight, g, need_input_grad,
+                                                    need_weight_grad)
+    elif algorithm == "subpixel":
         hq, wq = g.h + g.ah - 1, g.w + g.aw - 1
         dysub = _im2col(dy, g.sh, g.sw, g.sh, g.sw, g.ph, g.pw, 1, 1, hq, wq)  # (N,O,sh,sw,Hq,Wq)
         dysub = dysub.reshape(g.n, g.o * g.sh * g.sw, hq, wq)
@@ -637,7 +640,7 @@ def _pick_algorithm(algorithm, g, backward=False):
     if algorithm in ("subpixel", "implicit") and not subpixel_ok:
         raise ValueError(f"algorithm {algorithm!r} needs dilation 1 and groups 1, got "
                          f"dilation {(g.dh, g.dw)} and groups {g.groups}")
-    if algorithm in ("fused", "implicit") and backward:
+    if algorithm == "fused" and backward:
         algorithm = "col2im"
     if algorithm == "auto":
         fits = subpixel_ok and g.kh % g.sh == 0 and g.kw % g.sw == 0

@@ -32,6 +32,10 @@ that the shifts read as padding), so it costs nothing. For FCN's k4 s2 p1 that m
 6 GEMMs of 2 or 4 phases each (rows ``O*2`` or ``O*4``) where one per exact shift
 would be 9, four of them a single phase's: BLAS runs the taller ones faster.
 
+The backward (:func:`conv_transpose2d_implicit_backward`) is the same steps transposed:
+``dy`` un-shuffled onto the phase grid, then per GEMM ``A^T @ grad`` added into a shifted
+window of the stacked input's gradient, and ``grad @ (x shifted)^T`` into ``A``'s.
+
 Against ``'subpixel'`` (same phases, CPU path in :mod:`.conv`): no im2col copies, and
 no extra rows, where ``'subpixel'``'s one GEMM computes every phase on a shared grid one
 row and column larger (6% more arithmetic at 32x32).
@@ -39,6 +43,8 @@ Against ``'col2im'``: the overlap sum happens in the GEMMs, never in a col matri
 Dilation 1 and groups 1 only, like ``'subpixel'``.
 """
 from __future__ import annotations
+
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -82,12 +88,25 @@ def column_slots(out_size, k, s, p):
     return slots, taps
 
 
+class _Gemm(NamedTuple):
+    """One GEMM of a band: ``A @ (x shifted by (d, e))`` into rows ``(r, o, j)`` of the
+    phase buffer, ``r`` in ``r0 .. r1-1``, ``j`` every slot (``slot = None``) or one.
+    ``A`` (``(r, o, j) x c``) is the weight block ``W[:, :, u0:u0 + r1 - r0, v0:v0 + nv]``."""
+    d: int
+    e: int
+    a: object
+    r0: int
+    r1: int
+    slot: Optional[int]
+    u0: int
+    v0: int
+    nv: int
+
+
 def _gemm_plan(weight, rows, col_taps, g, xp):
-    """The GEMMs of one band: ``[(d, e, A, (r0, r1), j), ...]`` — for each row shift ``d``
-    and column tap ``a`` (grid shift ``e``), the stacked weights ``A`` of the phases that
-    read it: rows ``(r, o, j)`` for ``r`` in ``r0 .. r1-1`` and every slot ``j`` (``j =
-    None``) or one slot ``j``; columns ``c``. Ordered so that a GEMM covering every phase
-    comes first.
+    """The GEMMs of one band (:class:`_Gemm`): one for each row shift ``d`` and column
+    tap ``a`` (grid shift ``e``), over the phases that read it — ordered so that one
+    covering every phase, if any, comes first (it can overwrite instead of add).
 
     Row phase ``r`` reads shift ``d`` through tap ``u = r + p - s*d`` (:func:`axis_phases`),
     so a shift's row phases are the ``r`` with ``0 <= u < k`` — one run — and slot ``j``
@@ -101,15 +120,19 @@ def _gemm_plan(weight, rows, col_taps, g, xp):
     for d in ds:
         r0 = max(0, g.sh * d - g.ph)                        # the phases with 0 <= u < kh
         r1 = min(g.sh, g.sh * d - g.ph + g.kh)
-        taps = weight[:, :, g.ph - g.sh * d + r0:g.ph - g.sh * d + r1]   # u = r + p - s*d
+        u0 = g.ph - g.sh * d + r0                           # u = r + p - s*d
+        taps = weight[:, :, u0:u0 + r1 - r0]
         for a, e, width in col_taps:
-            block = taps[..., g.sw * a:g.sw * a + width]    # slot j: column tap j + s*a
             if width == g.sw:                               # rows (r, o, j): one uniform stride
-                plan.append((d, e, _swap_o_and_r(block, xp).reshape(c, -1).T, (r0, r1), None))
+                block = taps[..., g.sw * a:g.sw * a + width]
+                plan.append(_Gemm(d, e, _swap_o_and_r(block, xp).reshape(c, -1).T, r0, r1,
+                                  None, u0, g.sw * a, width))
             else:                                           # rows (r, o) of one slot
-                plan.extend((d, e, _swap_o_and_r(block[..., j:j + 1], xp).reshape(c, -1).T,
-                             (r0, r1), j) for j in range(width))
-    full = [i for i, q in enumerate(plan) if q[3] == (0, g.sh) and q[4] is None]
+                for j in range(width):
+                    block = taps[..., g.sw * a + j:g.sw * a + j + 1]
+                    plan.append(_Gemm(d, e, _swap_o_and_r(block, xp).reshape(c, -1).T, r0, r1,
+                                      j, u0, g.sw * a + j, 1))
+    full = [i for i, q in enumerate(plan) if (q.r0, q.r1) == (0, g.sh) and q.slot is None]
     if full:
         plan.insert(0, plan.pop(full[0]))
     return plan, bool(full)
@@ -141,40 +164,91 @@ def conv_transpose2d_implicit(x, weight, g):
     """The forward (no bias) of :func:`~.conv.conv_transpose2d` with ``algorithm='implicit'``;
     ``g`` from :func:`~.conv._geometry` (dilation 1, groups 1)."""
     xp = get_array_module(x)
-    dtype = g.dtype
-    x, weight = x.astype(dtype, copy=False), weight.astype(dtype, copy=False)
-    n, c, h, w = x.shape
-    rows = axis_phases(g.ho, g.kh, g.sh, g.ph)
-    slots, col_taps = column_slots(g.wo, g.kw, g.sw, g.pw)
-    mq = max(count for count, _ in rows)                 # phase rows per image
-    grid = max(count + delta for _, count, delta in slots)   # columns of the shared grid
-    ds = [d for _, taps in rows for _, d in taps] or [0]
-    es = [e for _, e, _ in col_taps] or [0]
-    # Padding that the shifts read: rows -top .. h-1+bottom, columns -gap .. w-1+gap.
-    top, bottom = max(0, -min(ds)), max(0, mq - 1 + max(ds) - (h - 1))
-    gap = max(0, -min(es), grid - 1 + max(es) - (w - 1), grid - w)
-    lay = _Layout(top=top, gap=gap, wp=gap + w,        # row pitch: gap zeros, then the pixels
-                  period=max(h + max(top, bottom), mq))  # images this many rows apart
-    row_bytes = g.sh * g.sw * g.o * lay.wp * np.dtype(dtype).itemsize
-    bands = _bands(n, mq, lay.period, row_bytes, IMPLICIT_BAND_BYTES)
-    last = max(lay.start(k0, m0, max(ds), max(es)) + lay.span(k0, k1, m0, m1) * lay.wp
-               for k0, k1, m0, m1 in bands)             # the furthest read, + 1
-    flat = _stack_input(x, lay, -(-last // lay.wp)).reshape(c, -1)
-    plan, full_first = _gemm_plan(weight, rows, col_taps, g, xp)
-    y = xp.empty((n, g.o, g.ho, g.wo), dtype=dtype)
-    longest = max((k1 - k0) * lay.height(k0, k1, m0, m1) for k0, k1, m0, m1 in bands)
-    buf = xp.empty((g.sh, g.o, g.sw, longest * lay.wp), dtype=dtype)
-    for band in bands:
+    x, weight = x.astype(g.dtype, copy=False), weight.astype(g.dtype, copy=False)
+    lay = _Layout(g)
+    flat = _stack_input(x, lay).reshape(g.c, -1)
+    plan, full_first = _gemm_plan(weight, lay.rows, lay.col_taps, g, xp)
+    y = xp.empty((g.n, g.o, g.ho, g.wo), dtype=g.dtype)
+    buf = xp.empty((g.sh, g.o, g.sw, lay.longest * lay.wp), dtype=g.dtype)
+    for band in lay.bands:
         _phase_gemms(flat, plan, full_first, lay, band, buf)
-        _shuffle_phases(buf, rows, slots, lay, band, y, g)
+        _shuffle_phases(buf, lay, band, y, g)
     return y
 
 
-class _Layout:
-    """Where things sit in the stacked input and in a band's phase outputs."""
+def conv_transpose2d_implicit_backward(dy, x, weight, g, need_dx=True, need_dw=True):
+    r"""``(dx, dW)`` of :func:`conv_transpose2d_implicit`: the adjoint of each of its steps.
 
-    def __init__(self, top, gap, wp, period):
-        self.top, self.gap, self.wp, self.period = top, gap, wp, period
+    Forward, per band and GEMM: ``out[rows, q] += A @ flat[:, start + q]``, then the pixel
+    shuffle. Backward: un-shuffle ``dy`` onto the phase grid (``G``, zero wherever the
+    forward computed a value it then threw away), and for each GEMM
+
+    - ``dflat[:, start + q] += A^T @ G[rows, q]``  (the input gradient, in the stacked
+      layout: a GEMM whose output is a shifted window — BLAS writes it in place);
+    - ``dA += G[rows, :] @ flat[:, start:start + L]^T``  (BLAS reads the window transposed).
+
+    ``dx`` is the pixels of ``dflat`` (its padding is dropped), and ``dW`` is the blocks
+    ``dA`` put back where ``A`` came from (each tap of ``W`` is in exactly one ``A``)."""
+    xp = get_array_module(x)
+    dtype = g.dtype
+    dy, x, weight = (a.astype(dtype, copy=False) for a in (dy, x, weight))
+    lay = _Layout(g)
+    plan, _ = _gemm_plan(weight, lay.rows, lay.col_taps, g, xp)
+    flat = _stack_input(x, lay).reshape(g.c, -1) if need_dw else None
+    dflat = xp.zeros((g.c, lay.stack_rows * lay.wp), dtype=dtype) if need_dx else None
+    da = [xp.zeros((q.a.shape[0], g.c), dtype=dtype) for q in plan] if need_dw else None
+    buf = xp.empty((g.sh, g.o, g.sw, lay.longest * lay.wp), dtype=dtype)
+    for band in lay.bands:
+        k0, k1, m0, m1 = band
+        length = lay.span(*band) * lay.wp
+        _unshuffle_phases(dy, buf, lay, band, g)
+        for i, q in enumerate(plan):
+            start = lay.start(k0, m0, q.d, q.e)
+            grad = buf[q.r0:q.r1] if q.slot is None else buf[q.r0:q.r1, :, q.slot]
+            grad = grad[..., :length].reshape(-1, length)
+            if need_dx:
+                gemm(q.a.T, grad, dflat[:, start:start + length], accumulate=True)
+            if need_dw:
+                gemm(grad, flat[:, start:start + length].T, da[i], accumulate=True)
+    dx = dw = None
+    if need_dx:
+        pixels = dflat.reshape(g.c, lay.stack_rows, lay.wp)[:, lay.top:lay.top + g.n * lay.period]
+        dx = xp.ascontiguousarray(pixels.reshape(g.c, g.n, lay.period, lay.wp)
+                                  [:, :, :g.h, lay.gap:].transpose(1, 0, 2, 3))
+    if need_dw:
+        dw = xp.zeros(weight.shape, dtype=dtype)
+        for q, grad_a in zip(plan, da):        # grad_a: rows (r, o, j) x c -> W[c, o, u, v]
+            nr = q.r1 - q.r0
+            block = grad_a.T.reshape(g.c, nr, g.o, q.nv).transpose(0, 2, 1, 3)
+            dw[:, :, q.u0:q.u0 + nr, q.v0:q.v0 + q.nv] = block
+    return dx, dw
+
+
+class _Layout:
+    """Where everything sits: the phase tables, the stacked input (image ``k``'s pixel
+    ``(i, j)`` at stack row ``top + k*period + i``, column ``gap + j``; rows ``wp`` apart)
+    and the bands ``(k0, k1, m0, m1)`` of phase rows the GEMMs run over."""
+
+    def __init__(self, g):
+        self.rows = axis_phases(g.ho, g.kh, g.sh, g.ph)
+        self.slots, self.col_taps = column_slots(g.wo, g.kw, g.sw, g.pw)
+        mq = max(count for count, _ in self.rows)             # phase rows per image
+        grid = max(count + delta for _, count, delta in self.slots)   # shared grid columns
+        ds = [d for _, taps in self.rows for _, d in taps] or [0]
+        es = [e for _, e, _ in self.col_taps] or [0]
+        # Padding that the shifts read: rows -top .. h-1+bottom, columns -gap .. w-1+gap.
+        self.top = max(0, -min(ds))
+        bottom = max(0, mq - 1 + max(ds) - (g.h - 1))
+        self.gap = max(0, -min(es), grid - 1 + max(es) - (g.w - 1), grid - g.w)
+        self.wp = self.gap + g.w                  # row pitch: gap zeros, then the pixels
+        self.period = max(g.h + max(self.top, bottom), mq)   # images this many rows apart
+        row_bytes = g.sh * g.sw * g.o * self.wp * np.dtype(g.dtype).itemsize
+        self.bands = _bands(g.n, mq, self.period, row_bytes, IMPLICIT_BAND_BYTES)
+        last = max(self.start(k0, m0, max(ds), max(es)) + self.span(k0, k1, m0, m1) * self.wp
+                   for k0, k1, m0, m1 in self.bands)          # the furthest read, + 1
+        self.stack_rows = max(-(-last // self.wp), self.top + g.n * self.period)
+        self.longest = max((k1 - k0) * self.height(k0, k1, m0, m1)
+                           for k0, k1, m0, m1 in self.bands)  # phase-buffer rows per band
 
     def start(self, k0, m0, d, e):
         """Flat index of input pixel ``(m0 + d, e)`` of image ``k0``: where the band's
@@ -190,43 +264,67 @@ class _Layout:
         return self.period if k1 - k0 > 1 else m1 - m0
 
 
-def _stack_input(x, lay, rows):
-    """The input images one below the other: image ``k``'s pixel ``(i, j)`` at
-    ``stack[:, top + k*period + i, gap + j]``, zeros everywhere else — the padding,
-    shared by neighbouring rows and images. ``(C, rows, Wp)``."""
+def _stack_input(x, lay):
+    """The input images one below the other, as :class:`_Layout` places them, zeros
+    everywhere else — the padding, shared by neighbouring rows and images.
+    ``(C, stack_rows, wp)``."""
     xp = get_array_module(x)
     n, c, h, _ = x.shape
-    stack = xp.zeros((c, max(rows, lay.top + n * lay.period), lay.wp), dtype=x.dtype)
+    stack = xp.zeros((c, lay.stack_rows, lay.wp), dtype=x.dtype)
     stack[:, lay.top:lay.top + n * lay.period].reshape(c, n, lay.period, lay.wp)[:, :, :h, lay.gap:] = \
         x.transpose(1, 0, 2, 3)
     return stack
 
 
 def _phase_gemms(flat, plan, full_first, lay, band, buf):
-    """One band's phase outputs into ``buf (sh, O, sw, L)``: for each shift, ``A @ (x
+    """One band's phase outputs into ``buf (sh, O, sw, L)``: for each GEMM, ``A @ (x
     shifted)`` added into the rows of the phases it serves."""
     k0, k1, m0, m1 = band
     length = lay.span(*band) * lay.wp                  # GEMM columns: phase-grid positions
     out = buf[..., :length]
     if not full_first:
         out.fill(0)                                     # phases that no tap reaches stay 0
-    for i, (d, e, a, (r0, r1), t) in enumerate(plan):
-        start = lay.start(k0, m0, d, e)
+    for i, q in enumerate(plan):
+        start = lay.start(k0, m0, q.d, q.e)
         b = flat[:, start:start + length]               # x shifted by (d, e): a view
-        dest = out[r0:r1] if t is None else out[r0:r1, :, t]
-        gemm(a, b, dest.reshape(-1, length), accumulate=i > 0 or not full_first)
+        dest = out[q.r0:q.r1] if q.slot is None else out[q.r0:q.r1, :, q.slot]
+        gemm(q.a, b, dest.reshape(-1, length), accumulate=i > 0 or not full_first)
 
 
-def _shuffle_phases(buf, rows, slots, lay, band, y, g):
-    """The pixel shuffle of one band: row phase ``r``'s row ``m`` and slot ``j``'s grid
-    column ``l + delta`` -> ``y[:, :, r + sh*m, t + sw*l]`` (``t`` the slot's phase)."""
+def _band_grid(buf, lay, band, g):
+    """The band's phase buffer as ``(sh, O, sw, images, rows, wp)``."""
     k0, k1, m0, m1 = band
     height = lay.height(*band)
-    grid = buf[..., :(k1 - k0) * height * lay.wp].reshape(g.sh, g.o, g.sw, k1 - k0, height, lay.wp)
-    for r, (count_r, _) in enumerate(rows):
+    return buf[..., :(k1 - k0) * height * lay.wp].reshape(g.sh, g.o, g.sw, k1 - k0, height, lay.wp)
+
+
+def _phase_blocks(lay, band, g):
+    """For the pixel shuffle of one band: ``(r, j, output rows, output columns, grid rows,
+    grid columns)`` — row phase ``r``'s row ``m`` and slot ``j``'s grid column
+    ``l + delta`` hold output ``(r + sh*m, t + sw*l)``, ``t`` the slot's phase."""
+    k0, k1, m0, m1 = band
+    for r, (count_r, _) in enumerate(lay.rows):
         hr = min(m1, count_r) - m0
-        for j, (t, count_t, delta) in enumerate(slots):
+        for j, (t, count_t, delta) in enumerate(lay.slots):
             if hr > 0 and count_t > 0:
                 y0 = r + g.sh * m0
-                y[k0:k1, :, y0:y0 + g.sh * (hr - 1) + 1:g.sh, t::g.sw] = \
-                    grid[r, :, j, :, :hr, delta:delta + count_t].transpose(1, 0, 2, 3)
+                yield (r, j, slice(y0, y0 + g.sh * (hr - 1) + 1, g.sh), slice(t, None, g.sw),
+                       slice(0, hr), slice(delta, delta + count_t))
+
+
+def _shuffle_phases(buf, lay, band, y, g):
+    """The pixel shuffle of one band: phase outputs -> ``y``."""
+    k0, k1 = band[:2]
+    grid = _band_grid(buf, lay, band, g)
+    for r, j, ys, xs, ms, ls in _phase_blocks(lay, band, g):
+        y[k0:k1, :, ys, xs] = grid[r, :, j, :, ms, ls].transpose(1, 0, 2, 3)
+
+
+def _unshuffle_phases(dy, buf, lay, band, g):
+    """The adjoint of :func:`_shuffle_phases`: ``dy`` -> the band's phase buffer, zero
+    at the grid positions that hold no output."""
+    k0, k1 = band[:2]
+    grid = _band_grid(buf, lay, band, g)
+    grid.fill(0)
+    for r, j, ys, xs, ms, ls in _phase_blocks(lay, band, g):
+        grid[r, :, j, :, ms, ls] = dy[k0:k1, :, ys, xs].transpose(1, 0, 2, 3)
