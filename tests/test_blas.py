@@ -29,7 +29,7 @@ def _views(dtype):
         ("rows of a wider array", big[2:7, 3:10], big[10:17, 5:14]),    # ld = 40
         ("transposed a", big[:7, 20:25].T, big[:7, :9]),                 # BLAS transposes
         ("transposed b", big[:5, :7], big[11:20, 30:37].T),
-        ("overlapping windows", big[0, :5 * 7].reshape(5, 7),           # a shifted flat image:
+        ("rows that overlap (BLAS refuses ld < row length: matmul)", big[0, :5 * 7].reshape(5, 7),
          np.lib.stride_tricks.as_strided(big[0], (7, 9), (big.strides[1] * 2, big.strides[1]))),
         ("one row, one column", big[:1, :7], big[:7, 3:4]),
         ("inner size one", big[:5, :1], big[3:4, :9]),
@@ -48,7 +48,10 @@ def path(request, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])
-def test_gemm_against_a_naive_loop(path, dtype, accumulate):
+def test_gemm_against_a_naive_loop(path, dtype, accumulate, monkeypatch):
+    calls = []
+    real_call = blas._call
+    monkeypatch.setattr(blas, "_call", lambda *args: calls.append(1) or real_call(*args))
     for name, a, b in _views(dtype):
         base = np.random.default_rng(4).standard_normal((a.shape[0] + 2, b.shape[1] + 3))
         outer = base.astype(dtype)
@@ -60,6 +63,23 @@ def test_gemm_against_a_naive_loop(path, dtype, accumulate):
         untouched = np.ones(outer.shape, bool)
         untouched[1:1 + a.shape[0], 2:2 + b.shape[1]] = False
         np.testing.assert_array_equal(outer[untouched], before[untouched])   # nothing else
+    # every case but the overlapping rows went to BLAS itself (none where it is disabled)
+    assert len(calls) == (len(_views(dtype)) - 1 if path == "cblas" else 0)
+
+
+def test_gemm_leaves_aliasing_and_read_only_outputs_to_matmul():
+    """BLAS assumes ``out`` shares no memory with ``a`` or ``b``, and would write through
+    a read-only view: both go to matmul, which copies, or refuses."""
+    rng = np.random.default_rng(6)
+    for dtype in (np.float32, np.float64):
+        a = rng.standard_normal((16, 16)).astype(dtype)
+        ref = naive(a, a)
+        blas.gemm(a, a, a)                                   # out is a and b
+        assert_close(a, ref, dtype, "gemm(a, a, a)")
+        frozen = np.frombuffer(bytes(16 * 16 * np.dtype(dtype).itemsize), dtype).reshape(16, 16)
+        with pytest.raises(ValueError, match="read-only"):
+            blas.gemm(a, a, frozen)
+        assert not frozen.any()
 
 
 def test_gemm_refuses_shapes_that_do_not_fit():

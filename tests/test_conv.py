@@ -170,3 +170,13 @@ def test_conv2d_non_contiguous_inputs(xp, view):
     y_ref, _ = torch_grads(lambda x, w: TF.conv2d(x, w, None, 1, (1, 0)),
                            {"x": to_np(xc), "w": to_np(wc)})
     assert_close(y, y_ref, np.float64, f"forward on a {view} view")
+
+
+def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients():
+    """N = 0: conv2d's backward used to index the first image of dy (IndexError)."""
+    x, w = np.zeros((0, 3, 6, 6)), np.ones((4, 3, 3, 3))
+    y = conv2d(x, w, np.ones(4), 1, 1)
+    assert y.shape == (0, 4, 6, 6)
+    dx, dw, db = conv2d_backward(np.zeros(y.shape), x, w, 1, 1)
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == (4,)
+    assert not dw.any() and not db.any()

@@ -309,8 +309,12 @@ def test_auto_algorithm_choice_follows_the_measurements():
     assert pick(4, 2, backward=True) == pick(3, 1) == pick(3, 2) == "col2im"
     assert pick(8, 4, backward=True, o=64) == "col2im"             # many channels: col2im
     assert pick(8, 4, o=64) == "subpixel"
-    # 'implicit': the CPU forward at stride 2 with >= 128 channels in and out
-    assert pick(4, 2, n=8, o=128, hw=32) == pick(4, 2, o=256) == "implicit"
+    # 'implicit': the CPU forward at stride 2 with >= 128 channels in and out, where its
+    # GEMMs reach BLAS (float32/64 with NumPy's OpenBLAS)
+    from minifcn.functional.blas import uses_cblas
+    want = "implicit" if uses_cblas(np.float32) else "subpixel"
+    assert pick(4, 2, n=8, o=128, hw=32) == pick(4, 2, o=256) == want
+    assert pick(4, 2, o=256, dtype=np.float16) == "subpixel"
     assert pick(4, 2, o=64) == pick(8, 4, o=256) == pick(16, 8, o=256) == "subpixel"
     assert pick(4, 2, o=256, backward=True) == "col2im"
     assert pick(4, 2, algorithm="implicit", backward=True) == "implicit"
@@ -332,3 +336,16 @@ def test_auto_algorithm_choice_follows_the_measurements():
     g = SimpleNamespace(kh=4, kw=4, sh=2, sw=2, dh=1, dw=1, groups=1, gpu=True, n=1, o=1,
                         c=4096, h=1, w=1, ho=4, wo=4, dtype=np.dtype(np.float32))
     assert _pick_algorithm("auto", g) == "col2im"
+
+
+@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused", "implicit", "auto"])
+def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(algorithm):
+    """N = 0 (a data loader's last, empty batch): every algorithm returns the empty shapes
+    and dW = db = 0, as torch does — none of them may index the first image."""
+    x, wt = np.zeros((0, 128, 4, 4), np.float32), np.ones((128, 128, 4, 4), np.float32)
+    y = conv_transpose2d(x, wt, np.ones(128, np.float32), 2, 1, algorithm=algorithm)
+    assert y.shape == (0, 128, 8, 8) and y.dtype == np.float32
+    dx, dw, db = conv_transpose2d_backward(np.zeros(y.shape, np.float32), x, wt, 2, 1,
+                                           algorithm=algorithm)
+    assert dx.shape == x.shape and dw.shape == wt.shape and db.shape == (128,)
+    assert not dw.any() and not db.any()

@@ -137,12 +137,16 @@ def test_implicit_keeps_the_result_dtype_of_its_inputs():
     assert_close(y, _torch_ref(x.astype(np.float64), wt, 2, 1, 0), np.float64, "mixed")
 
 
-def test_each_phase_computes_only_its_own_outputs(monkeypatch):
+def test_the_gemms_multiply_add_only_what_the_phases_need(monkeypatch):
     """The GEMMs' multiply-adds for 256->128-like k4 s2 p1: every tap of every output
     pixel once, plus one column per row (the shared gap, Wp = W + 1, which the column
-    phases' shared grid uses) — and no extra rows."""
-    done = []
+    phases' shared grid uses) and, in a band of several images, the zero row between
+    them — but no extra row per phase (the sub-pixel path's shared grid has one). And
+    the GEMMs go to BLAS itself where it is reachable."""
+    done, blas_calls = [], []
     real = implicit.gemm
+    real_call = blas._call
+    monkeypatch.setattr(blas, "_call", lambda *args: blas_calls.append(1) or real_call(*args))
 
     def counting(a, b, out, accumulate=False):
         done.append(a.shape[0] * a.shape[1] * b.shape[1])
@@ -157,9 +161,11 @@ def test_each_phase_computes_only_its_own_outputs(monkeypatch):
     assert sum(done) == c * o * 4 * 4 * (n * h + rows_between_images) * (w + 1)
     assert len(done) == 6                  # one GEMM per row shift (3) and column tap (2)
     done.clear()
+    blas_calls.clear()
     monkeypatch.setattr(implicit, "IMPLICIT_BAND_BYTES", 1)                # one phase row each
     conv_transpose2d(x, wt, None, 2, 1, algorithm="implicit")
     assert sum(done) == c * o * 4 * 4 * n * h * (w + 1)
+    assert len(blas_calls) == (len(done) if blas.uses_cblas(np.float64) else 0)
 
 
 def test_implicit_refuses_what_it_cannot_do():

@@ -38,7 +38,8 @@ def _load_cblas():
     ``dlsym`` on NumPy's extension module finds the symbols of the libraries it was
     linked against. Only the ``64_``-suffixed names are used: their integers are
     certainly 64-bit (a plain ``cblas_sgemm`` may be either, and a wrong guess corrupts
-    the call), and a one-off check against ``matmul`` must pass."""
+    the call; no numerical check could tell, since small sizes read the same either
+    way). A one-off product against ``matmul`` must still pass."""
     try:
         try:
             from numpy._core import _multiarray_umath as module
@@ -108,13 +109,18 @@ def uses_cblas(dtype):
 
 def gemm(a, b, out, accumulate=False):
     """``out[...] = a @ b``, or ``out += a @ b`` with ``accumulate``: 2-D arrays, views
-    welcome (``a`` and ``b`` may also be transposed views). Returns ``out``."""
+    welcome (``a`` and ``b`` may also be transposed views). Returns ``out``. An ``out``
+    that overlaps ``a`` or ``b``, or is read-only, goes to matmul (which copies, or
+    refuses)."""
     m, k = a.shape
     if b.shape[0] != k or out.shape != (m, b.shape[1]):
         raise ValueError(f"gemm: shapes {a.shape} @ {b.shape} -> {out.shape} do not fit")
     fn = CBLAS.get(out.dtype) if type(out) is np.ndarray else None
     if (fn is not None and m and k and out.shape[1] and type(a) is np.ndarray
             and type(b) is np.ndarray and a.dtype == b.dtype == out.dtype
+            and out.flags.writeable                 # else matmul refuses, as it should
+            and not np.may_share_memory(out, a)     # BLAS assumes no aliasing
+            and not np.may_share_memory(out, b)
             and _layout(a, out.itemsize) and _layout(b, out.itemsize)
             and (_layout(out, out.itemsize) or (None,))[0] == _NO_TRANS):
         _call(fn, a, b, out, 1.0 if accumulate else 0.0)

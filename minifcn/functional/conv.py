@@ -31,6 +31,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ._checks import check_4d, check_float, check_positive_size, pair
+from .blas import uses_cblas
 from .implicit import conv_transpose2d_implicit, conv_transpose2d_implicit_backward
 from .im2col import (_col2im, _im2col, _pixel_shuffle, conv_output_size,
                      conv_transpose_output_size)
@@ -74,6 +75,8 @@ def _dy_times_col_t(dy, col, groups):
     o = dy.shape[1]
     dym = dy.reshape(n, groups, o // groups, ho * wo)
     colm = col.reshape(n, groups, (c // groups) * kh * kw, ho * wo)
+    if n == 0:                                              # an empty batch: no products
+        return get_array_module(dy).zeros((o, c // groups, kh, kw), dtype=dy.dtype)
     if groups == 1:
         dw = dym[0, 0] @ colm[0, 0].T                                          # (O, K)
         for i in range(1, n):
@@ -449,11 +452,15 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     - ``'implicit'`` — ``'subpixel'``'s phases without its im2col: each phase is a sum over
       its taps of ``W_tap @ (x shifted)``, one GEMM per shift reading the padded input in
       place and adding into the phase's output (:mod:`.implicit`), then the pixel shuffle.
-      Each row phase computes exactly its own rows. Dilation 1, groups 1. Its backward is
+      No im2col, and the GEMMs multiply-add only what the phases need, up to the
+      zero gap column of each row and, where a band holds several images, the zero
+      rows between them. Dilation 1, groups 1. Its backward is
       its adjoint, step by step (:func:`~.implicit.conv_transpose2d_implicit_backward`).
     - ``'auto'`` — ``'subpixel'`` when it applies and ``s`` divides ``k`` (no padded taps)
-      with ``s > 1``, else ``'col2im'``; on the GPU, ``'fused'`` for small problems (see
-      :func:`_pick_algorithm`; ``benchmarks/deconv.py`` measures all of them).
+      with ``s > 1``, else ``'col2im'``; on the CPU, ``'implicit'`` instead of
+      ``'subpixel'`` for the forward at stride 2 with 128 channels and more; on the GPU,
+      ``'fused'`` for small problems (see :func:`_pick_algorithm`;
+      ``benchmarks/deconv.py`` measures all of them).
     """
     g = _geometry("conv_transpose2d", x, weight, bias, stride, padding, dilation, groups,
                   output_padding)
@@ -615,10 +622,11 @@ def _pick_algorithm(algorithm, g, backward=False):
     - forward: 'subpixel' whenever it applies with s > 1 and s dividing k — its GEMM
       writes s*s*(H+A-1)*(W+B-1) values per channel where 'col2im' writes k*k*H*W, and
       the overlap sum happens inside the GEMM; but 'implicit' at stride 2 with at least
-      ``CPU_IMPLICIT_MIN_CHANNELS`` channels in and out (256->128 k4 s2: 7% faster than
-      'subpixel'). Its GEMMs are one per shift (9 at k4 s2) with one to four phases' rows
-      each: with fewer channels, or more phases per shift (s >= 4: up to s*s phases, many
-      GEMMs for one t), they are too small for BLAS and 'subpixel''s one GEMM wins;
+      ``CPU_IMPLICIT_MIN_CHANNELS`` channels in and out, in float32/float64 where NumPy's
+      BLAS is reachable (256->128 k4 s2 b8: 0.90-1.04x of torch against 0.98-1.07x).
+      Its 6 GEMMs at k4 s2 (rows O*2 or O*4, K = C_in) are small for BLAS with fewer
+      channels; from s = 4 on, its s*s*O-row phase buffer forces narrow bands, and each
+      GEMM reads and writes it again: 'subpixel''s one GEMM wins there;
     - backward: 'subpixel' only for strides of 4 and more and few channels (C_in * C_out
       up to 32 * 32: FCN's score maps). The 'col2im' backward is a single im2col of dy and
       two GEMMs (no col2im at all); for k = 2s its col has 4*s*s entries per pixel, and at
@@ -661,7 +669,8 @@ def _pick_algorithm(algorithm, g, backward=False):
         elif backward:
             algorithm = ("subpixel" if fits and min(g.sh, g.sw) >= 4
                          and g.c * g.o <= CPU_SUBPIXEL_MAX_BACKWARD_CHANNELS else "col2im")
-        elif fits and (g.sh, g.sw) == (2, 2) and min(g.c, g.o) >= CPU_IMPLICIT_MIN_CHANNELS:
+        elif (fits and (g.sh, g.sw) == (2, 2) and min(g.c, g.o) >= CPU_IMPLICIT_MIN_CHANNELS
+              and uses_cblas(g.dtype)):
             algorithm = "implicit"
         else:
             algorithm = "subpixel" if fits and min(g.sh, g.sw) >= 2 else "col2im"
