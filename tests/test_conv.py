@@ -92,6 +92,28 @@ def test_conv2d_grid_groups_bias(xp, dtype, bias, cin, cout, groups):
                  padding=(1, 0), dilation=(1, 2), groups=groups, bias=bias)
 
 
+# -- the CPU's implicit path (stride-1 convolutions as transposed ones) ----------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("kernel,padding", [((3, 3), 1), ((3, 3), 0), ((3, 3), (2, 1)),
+                                            ((2, 3), (1, 2)), ((1, 3), (0, 1)), ((3, 2), 0)])
+def test_conv2d_as_an_implicit_transposed_convolution(monkeypatch, dtype, kernel, padding):
+    """With the channel threshold lowered, these small convolutions take the path VGG's
+    layers take on the CPU (conv2d = conv_transpose2d with the kernel flipped and the
+    channel axes swapped, run as 'implicit'); forward and gradients against torch."""
+    import minifcn.functional.conv as conv
+    from minifcn.functional import implicit
+    monkeypatch.setattr(conv, "CPU_IMPLICIT_CONV2D_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv, "CPU_IMPLICIT_CONV2D_MIN_PIXELS", 1)
+    used = []
+    real = implicit.gemm
+    monkeypatch.setattr(implicit, "gemm", lambda *a, **k: used.append(1) or real(*a, **k))
+    check_conv2d(np, dtype, n=2, cin=3, cout=4, h=H, w=W, kernel=kernel, stride=1,
+                 padding=padding, dilation=1, groups=1, bias=True)
+    from minifcn.functional.blas import uses_cblas
+    assert bool(used) == uses_cblas(dtype)          # the implicit path ran (where it applies)
+
+
 # -- randomised configurations ---------------------------------------------------------
 
 @st.composite

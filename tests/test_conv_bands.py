@@ -30,6 +30,9 @@ def _budget_for_rows(rows, n, cin, kh, kw, wo, dtype):
 def band_budget(monkeypatch):
     """Call with a byte count: both band budgets (CPU and GPU) are set to it, and bands of
     a transposed convolution's backward may be as thin as one row."""
+    # the banded im2col path: not the implicit one that takes VGG-sized layers on the CPU
+    monkeypatch.setattr(conv, "CPU_IMPLICIT_CONV2D_MIN_CHANNELS", 1 << 30)
+
     def set_budget(nbytes):
         monkeypatch.setattr(conv, "CPU_BAND_BYTES", nbytes)
         monkeypatch.setattr(conv, "GPU_BAND_BYTES", nbytes)
@@ -213,3 +216,32 @@ def test_shifted_rows_convolution_matches_torch(band_budget, kernel, padding, ro
     ref = TF.conv2d(torch.tensor(x), torch.tensor(wt), padding=padding).numpy()
     assert y.shape == ref.shape
     assert np.abs(y - ref).max() <= 1e-12 * np.abs(ref).max()
+
+
+def test_the_implicit_path_builds_no_col_matrix():
+    """The same 64-channel layer as above, as the CPU runs it by default ('implicit'):
+    nothing near the 36 MB col matrix is allocated, whatever the band budget — and the
+    path is really taken (the GEMMs go through the implicit module)."""
+    from minifcn.functional import implicit
+    if not conv._implicit_conv2d(conv._geometry("conv2d", np.zeros((1, 64, 128, 128), np.float32),
+                                                np.zeros((64, 64, 3, 3), np.float32),
+                                                None, 1, 1, 1, 1)):
+        pytest.skip("NumPy's BLAS is not reachable here: conv2d stays on im2col")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 64, 128, 128), dtype=np.float32)
+    wt = rng.standard_normal((64, 64, 3, 3), dtype=np.float32)
+    dy = rng.standard_normal((1, 64, 128, 128), dtype=np.float32)
+    used = []
+    real = implicit.gemm
+    implicit.gemm = lambda *a, **k: used.append(1) or real(*a, **k)
+    try:
+        for name, fn in {"forward": lambda: conv2d(x, wt, None, 1, 1),
+                         "backward": lambda: conv2d_backward(dy, x, wt, 1, 1)}.items():
+            used.clear()
+            peak = _traced_peak_mb(fn)
+            assert used, f"{name}: the implicit path was not taken"
+            # output and gradients (4 MB each), the stacked input and its gradient (~4.3 MB
+            # each), one 4 MB band of phase outputs: no 36 MB col
+            assert peak < 24, f"{name}: {peak:.1f} MB allocated"
+    finally:
+        implicit.gemm = real

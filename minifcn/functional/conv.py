@@ -311,10 +311,53 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
     Computed as ``col = im2col(x)`` (N, C*kh*kw, Ho*Wo) and one GEMM per group,
     ``y = W (O, C*kh*kw) @ col``.  Returns y (N, O, Ho, Wo).
+
+    On the CPU, VGG's convolutions (stride 1, 3x3, 64 channels and more) run instead as the
+    transposed convolution they equal (:func:`_as_transposed`), with ``'implicit'``: no
+    im2col, the GEMMs read the padded input in place.
     """
     g = _geometry("conv2d", x, weight, bias, stride, padding, dilation, groups)
-    y = _conv2d(x, weight, g)
+    if _implicit_conv2d(g):
+        wt, gt = _as_transposed(x, weight, g)
+        y = conv_transpose2d_implicit(x, wt, gt)
+    else:
+        y = _conv2d(x, weight, g)
     return y if bias is None else _add_bias(y, bias)
+
+
+CPU_IMPLICIT_CONV2D_MIN_CHANNELS = 64   # conv2d: from min(C, O) this large, 'implicit' on the CPU
+CPU_IMPLICIT_CONV2D_MAX_TAPS = 9        # ... for kernels of at most this many taps (3x3)
+CPU_IMPLICIT_CONV2D_MIN_PIXELS = 64 * 64   # ... and outputs of at least this many pixels
+
+
+def _implicit_conv2d(g):
+    """Whether the CPU runs this convolution (forward and backward) as an implicit-GEMM
+    transposed convolution: stride 1, dilation 1, one group, padding < kernel (so the
+    transposed padding ``k - 1 - p`` is >= 0), kernels up to 3x3 and 64 channels in
+    and out, float32/64 with NumPy's BLAS. Measured on VGG's layers at 320x320 (64 to
+    512 channels), forward 0.79–1.33x of torch against im2col's 0.83–1.44x, backward
+    0.97–1.28x against 1.08–1.65x; a 7x7 kernel on 10x10 (fc6) ran 20x slower (49
+    narrow GEMMs), 1x1 kernels 2x slower (no im2col to save, more overhead)."""
+    return (not g.gpu and (g.sh, g.sw) == (1, 1) and (g.dh, g.dw) == (1, 1)
+            and g.groups == 1 and g.ph < g.kh and g.pw < g.kw
+            and 1 < g.kh * g.kw <= CPU_IMPLICIT_CONV2D_MAX_TAPS
+            and g.ho * g.wo >= CPU_IMPLICIT_CONV2D_MIN_PIXELS
+            and min(g.c, g.o) >= CPU_IMPLICIT_CONV2D_MIN_CHANNELS and uses_cblas(g.dtype))
+
+
+def _as_transposed(x, weight, g):
+    r"""A stride-1 convolution as a transposed convolution: ``(W', g')`` with
+
+    ``conv2d(x, W, padding=p) == conv_transpose2d(x, W', padding=k-1-p)``,
+    ``W'[c, o, u, v] = W[o, c, k-1-u, k-1-v]``
+
+    — the kernel flipped and its channel axes swapped. (At stride 1 the transposed
+    convolution stamps ``W'[., ., u, v] x[i]`` onto ``i + u - (k-1-p)``, so output ``y``
+    reads ``x[y + (k-1-u) - p]``: the convolution's tap ``k-1-u``.) ``W'`` is a view."""
+    wt = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+    gt = _geometry("conv_transpose2d", x, wt, None, 1, (g.kh - 1 - g.ph, g.kw - 1 - g.pw),
+                   1, 1, 0)
+    return wt, gt
 
 
 def _conv2d(x, weight, g):
@@ -369,6 +412,13 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
     g = _geometry("conv2d_backward", x, weight, None, stride, padding, dilation, groups)
     _check_grad_shape("conv2d_backward", dy, g)
     dw = dx = None
+    if _implicit_conv2d(g):                  # the transposed convolution's own adjoint
+        wt, gt = _as_transposed(x, weight, g)
+        dx, dwt = conv_transpose2d_implicit_backward(dy, x, wt, gt, need_input_grad,
+                                                     need_weight_grad)
+        if need_weight_grad:
+            dw = get_array_module(x).ascontiguousarray(dwt[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        return dx, dw, _bias_grad(dy) if need_bias_grad else None
     batches = _image_batches(x, g.c * g.kh * g.kw * g.wo * g.ho)
     if len(batches) > 1:                     # images in runs: dx side by side, dW summed
         xp = get_array_module(x)
