@@ -34,7 +34,7 @@ from ._checks import check_4d, check_float, check_positive_size, pair
 from .blas import uses_cblas
 from .implicit import conv_transpose2d_implicit, conv_transpose2d_implicit_backward
 from .im2col import (_col2im, _im2col, _pixel_shuffle, conv_output_size,
-                     conv_transpose_output_size)
+                     conv_transpose_output_size, transpose_keeping_runs)
 
 
 # -- the three GEMMs -------------------------------------------------------------------
@@ -768,8 +768,7 @@ def _subpixel_weight_t(weight, g):
     """
     c, o = weight.shape[:2]
     w6 = _subpixel_phases(np.ascontiguousarray(weight), g)            # (c, o, a, r, b, t)
-    runs = w6.view(np.dtype((np.void, g.sw * weight.dtype.itemsize)))[..., 0]
-    wt = np.ascontiguousarray(runs.transpose(0, 2, 4, 1, 3)).view(weight.dtype)
+    wt = transpose_keeping_runs(w6, (0, 2, 4, 1, 3))                  # (c, a, b, o, r, t)
     return wt.reshape(c, g.ah, g.aw, o * g.sh * g.sw)
 
 

@@ -220,6 +220,21 @@ def _col2im_blocks(col, hp, wp, sh, sw):
     return out.reshape(n, c, hb * sh, wb * sw)
 
 
+def transpose_keeping_runs(a, axes):
+    """``ascontiguousarray(a.transpose(*axes, last))``: a copy with the leading axes
+    permuted and the last axis kept last. On NumPy, when that axis has unit stride, its
+    values move as one opaque ``len*itemsize``-byte item, so the copy's inner loop runs
+    over the innermost permuted axis instead of over those few values (3-7x faster for
+    runs of 2 to 4, ``benchmarks/RESULTS.md``)."""
+    xp = get_array_module(a)
+    last = a.ndim - 1
+    if xp is np and a.shape[-1] > 1 and a.strides[-1] == a.itemsize:
+        runs = a.view(np.dtype((np.void, a.shape[-1] * a.itemsize)))[..., 0]
+        out = np.ascontiguousarray(runs.transpose(axes)).view(a.dtype)
+        return out.reshape(tuple(a.shape[i] for i in axes) + (a.shape[-1],))
+    return xp.ascontiguousarray(a.transpose(tuple(axes) + (last,)))
+
+
 SHUFFLE_BLOCK_BYTES = 2 << 20   # output bytes per block of the pixel shuffle (stays in cache)
 SHUFFLE_MAX_COPIES = 256        # above this many strided copies, one block (s = 32 has 1024 phases)
 

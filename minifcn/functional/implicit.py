@@ -53,6 +53,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from .blas import gemm
+from .im2col import transpose_keeping_runs
 
 IMPLICIT_BAND_BYTES = 4 << 20   # phase-output bytes per band (stays in cache for the shuffle)
 
@@ -126,30 +127,18 @@ def _gemm_plan(weight, rows, col_taps, g, xp):
         u0 = g.ph - g.sh * d + r0                           # u = r + p - s*d
         taps = weight[:, :, u0:u0 + r1 - r0]
         for a, e, width in col_taps:
+            v0 = g.sw * a
             if width == g.sw:                               # rows (r, o, j): one uniform stride
-                block = taps[..., g.sw * a:g.sw * a + width]
-                plan.append(_Gemm(d, e, _swap_o_and_r(block, xp).reshape(c, -1).T, r0, r1,
-                                  None, u0, g.sw * a, width))
-            else:                                           # rows (r, o) of one slot
-                for j in range(width):
-                    block = taps[..., g.sw * a + j:g.sw * a + j + 1]
-                    plan.append(_Gemm(d, e, _swap_o_and_r(block, xp).reshape(c, -1).T, r0, r1,
-                                      j, u0, g.sw * a + j, 1))
+                parts = [(None, v0, width)]
+            else:                                           # rows (r, o) of one slot each
+                parts = [(j, v0 + j, 1) for j in range(width)]
+            for slot, v, nv in parts:
+                a_t = transpose_keeping_runs(taps[..., v:v + nv], (0, 2, 1))   # (c, r, o, j)
+                plan.append(_Gemm(d, e, a_t.reshape(c, -1).T, r0, r1, slot, u0, v, nv))
     full = [i for i, q in enumerate(plan) if (q.r0, q.r1) == (0, g.sh) and q.slot is None]
     if full:
         plan.insert(0, plan.pop(full[0]))
     return plan, bool(full)
-
-
-def _swap_o_and_r(taps, xp):
-    """``(c, o, r, t)`` -> a contiguous ``(c, r, o, t)``. On NumPy the ``t`` values of one
-    ``(c, o, r)`` are adjacent in both layouts and move as one opaque item, so the copy's
-    inner loop runs over ``o`` (7x faster for t = 2 than element by element)."""
-    if xp is np and taps.shape[-1] > 1 and taps.strides[-1] == taps.itemsize:
-        runs = taps.view(np.dtype((np.void, taps.shape[-1] * taps.itemsize)))[..., 0]
-        return np.ascontiguousarray(runs.transpose(0, 2, 1)).view(taps.dtype).reshape(
-            taps.shape[0], taps.shape[2], taps.shape[1], taps.shape[3])
-    return xp.ascontiguousarray(taps.transpose(0, 2, 1, 3))
 
 
 def _bands(n, mq, period, row_bytes, budget):
@@ -212,8 +201,7 @@ def conv_transpose2d_implicit_backward(dy, x, weight, g, need_dx=True, need_dw=T
         _unshuffle_phases(dy, buf, lay, band, g)
         for i, q in enumerate(plan):
             start = lay.start(k0, m0, q.d, q.e)
-            grad = buf[q.r0:q.r1] if q.slot is None else buf[q.r0:q.r1, :, q.slot]
-            grad = grad[..., :length].reshape(-1, length)
+            grad = _gemm_rows(buf, q, length)
             if need_dx:
                 gemm(q.a.T, grad, dflat[:, start:start + length], accumulate=True)
             if need_dw:
@@ -284,19 +272,24 @@ def _stack_input(x, lay):
     return stack
 
 
+def _gemm_rows(buf, q, length):
+    """The rows ``(r, o, j)`` of the phase buffer that GEMM ``q`` writes (forward) or reads
+    (backward), first ``length`` columns, as one 2-D view (the strides nest: no copy)."""
+    rows = buf[q.r0:q.r1] if q.slot is None else buf[q.r0:q.r1, :, q.slot]
+    return rows[..., :length].reshape(-1, length)
+
+
 def _phase_gemms(flat, plan, full_first, lay, band, buf):
     """One band's phase outputs into ``buf (sh, O, sw, L)``: for each GEMM, ``A @ (x
     shifted)`` added into the rows of the phases it serves."""
     k0, k1, m0, m1 = band
     length = lay.span(*band) * lay.wp                  # GEMM columns: phase-grid positions
-    out = buf[..., :length]
     if not full_first:
-        out.fill(0)                                     # phases that no tap reaches stay 0
+        buf[..., :length].fill(0)                       # phases that no tap reaches stay 0
     for i, q in enumerate(plan):
         start = lay.start(k0, m0, q.d, q.e)
         b = flat[:, start:start + length]               # x shifted by (d, e): a view
-        dest = out[q.r0:q.r1] if q.slot is None else out[q.r0:q.r1, :, q.slot]
-        gemm(q.a, b, dest.reshape(-1, length), accumulate=i > 0 or not full_first)
+        gemm(q.a, b, _gemm_rows(buf, q, length), accumulate=i > 0 or not full_first)
 
 
 def _band_grid(buf, lay, band, g):
