@@ -32,6 +32,8 @@ STEPS = [
     ("stack the images", "_stack_images"),
     ("shifted copies (im2col)", "_shifted_copies"),
     ("GEMM (shifted rows)", "_conv2d_shifted_rows"),
+    ("GEMM (channels-last)", "_subpixel_channels_last"),
+    ("shuffle (channels-last)", "_pixel_shuffle_channels_last"),
     ("pixel shuffle", "_pixel_shuffle"),
     ("GEMM (W^T @ x)", "_weight_t_times"),
     ("col2im", "_col2im"),
@@ -104,8 +106,9 @@ def main(argv=None):
         for name in steps:
             if name in times:
                 t_own, t_cum = times[name]
-                # the shifted-rows convolution: its own time (its GEMMs); its steps apart
-                steps[name].append((t_own if name == "_conv2d_shifted_rows" else t_cum) * 1e3)
+                # the shifted-rows convolutions: their own time (their GEMMs); steps apart
+                own = name in ("_conv2d_shifted_rows", "_subpixel_channels_last")
+                steps[name].append((t_own if own else t_cum) * 1e3)
     total = statistics.median(ours_ms)
     print(f"conv_transpose2d {args.shape} algorithm={args.algorithm!r}: {total:.2f} ms "
           f"(median of {args.repeats}, profiled); torch {statistics.median(torch_ms):.2f} ms, "

@@ -186,6 +186,54 @@ def test_conv_transpose2d_random_configs_subpixel(xp, cfg, dtype, seed):
     check_conv_transpose2d(xp, dtype, seed=seed, algorithms=["subpixel", "col2im"], **cfg)
 
 
+@settings(max_examples=40, deadline=None)
+@given(cfg=conv_transpose_configs(), dtype=st.sampled_from(DTYPES),
+       band_bytes=st.sampled_from([1, 200, 1 << 30]), seed=st.integers(0, 2**31 - 1))
+def test_subpixel_channels_last_path_matches_torch(cfg, dtype, band_bytes, seed):
+    """The CPU 'subpixel' forward that runs its GEMM transposed and shuffles runs of
+    ``sw`` values (``conv._subpixel_channels_last``), taken here at every stride (it is the
+    default from stride 8 on), its output streamed in bands of one block row (which
+    cross image boundaries), a few, or all: any kernel, crop and output_padding."""
+    import minifcn.functional.conv as conv
+    cfg.update(dilation=(1, 1), groups=1)
+    s = cfg["stride"]
+    cfg["output_padding"] = tuple(min(o, a - 1) for o, a in zip(cfg["output_padding"], s))
+    full = [(n - 1) * a + k + o for n, a, k, o in
+            zip((cfg["h"], cfg["w"]), s, cfg["kernel"], cfg["output_padding"])]
+    cfg["padding"] = tuple(min(p, (f - 1) // 2) for p, f in zip(cfg["padding"], full))
+    saved = (conv.CPU_SUBPIXEL_CHANNELS_LAST_MIN_STRIDE, conv.CPU_CHANNELS_LAST_BAND_BYTES,
+             conv.CPU_CHANNELS_LAST_MIN_PIXELS)
+    calls = []
+    real = conv._subpixel_channels_last
+    conv._subpixel_channels_last = lambda *a: calls.append(1) or real(*a)
+    conv.CPU_SUBPIXEL_CHANNELS_LAST_MIN_STRIDE, conv.CPU_CHANNELS_LAST_BAND_BYTES = 1, band_bytes
+    conv.CPU_CHANNELS_LAST_MIN_PIXELS = 1
+    try:
+        check_conv_transpose2d(np, dtype, seed=seed, algorithms=["subpixel"], **cfg)
+    finally:
+        (conv.CPU_SUBPIXEL_CHANNELS_LAST_MIN_STRIDE, conv.CPU_CHANNELS_LAST_BAND_BYTES,
+         conv.CPU_CHANNELS_LAST_MIN_PIXELS) = saved
+        conv._subpixel_channels_last = real
+    assert calls, "the channels-last path was not taken"
+
+
+def test_subpixel_takes_the_channels_last_path_from_stride_8():
+    """By default the CPU 'subpixel' forward runs channels-last at FCN's x8 and x32
+    upsamplers and channels-first at x2 (where its 8-byte runs would not pay)."""
+    import minifcn.functional.conv as conv
+    calls = []
+    real = conv._subpixel_channels_last
+    conv._subpixel_channels_last = lambda *a: calls.append(1) or real(*a)
+    try:
+        for k, s, want in [(4, 2, 0), (16, 8, 1), (64, 32, 1)]:
+            calls.clear()
+            conv_transpose2d(np.ones((1, 2, 3, 3)), np.ones((2, 2, k, k)), None, s, s // 2,
+                             algorithm="subpixel")
+            assert len(calls) == want, (k, s)
+    finally:
+        conv._subpixel_channels_last = real
+
+
 # -- conv and transposed conv are each other's transpose -------------------------------
 
 @st.composite

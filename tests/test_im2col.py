@@ -185,3 +185,67 @@ def test_pixel_shuffle_matches_a_naive_loop(sh, sw, hq, wq, ph, pw, eh, ew, maps
     finally:
         im2col_module.SHUFFLE_BLOCK_BYTES, im2col_module.SHUFFLE_MAX_COPIES = saved
     np.testing.assert_array_equal(got, ref)
+
+
+@settings(max_examples=80, deadline=None)
+@given(size=st.integers(1, 40), s=st.integers(1, 6), p=st.integers(0, 14),
+       blocks=st.integers(1, 8))
+def test_block_pieces_place_every_reached_index_once(size, s, p, blocks):
+    """``_block_pieces``: the indices ``i = q*s + r - p`` in range, from at most three
+    pieces (partial, whole blocks, partial), in order, against a naive enumeration."""
+    im2col_module = sys.modules["minifcn.functional.im2col"]
+    pieces, covered = im2col_module._block_pieces(size, s, p, blocks)
+    want = {q * s + r - p: (q, r) for q in range(blocks) for r in range(s)
+            if 0 <= q * s + r - p < size}
+    got = {}
+    for q, qc, r, rc, i in pieces:
+        assert qc == 1 or (r, rc) == (0, s)
+        for a in range(qc):
+            for b in range(rc):
+                assert i + a * rc + b not in got
+                got[i + a * rc + b] = (q + a, r + b)
+    assert got == want
+    assert len(pieces) <= 3
+    assert sorted(want) == list(range(covered))
+
+
+@settings(max_examples=60, deadline=None)
+@given(sh=st.integers(1, 5), sw=st.integers(1, 5), hq=st.integers(1, 6), wq=st.integers(1, 6),
+       ph=st.integers(0, 6), pw=st.integers(0, 6), eh=st.integers(-3, 3), ew=st.integers(-3, 3),
+       band=st.integers(1, 3), seed=st.integers(0, 2**31 - 1))
+def test_channels_last_pixel_shuffle_matches_a_naive_loop(sh, sw, hq, wq, ph, pw, eh, ew,
+                                                          band, seed):
+    """``_pixel_shuffle_channels_last``: ``x[q*sh + r - ph, u*sw + t - pw] = ysub[q, u, r, t]``
+    with ``ysub`` channels-last, any crop, output_padding rows left at 0; whole, and in
+    bands of 1-3 block rows (``q0``) written into one output."""
+    im2col_module = sys.modules["minifcn.functional.im2col"]
+    h, w = hq * sh - 2 * ph + eh, wq * sw - 2 * pw + ew
+    if h < 1 or w < 1:
+        return
+    ysub = np.random.default_rng(seed).standard_normal((2, hq, wq, 3, sh, sw))
+    ref = np.zeros((2, 3, h, w))
+    for r, t, q, u in itertools.product(range(sh), range(sw), range(hq), range(wq)):
+        y, x = q * sh + r - ph, u * sw + t - pw
+        if 0 <= y < h and 0 <= x < w:
+            ref[:, :, y, x] = ysub[:, q, u, :, r, t]
+    got = im2col_module._pixel_shuffle_channels_last(ysub, h, w, ph, pw)
+    np.testing.assert_array_equal(got, ref)
+    out = np.zeros((2, 3, h, w))
+    for q0 in range(0, hq, band):
+        im2col_module._pixel_shuffle_channels_last(ysub[:, q0:q0 + band], h, w, ph, pw, out=out,
+                                                   q0=q0)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_copy_keeping_runs_copies_strided_runs():
+    """Runs along a unit-stride last axis moved as opaque items, the rest of the layout
+    strided (against plain assignment); and the plain path for other layouts."""
+    from minifcn.functional.im2col import copy_keeping_runs
+    rng = np.random.default_rng(0)
+    src = rng.standard_normal((4, 5, 6, 3)).astype(np.float32).transpose(2, 0, 1, 3)
+    dst = np.zeros((7, 4, 5, 3), np.float32)[1:]
+    copy_keeping_runs(dst, src)
+    np.testing.assert_array_equal(dst, src)
+    dst2 = np.zeros((6, 4, 5, 3), np.float32)
+    copy_keeping_runs(dst2, src[..., ::-1])                 # last axis not unit-stride
+    np.testing.assert_array_equal(dst2, src[..., ::-1])

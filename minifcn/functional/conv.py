@@ -33,8 +33,9 @@ from ..backend import get_array_module
 from ._checks import check_4d, check_float, check_positive_size, pair
 from .blas import uses_cblas
 from .implicit import conv_transpose2d_implicit, conv_transpose2d_implicit_backward
-from .im2col import (_col2im, _im2col, _pixel_shuffle, conv_output_size,
-                     conv_transpose_output_size, transpose_keeping_runs)
+from .im2col import (_block_pieces, _col2im, _im2col, _pixel_shuffle,
+                     _pixel_shuffle_channels_last, conv_output_size, conv_transpose_output_size,
+                     transpose_keeping_runs)
 
 
 # -- the three GEMMs -------------------------------------------------------------------
@@ -223,6 +224,62 @@ def _conv2d_shifted_rows(x, weight_t, ph, pw):
         _shifted_copies(stack_flat, col, start, length, wp)       # windows are not needed
         np.matmul(w_t, col.reshape(taps, width)[:, :length], out=y_flat[:, start:start + length])
     return y.reshape(o, n, period, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3)
+
+
+CPU_CHANNELS_LAST_BAND_BYTES = 16 << 20  # GEMM output per band of the channels-last sub-pixel step
+CPU_CHANNELS_LAST_MIN_PIXELS = 256       # ... but at least this many GEMM rows (pixels) per band
+CPU_SUBPIXEL_CHANNELS_LAST_MIN_STRIDE = 8   # column stride from which 'subpixel' runs it
+
+
+def _subpixel_channels_last(x, weight_t, g):
+    r"""The CPU ``'subpixel'`` forward for large strides: :func:`_conv2d_shifted_rows`'s
+    GEMM transposed, ``ysub^T = col^T @ weight_t``, so that each input pixel's
+    ``O x sh x sw`` phase values come out side by side (channels-last), and the pixel
+    shuffle (:func:`~.im2col._pixel_shuffle_channels_last`) moves each phase row's ``sw``
+    values as one run, a ``memcpy`` of ``sw*itemsize`` bytes. The output runs through one
+    buffer (``CPU_CHANNELS_LAST_BAND_BYTES``, a few rows of blocks, at least
+    ``CPU_CHANNELS_LAST_MIN_PIXELS`` pixels: the GEMM's rows) that each band's
+    shuffle empties while it is still in cache: the ``O*sh*sw``-channel ``ysub`` (94 MB for
+    FCN-32s on 32x32) is never whole in memory.
+
+    Why: with ``ysub`` channels-first, the shuffle's inner loop writes values ``sw`` apart,
+    each into another cache line; at stride 32 that was 85-90% of the time (FCN-32s's
+    21 -> 21 k64 s32 on 32x32: 190 ms, 0.43x of it this way; ``benchmarks/RESULTS.md``).
+    At stride 2 the runs are 8 bytes, and the channels-first shuffle, blocked per map,
+    is as fast and its GEMM wider.
+    """
+    n, c, h, w = x.shape
+    _, ah, aw, m = weight_t.shape                     # m = O*sh*sw, ordered (o, r, t)
+    ph, pw = ah - 1, aw - 1
+    gap, wp = pw, w + pw                              # _conv2d_shifted_rows's layout, kw = pw + 1
+    hq, wq = h + ph, w + pw
+    period = h + ph
+    stack_flat = _stack_images(x, ph, gap, period).reshape(c, -1)
+    out_rows = (n - 1) * period + hq
+    taps = c * ah * aw
+    size = x.dtype.itemsize
+    rows = min(CPU_BAND_BYTES // (taps * wp * size), CPU_CHANNELS_LAST_BAND_BYTES // (m * wp * size))
+    rows = min(out_rows, max(rows, -(-CPU_CHANNELS_LAST_MIN_PIXELS // wp)))
+    col = np.empty((c, ah, aw, (rows - 1) * wp + wq), dtype=x.dtype)
+    ybuf = np.empty((rows * wp, m), dtype=x.dtype)
+    _, covered_h = _block_pieces(g.ho, g.sh, g.ph, hq)
+    _, covered_w = _block_pieces(g.wo, g.sw, g.pw, wq)
+    y = (np.empty if (covered_h, covered_w) == (g.ho, g.wo) else np.zeros)(
+        (n, g.o, g.ho, g.wo), dtype=x.dtype)
+    for r0 in range(0, out_rows, rows):
+        r1 = min(out_rows, r0 + rows)
+        length = (r1 - r0 - 1) * wp + wq
+        _shifted_copies(stack_flat, col, r0 * wp, length, wp)
+        np.matmul(col.reshape(taps, -1)[:, :length].T, weight_t.reshape(taps, m),
+                  out=ybuf[:length])
+        band = ybuf[:(r1 - r0) * wp].reshape(r1 - r0, wp, g.o, g.sh, g.sw)
+        for k in range(r0 // period, min(n, -(-r1 // period))):   # images the band meets
+            q0, q1 = max(0, r0 - k * period), min(hq, r1 - k * period)
+            if q0 < q1:
+                rows_k = band[k * period + q0 - r0:k * period + q1 - r0, :wq]
+                _pixel_shuffle_channels_last(rows_k[None], g.ho, g.wo, g.ph, g.pw,
+                                             out=y[k:k + 1], q0=q0)
+    return y
 
 
 def _stack_images(x, ph, gap, period):
@@ -492,7 +549,9 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
       ``kh*kw*H*W`` (3.5x fewer for FCN-32s's k64 s32 on 16x16), for the same FLOPs
       when ``s`` divides ``k`` (FCN's upsamplers all have k = 2s). On the CPU the
       A x B convolution runs as :func:`_conv2d_shifted_rows` (its im2col is one
-      shifted copy per tap) and the shuffle as :func:`~.im2col._pixel_shuffle`.
+      shifted copy per tap) and the shuffle as :func:`~.im2col._pixel_shuffle`; from
+      column stride 8 on, with the GEMM transposed, channels-last, so that the shuffle
+      moves runs of ``sw`` values (:func:`_subpixel_channels_last`).
     - ``'fused'`` — ``'col2im'`` with the GEMM folded into the col2im: no col matrix.
       On the GPU one kernel (``kernels/conv_transpose.cu``), one thread per output pixel,
       summing ``W[c, o, u, v] * x[n, c, i, j]`` over the taps that reach it and the input
@@ -527,6 +586,8 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
             ysub = _conv2d(x, _subpixel_weight(weight, g), sub)
             y = _col2im(ysub.reshape(g.n, g.o, g.sh, g.sw, hq, wq), g.ho, g.wo, g.sh, g.sw,
                         g.ph, g.pw, 1, 1)
+        elif g.sw >= CPU_SUBPIXEL_CHANNELS_LAST_MIN_STRIDE:    # NumPy, long phase rows
+            y = _subpixel_channels_last(x, _subpixel_weight_t(weight, g), g)
         else:                          # NumPy: shifted-copy im2col, GEMM, pixel shuffle + crop
             ysub = _conv2d_shifted_rows(x, _subpixel_weight_t(weight, g), g.ah - 1, g.aw - 1)
             y = _pixel_shuffle(ysub.reshape(g.n, g.o, g.sh, g.sw, hq, wq), g.ho, g.wo, g.ph, g.pw)

@@ -279,3 +279,71 @@ def _pixel_shuffle(ysub, h, w, ph, pw):
                     x[images, maps, y0:y0 + sh * (hc - 1) + 1:sh, x0:x0 + sw * (wc - 1) + 1:sw] = \
                         ysub[images, maps, r, t, q0:q0 + hc, u0:u0 + wc]
     return x
+
+
+def _block_pieces(size, s, p, blocks):
+    """The output indices ``i = q*s + r - p`` (``0 <= i < size``, block ``0 <= q < blocks``,
+    phase ``0 <= r < s``) as pieces ``(q, q_count, r, r_count, i)``: ``q_count`` blocks from
+    ``q`` on, phases ``r .. r + r_count - 1`` of each, landing on ``i`` on. At most three: a
+    partial first block (the crop ``p`` cuts into it), the whole blocks, a partial last
+    block (the crop at the end). Returns ``(pieces, covered)``; indices from ``covered``
+    on are reached by no block (an ``output_padding``'s rows)."""
+    pieces, i = [], 0
+    while i < size:
+        q, r = divmod(i + p, s)
+        if q >= blocks:
+            break
+        whole = min(blocks - q, (size - i) // s) if r == 0 else 0
+        if whole:
+            pieces.append((q, whole, 0, s, i))
+            i += whole * s
+        else:
+            count = min(s - r, size - i)
+            pieces.append((q, 1, r, count, i))
+            i += count
+    return pieces, i
+
+
+def copy_keeping_runs(dst, src):
+    """``dst[...] = src`` for arrays whose last axes both have unit stride: on NumPy the
+    runs along that axis move as opaque ``len*itemsize``-byte items (one ``memcpy`` each
+    instead of a strided inner loop over a few values)."""
+    if (isinstance(dst, np.ndarray) and dst.shape[-1] > 1 and dst.dtype == src.dtype
+            and dst.strides[-1] == src.strides[-1] == dst.itemsize):
+        item = np.dtype((np.void, dst.shape[-1] * dst.itemsize))
+        dst.view(item)[..., 0] = src.view(item)[..., 0]
+    else:
+        dst[...] = src
+
+
+def _pixel_shuffle_channels_last(ysub, h, w, ph, pw, out=None, q0=0):
+    """:func:`_pixel_shuffle` from a channels-last ``ysub (N, Q, Wq, C, sh, sw)``:
+
+    ``x[n, c, q*sh + r - ph, u*sw + t - pw] = ysub[n, q - q0, u, c, r, t]``
+
+    for the row blocks ``q0 .. q0 + Q - 1`` that ``ysub`` holds (all of them by default;
+    a band of them when the GEMM streams its output through a small buffer), written into
+    ``out (N, C, h, w)`` (a new array, zero where no block reaches, if not given).
+
+    Here the ``sw`` values of one phase row (``t``) lie side by side in ``ysub`` and in
+    ``x`` both, so the copy moves them as one item (:func:`copy_keeping_runs`), a whole
+    block ``(q, u)`` row by row: at stride 32 one 128-byte ``memcpy`` where
+    :func:`_pixel_shuffle` writes 32 floats 32 apart, each into another cache line.
+    The crop cuts at most a first and a last partial block per axis
+    (:func:`_block_pieces`): at most 9 copies."""
+    n, nq, wq, c, sh, sw = ysub.shape
+    rows, covered_h = _block_pieces(h, sh, ph, q0 + nq)
+    cols, covered_w = _block_pieces(w, sw, pw, wq)
+    if out is None:
+        out = (np.empty if (covered_h, covered_w) == (h, w) else np.zeros)((n, c, h, w),
+                                                                           ysub.dtype)
+    for q, qc, r, rc, i in rows:
+        lo, hi = max(q, q0), min(q + qc, q0 + nq)        # the piece's blocks held here
+        if lo >= hi:
+            continue
+        i, q, qc = i + (lo - q) * sh, lo, hi - lo
+        for u, uc, t, tc, j in cols:
+            dst = out[:, :, i:i + qc * rc, j:j + uc * tc].reshape(n, c, qc, rc, uc, tc)
+            src = ysub[:, q - q0:q - q0 + qc, u:u + uc, :, r:r + rc, t:t + tc]
+            copy_keeping_runs(dst, src.transpose(0, 3, 1, 4, 2, 5))
+    return out
