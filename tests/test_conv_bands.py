@@ -123,6 +123,55 @@ def test_banded_transposed_convolution_backward(xp, band_budget, rows, kernel, s
                            dilation=dilation, groups=groups, bias=True, algorithms=["col2im"])
 
 
+@pytest.fixture
+def gemm_calls(monkeypatch):
+    """Counts the calls of ``blas.gemm`` that ``conv.py`` makes."""
+    calls = []
+    real = conv.gemm
+    monkeypatch.setattr(conv, "gemm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("rows", [1, 2, "images", "all"])
+@pytest.mark.parametrize("kernel,stride,padding,output_padding,dilation,groups", TRANSPOSED)
+def test_direct_blas_transposed_backward_matches_torch(band_budget, monkeypatch, gemm_calls,
+                                                       dtype, rows, kernel, stride, padding,
+                                                       output_padding, dilation, groups):
+    """The 'col2im' backward with its GEMMs sent to BLAS per image (``dx``'s rows written
+    in place, ``dW^T += col @ x^T`` summed in place over images and bands, transposed at
+    the end), taken here at any size, in bands of rows, of images, or whole: held to
+    torch, and the path really taken wherever it applies (one group, NumPy's BLAS)."""
+    from minifcn.functional.blas import uses_cblas
+    monkeypatch.setattr(conv, "DIRECT_BACKWARD_MIN_PIXELS", 1)
+    monkeypatch.setattr(conv, "DIRECT_BACKWARD_MIN_WINDOWS", 1)
+    n, cin, cout, h, w = 3, 4, 2 * groups, 5, 4
+    per_row = cout * kernel * kernel * w * np.dtype(dtype).itemsize
+    if rows != "all":
+        band_budget(2 * h * per_row if rows == "images" else rows * per_row)
+    check_conv_transpose2d(np, dtype, n=n, cin=cin, cout=cout, h=h, w=w, kernel=kernel,
+                           stride=stride, padding=padding, output_padding=output_padding,
+                           dilation=dilation, groups=groups, bias=True, algorithms=["col2im"])
+    assert bool(gemm_calls) == (groups == 1 and uses_cblas(dtype))
+
+
+def test_the_direct_blas_backward_is_taken_at_fcn_sizes(gemm_calls):
+    """At the default thresholds (1024 input pixels per image, 4096 in the batch) the
+    k4 s2 p1 backward of a 32x64 map, batch 2, goes to BLAS directly; a 16x16 map does not."""
+    from minifcn.functional.blas import uses_cblas
+    if not uses_cblas(np.float64):
+        pytest.skip("NumPy's BLAS is not reachable here")
+    check_conv_transpose2d(np, np.float64, n=2, cin=5, cout=3, h=32, w=64, kernel=4, stride=2,
+                           padding=1, output_padding=0, dilation=1, groups=1, bias=False,
+                           algorithms=["col2im"])
+    assert gemm_calls
+    gemm_calls.clear()
+    check_conv_transpose2d(np, np.float64, n=2, cin=5, cout=3, h=16, w=16, kernel=4, stride=2,
+                           padding=1, output_padding=0, dilation=1, groups=1, bias=False,
+                           algorithms=["col2im"])
+    assert not gemm_calls
+
+
 def test_bands_bound_the_memory_of_a_transposed_convolution_backward(band_budget):
     """256->128 k4 s2 p1 on 32x32: im2col(dy) is 8.4 MB per image. With a 2 MB budget the
     backward stays far below that; with one band it builds it whole."""
