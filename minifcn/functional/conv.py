@@ -691,15 +691,17 @@ def _conv_transpose2d_backward_col(dy, x, weight, g, need_dx, need_dw):
     dW of ``C*O*kh*kw`` values, and below that its GEMM does too little work per value
     (FCN-32s's k64 s32 on 16x16 in bands of one row ran 1.12x slower than whole).
 
-    With NumPy's BLAS, one group and at least ``DIRECT_BACKWARD_MIN_MACS`` multiply-adds
-    per image, each image's GEMMs go to BLAS directly (:func:`~.blas.gemm`): ``dx``'s GEMM
-    writes its rows of ``dx`` in place, and the weight gradient is summed transposed,
-    ``dW^T (C_out*kh*kw, C_in) += col @ x^T``, in place (``beta = 1``), then transposed
-    once. The same products as ``dW = x @ col^T``, but BLAS runs that orientation faster
-    here (K = 2048, 256 columns, 1024 windows: 195 against 173 GFLOP/s), and no partial
-    dx or dW is allocated and copied or added: 256->128 k4 s2 b8 0.92x of the general
-    path (``benchmarks/RESULTS.md``). On small problems the per-call cost of the direct
-    calls outweighs that, and the batched ``matmul`` path stays.
+    With NumPy's BLAS and one group, from ``DIRECT_BACKWARD_MIN_PIXELS`` input pixels per
+    image and ``DIRECT_BACKWARD_MIN_WINDOWS`` in the batch, each image's GEMMs go to BLAS
+    directly (:func:`~.blas.gemm`): ``dx``'s GEMM writes its rows of ``dx`` in place, and
+    the weight gradient is summed transposed, ``dW^T (C_out*kh*kw, C_in) += col @ x^T``,
+    in place (``beta = 1``), then transposed once. The same products as ``dW = x @
+    col^T``, but BLAS runs that orientation faster here (K = 2048, 256 columns, 1024
+    windows: 180-195 against 158-173 GFLOP/s), and no partial dx or dW is allocated and
+    copied or added: 256->128 k4 s2 b8 0.91-0.95x of the general path
+    (``benchmarks/RESULTS.md``). Below those sizes the final transpose of dW (16 MB for
+    256 -> 256 k8) against few windows, or the per-call cost on small ops, outweighs it
+    (256 -> 256 k4 s2 on one 16x16 image: 1.66x), and the batched ``matmul`` path stays.
     """
     conv = SimpleNamespace(kh=g.kh, kw=g.kw, sh=g.sh, sw=g.sw, ph=g.ph, pw=g.pw, dh=g.dh,
                            dw=g.dw, wo=g.w)              # the convolution of dy, H x W windows
