@@ -308,6 +308,13 @@ def test_algorithms_return_the_same_dtype(xp):
     b = xp.asarray(rng.standard_normal(3))                                  # float64
     for alg in ("col2im", "subpixel", "fused", "implicit", "auto"):
         assert conv_transpose2d(x, wt, b, 2, 1, algorithm=alg).dtype == np.float32, alg
+    # a float32 input with a float64 weight: float64 from every algorithm, at stride 2 and
+    # at stride 8 (where the CPU's 'subpixel' runs its channels-last GEMM)
+    for k, s in ((4, 2), (16, 8)):
+        w64 = xp.asarray(rng.standard_normal((2, 3, k, k)))
+        for alg in ("col2im", "subpixel", "fused", "implicit", "auto"):
+            assert conv_transpose2d(x, w64, None, s, s // 2, algorithm=alg).dtype == np.float64, \
+                (alg, s)
 
 
 def test_conv_transpose2d_pair_and_int_arguments_agree(xp):
@@ -393,6 +400,10 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(algorithm)
     x, wt = np.zeros((0, 128, 4, 4), np.float32), np.ones((128, 128, 4, 4), np.float32)
     y = conv_transpose2d(x, wt, np.ones(128, np.float32), 2, 1, algorithm=algorithm)
     assert y.shape == (0, 128, 8, 8) and y.dtype == np.float32
+    y32 = conv_transpose2d(np.zeros((0, 21, 4, 4), np.float32),         # FCN-32s's x32: on the
+                           np.ones((21, 21, 64, 64), np.float32), None,  # CPU 'subpixel' runs
+                           32, 16, algorithm=algorithm)                  # it channels-last
+    assert y32.shape == (0, 21, 128, 128)
     dx, dw, db = conv_transpose2d_backward(np.zeros(y.shape, np.float32), x, wt, 2, 1,
                                            algorithm=algorithm)
     assert dx.shape == x.shape and dw.shape == wt.shape and db.shape == (128,)

@@ -249,3 +249,14 @@ def test_copy_keeping_runs_copies_strided_runs():
     dst2 = np.zeros((6, 4, 5, 3), np.float32)
     copy_keeping_runs(dst2, src[..., ::-1])                 # last axis not unit-stride
     np.testing.assert_array_equal(dst2, src[..., ::-1])
+    dst3 = np.zeros((6, 4, 5, 3), np.float32)
+    copy_keeping_runs(dst3, src[..., :1])                   # broadcast along the last axis
+    np.testing.assert_array_equal(dst3, np.broadcast_to(src[..., :1], dst3.shape))
+
+
+def test_channels_last_pixel_shuffle_zeroes_the_rows_it_does_not_hold():
+    """Given only block rows 2.. (``q0 = 2``) and no ``out``, the rows of blocks 0-1 are 0."""
+    im2col_module = sys.modules["minifcn.functional.im2col"]
+    ysub = np.ones((1, 4, 3, 2, 3, 8))
+    got = im2col_module._pixel_shuffle_channels_last(ysub[:, 2:], 12, 24, 0, 0, q0=2)
+    assert not got[:, :, :6].any() and got[:, :, 6:].all()

@@ -213,7 +213,7 @@ def _conv2d_shifted_rows(x, weight_t, ph, pw):
     out_rows = (n - 1) * period + ho                 # the stack's output rows that are needed
     taps = c * kh * kw
     w_t = weight_t.reshape(taps, o).T                # (O, K): a transposed view
-    y = np.empty((o, n * period, wp), dtype=x.dtype)
+    y = np.empty((o, n * period, wp), dtype=np.result_type(x, weight_t))
     y_flat = y.reshape(o, -1)
     rows = max(1, CPU_BAND_BYTES // (taps * wp * x.dtype.itemsize))     # output rows per band
     width = (min(rows, out_rows) - 1) * wp + wo                          # windows per band
@@ -250,6 +250,13 @@ def _subpixel_channels_last(x, weight_t, g):
     """
     n, c, h, w = x.shape
     _, ah, aw, m = weight_t.shape                     # m = O*sh*sw, ordered (o, r, t)
+    dtype = np.result_type(x, weight_t)
+    _, covered_h = _block_pieces(g.ho, g.sh, g.ph, h + ah - 1)
+    _, covered_w = _block_pieces(g.wo, g.sw, g.pw, w + aw - 1)
+    y = (np.empty if (covered_h, covered_w) == (g.ho, g.wo) else np.zeros)(
+        (n, g.o, g.ho, g.wo), dtype=dtype)
+    if y.size == 0:                                   # an empty batch (or no channels)
+        return y
     ph, pw = ah - 1, aw - 1
     gap, wp = pw, w + pw                              # _conv2d_shifted_rows's layout, kw = pw + 1
     hq, wq = h + ph, w + pw
@@ -261,11 +268,7 @@ def _subpixel_channels_last(x, weight_t, g):
     rows = min(CPU_BAND_BYTES // (taps * wp * size), CPU_CHANNELS_LAST_BAND_BYTES // (m * wp * size))
     rows = min(out_rows, max(rows, -(-CPU_CHANNELS_LAST_MIN_PIXELS // wp)))
     col = np.empty((c, ah, aw, (rows - 1) * wp + wq), dtype=x.dtype)
-    ybuf = np.empty((rows * wp, m), dtype=x.dtype)
-    _, covered_h = _block_pieces(g.ho, g.sh, g.ph, hq)
-    _, covered_w = _block_pieces(g.wo, g.sw, g.pw, wq)
-    y = (np.empty if (covered_h, covered_w) == (g.ho, g.wo) else np.zeros)(
-        (n, g.o, g.ho, g.wo), dtype=x.dtype)
+    ybuf = np.empty((rows * wp, m), dtype=dtype)
     for r0 in range(0, out_rows, rows):
         r1 = min(out_rows, r0 + rows)
         length = (r1 - r0 - 1) * wp + wq

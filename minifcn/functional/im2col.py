@@ -308,7 +308,8 @@ def copy_keeping_runs(dst, src):
     """``dst[...] = src`` for arrays whose last axes both have unit stride: on NumPy the
     runs along that axis move as opaque ``len*itemsize``-byte items (one ``memcpy`` each
     instead of a strided inner loop over a few values)."""
-    if (isinstance(dst, np.ndarray) and dst.shape[-1] > 1 and dst.dtype == src.dtype
+    if (isinstance(dst, np.ndarray) and isinstance(src, np.ndarray) and dst.shape[-1] > 1
+            and src.shape[-1] == dst.shape[-1] and dst.dtype == src.dtype
             and dst.strides[-1] == src.strides[-1] == dst.itemsize):
         item = np.dtype((np.void, dst.shape[-1] * dst.itemsize))
         dst.view(item)[..., 0] = src.view(item)[..., 0]
@@ -334,9 +335,9 @@ def _pixel_shuffle_channels_last(ysub, h, w, ph, pw, out=None, q0=0):
     n, nq, wq, c, sh, sw = ysub.shape
     rows, covered_h = _block_pieces(h, sh, ph, q0 + nq)
     cols, covered_w = _block_pieces(w, sw, pw, wq)
-    if out is None:
-        out = (np.empty if (covered_h, covered_w) == (h, w) else np.zeros)((n, c, h, w),
-                                                                           ysub.dtype)
+    if out is None:                     # rows of blocks before q0 are not written: zeros
+        whole = q0 == 0 and (covered_h, covered_w) == (h, w)
+        out = (np.empty if whole else np.zeros)((n, c, h, w), ysub.dtype)
     for q, qc, r, rc, i in rows:
         lo, hi = max(q, q0), min(q + qc, q0 + nq)        # the piece's blocks held here
         if lo >= hi:
