@@ -91,6 +91,36 @@ def test_sgd_matches_torch(momentum, weight_decay):
             assert not np.array_equal(model.params[k], start[k]), k
 
 
+@pytest.mark.parametrize("cls,kwargs", [(SGD, dict(momentum=0.9, weight_decay=0.1)),
+                                        (SGD, dict(momentum=0.0)),
+                                        (Adam, dict(weight_decay=1e-2))])
+def test_chunked_cpu_updates_match_torch(monkeypatch, cls, kwargs):
+    """The CPU update runs each parameter in chunks (``CPU_UPDATE_CHUNK`` values): with
+    chunks of 7, which split every parameter unevenly, still torch's result; plain SGD
+    keeps no momentum buffer."""
+    import minifcn.optim as optim
+    monkeypatch.setattr(optim, "CPU_UPDATE_CHUNK", 7)
+    model = _model()
+    frozen = set(model.frozen)
+    tparams = _torch_params(model)
+    groups = _torch_groups(tparams, frozen, kwargs.get("weight_decay", 0.0))
+    torch_kwargs = {k: v for k, v in kwargs.items() if k != "weight_decay"}
+    ref = (torch.optim.SGD if cls is SGD else torch.optim.Adam)(groups, lr=LRS[0], **torch_kwargs)
+    opt = cls(model, LRS[0], **kwargs)
+    for step, (lr, grads) in enumerate(zip(LRS, _grad_stream(model, len(LRS), seed=3))):
+        _set_grads(model, grads)
+        opt.step(lr)
+        for group in ref.param_groups:
+            group["lr"] = lr
+        for k, p in tparams.items():
+            p.grad = torch.tensor(grads[k])
+        ref.step()
+        for k, p in tparams.items():
+            assert _rel(model.params[k], p.detach().numpy()) < 1e-10, (step, k)
+    if cls is SGD and not kwargs["momentum"]:
+        assert not opt.state["momentum"]
+
+
 def test_sgd_no_weight_decay_on_biases_by_hand():
     """One step from zero momentum: w -= lr (g + wd w) for weights, b -= lr g for biases."""
     model = _model()
