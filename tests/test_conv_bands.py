@@ -267,6 +267,50 @@ def test_shifted_rows_convolution_matches_torch(band_budget, kernel, padding, ro
     assert np.abs(y - ref).max() <= 1e-12 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("kernel,padding", [(3, 1), (3, 0), (2, 1), ((1, 3), (0, 1))])
+def test_conv2d_input_gradient_alone_runs_implicit_on_mid_sized_maps(monkeypatch, dtype, kernel,
+                                                                     padding):
+    """Between ``CPU_IMPLICIT_CONV2D_DX_MIN_PIXELS`` and ``CPU_IMPLICIT_CONV2D_MIN_PIXELS``
+    output pixels (VGG's conv4 at 224: 53x53), conv2d's forward and dW stay on im2col but
+    dx runs as the implicit transposed convolution of dy: held to torch, the path taken
+    (and not taken for dW alone, or below the bound)."""
+    import torch
+    from minifcn.functional import implicit
+    from minifcn.functional.blas import uses_cblas
+    if not uses_cblas(dtype):
+        pytest.skip("NumPy's BLAS is not reachable here")
+    calls = []
+    real = conv.conv_transpose2d_implicit
+    monkeypatch.setattr(conv, "conv_transpose2d_implicit",
+                        lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(conv, "CPU_IMPLICIT_CONV2D_DX_MIN_PIXELS", 300)
+    monkeypatch.setattr(conv, "CPU_IMPLICIT_CONV2D_MIN_PIXELS", 10 ** 9)
+    rng = np.random.default_rng(3)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    x = rng.standard_normal((2, 64, 22, 21)).astype(dtype)
+    wt = rng.standard_normal((64, 64, kh, kw)).astype(dtype)
+    ho, wo = 22 + 2 * ph - kh + 1, 21 + 2 * pw - kw + 1
+    dy = rng.standard_normal((2, 64, ho, wo)).astype(dtype)
+    dx, dw, db = conv2d_backward(dy, x, wt, 1, (ph, pw))
+    assert calls
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    wtt = torch.tensor(wt.astype(np.float64), requires_grad=True)
+    torch.nn.functional.conv2d(xt, wtt, padding=(ph, pw)).backward(torch.tensor(dy.astype(np.float64)))
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for got, ref in ((dx, xt.grad), (dw, wtt.grad)):
+        ref = ref.numpy()
+        assert got.dtype == dtype
+        assert np.abs(got - ref).max() <= tol * np.abs(ref).max()
+    calls.clear()
+    conv2d_backward(dy, x, wt, 1, (ph, pw), need_input_grad=False)
+    small = (10 + 2 * ph - kh + 1, 10 + 2 * pw - kw + 1)                  # under 300 pixels
+    conv2d_backward(dy[:, :, :small[0], :small[1]].copy(), x[:, :, :10, :10].copy(), wt, 1,
+                    (ph, pw))
+    assert not calls
+
+
 def test_the_implicit_path_builds_no_col_matrix():
     """The same 64-channel layer as above, as the CPU runs it by default ('implicit'):
     nothing near the 36 MB col matrix is allocated, whatever the band budget — and the
