@@ -2,8 +2,10 @@
 
     python -m benchmarks.profile_deconv                      # 256->128 k4 s2 p1, batch 8
     python -m benchmarks.profile_deconv --shape 1 21 21 16 16 4 2 1 --algorithm subpixel
+    python -m benchmarks.profile_deconv --backward           # its input + weight gradients
 
-Runs ``conv_transpose2d`` under cProfile (after warm-up) and reports, per call, the time
+Runs ``conv_transpose2d`` (with ``--backward``: ``conv_transpose2d_backward``, dx and dW,
+against torch's ``convolution_backward``) under cProfile (after warm-up) and reports, per call, the time
 inside each of the package's functions that does one step (cumulative time; for the
 shifted-rows convolution its own time, which is its GEMMs: cProfile does not see
 ``numpy.matmul``, a ufunc) and the rest. torch's forward is timed in the same rounds,
@@ -23,7 +25,7 @@ import time
 
 import numpy as np
 
-from minifcn.functional import conv_transpose2d
+from minifcn.functional import conv_transpose2d, conv_transpose2d_backward
 from minifcn.functional.conv import ALGORITHMS
 
 # (label, function name as pstats writes it) of the steps reported
@@ -40,8 +42,13 @@ STEPS = [
     ("fused (per-tap GEMMs)", "_conv_transpose2d_fused"),
     ("phase weights", "_gemm_plan"),
     ("stack the input", "_stack_input"),
-    ("GEMMs (implicit)", "gemm"),
+    ("GEMMs (blas.gemm)", "gemm"),
     ("phase shuffle", "_shuffle_phases"),
+    # the backward's
+    ("un-shuffle dy (implicit)", "_unshuffle_phases"),
+    ("im2col", "_im2col"),
+    ("GEMM (W @ col)", "_weight_times_col"),
+    ("GEMM (dy @ col^T)", "_dy_times_col_t"),
 ]
 
 
@@ -59,6 +66,8 @@ def main(argv=None):
                    metavar=("N", "C_IN", "C_OUT", "H", "W", "K", "S", "P"))
     p.add_argument("--algorithm", default="auto", choices=ALGORITHMS)
     p.add_argument("--repeats", type=_positive, default=15)
+    p.add_argument("--backward", action="store_true",
+                   help="profile the backward (input and weight gradients) instead")
     args = p.parse_args(argv)
     import torch
     n, cin, cout, h, w, k, s, pad = args.shape
@@ -74,13 +83,26 @@ def main(argv=None):
         return torch.nn.functional.conv_transpose2d(xt, wtt, stride=s, padding=pad)
 
     try:
-        got = ours()
+        got = [ours()]
     except ValueError as e:                  # a shape the op refuses: say so, no traceback
         print(f"python -m benchmarks.profile_deconv: --shape {' '.join(map(str, args.shape))}: {e}",
               file=sys.stderr)
         return 2
-    ref = theirs().numpy()
-    err = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+    ref = [theirs().numpy()]
+    if args.backward:
+        dy = rng.standard_normal(ref[0].shape, dtype=np.float32)
+        dyt = torch.from_numpy(dy)
+
+        def ours():
+            return conv_transpose2d_backward(dy, x, wt, s, pad, need_bias_grad=False,
+                                             algorithm=args.algorithm)
+
+        def theirs():
+            return torch.ops.aten.convolution_backward(dyt, xt, wtt, None, [s, s], [pad, pad],
+                                                       [1, 1], True, [0, 0], 1,
+                                                       [True, True, False])
+        got, ref = ours()[:2], [r.numpy() for r in theirs()[:2]]
+    err = max(float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)) for a, b in zip(got, ref))
     if err > 1e-4:
         print(f"minifcn disagrees with torch (relative error {err:.2e}): not profiled")
         return 1
@@ -110,7 +132,8 @@ def main(argv=None):
                 own = name in ("_conv2d_shifted_rows", "_subpixel_channels_last")
                 steps[name].append((t_own if own else t_cum) * 1e3)
     total = statistics.median(ours_ms)
-    print(f"conv_transpose2d {args.shape} algorithm={args.algorithm!r}: {total:.2f} ms "
+    op = "conv_transpose2d_backward" if args.backward else "conv_transpose2d"
+    print(f"{op} {args.shape} algorithm={args.algorithm!r}: {total:.2f} ms "
           f"(median of {args.repeats}, profiled); torch {statistics.median(torch_ms):.2f} ms, "
           f"ratio {statistics.median(a / b for a, b in zip(ours_ms, torch_ms)):.2f}")
     accounted = 0.0

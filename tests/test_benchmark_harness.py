@@ -81,11 +81,26 @@ def test_profile_deconv_names_the_steps_of_each_algorithm(capsys):
                              "GEMM (shifted rows)", "pixel shuffle"],
                 "col2im": ["GEMM (W^T @ x)", "col2im"],
                 "fused": ["fused (per-tap GEMMs)"],
-                "implicit": ["phase weights", "stack the input", "GEMMs (implicit)",
+                "implicit": ["phase weights", "stack the input", "GEMMs (blas.gemm)",
                              "phase shuffle"]}
     for algorithm, labels in expected.items():
         assert profile.main(shape + ["--algorithm", algorithm]) == 0
         out = capsys.readouterr().out
+        for label in labels:
+            assert f"  {label} " in out, (algorithm, label, out)
+    # stride 8: the channels-last sub-pixel forward
+    assert profile.main(["--shape", "1", "2", "2", "3", "3", "16", "8", "4", "--repeats", "2",
+                         "--algorithm", "subpixel"]) == 0
+    out = capsys.readouterr().out
+    for label in ("GEMM (channels-last)", "shuffle (channels-last)"):
+        assert f"  {label} " in out, (label, out)
+    # the backward: im2col of dy and its two GEMMs; the implicit adjoint's un-shuffle
+    backward = {"col2im": ["im2col", "GEMM (W @ col)", "GEMM (dy @ col^T)"],
+                "implicit": ["un-shuffle dy (implicit)", "GEMMs (blas.gemm)"]}
+    for algorithm, labels in backward.items():
+        assert profile.main(shape + ["--algorithm", algorithm, "--backward"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("conv_transpose2d_backward ")
         for label in labels:
             assert f"  {label} " in out, (algorithm, label, out)
 
@@ -95,6 +110,13 @@ def test_profile_deconv_refuses_a_wrong_result(monkeypatch, capsys):
     real = profile.conv_transpose2d
     monkeypatch.setattr(profile, "conv_transpose2d", lambda *a, **k: real(*a, **k) * 2)
     assert profile.main(["--shape", "1", "2", "2", "4", "4", "4", "2", "1"]) == 1
+    assert "not profiled" in capsys.readouterr().out
+    real_bwd = profile.conv_transpose2d_backward
+    monkeypatch.setattr(profile, "conv_transpose2d", real)
+    monkeypatch.setattr(profile, "conv_transpose2d_backward",
+                        lambda *a, **k: tuple(None if g is None else g * 2
+                                              for g in real_bwd(*a, **k)))
+    assert profile.main(["--shape", "1", "2", "2", "4", "4", "4", "2", "1", "--backward"]) == 1
     assert "not profiled" in capsys.readouterr().out
 
 
