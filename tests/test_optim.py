@@ -63,6 +63,21 @@ def _rel(a, b):
 LRS = [0.1, 0.05, 0.2, 0.01, 0.1, 0.03]
 
 
+def _step_alongside_torch(model, opt, ref, tparams, seed, tol):
+    """Steps ``opt`` and torch's optimizer ``ref`` on the same gradients at the learning
+    rates ``LRS``; after each step every parameter must agree within ``tol``."""
+    for step, (lr, grads) in enumerate(zip(LRS, _grad_stream(model, len(LRS), seed=seed))):
+        _set_grads(model, grads)
+        opt.step(lr)
+        for group in ref.param_groups:
+            group["lr"] = lr
+        for k, p in tparams.items():
+            p.grad = torch.tensor(grads[k])
+        ref.step()
+        for k, p in tparams.items():
+            assert _rel(model.params[k], p.detach().numpy()) < tol, (step, k)
+
+
 @pytest.mark.parametrize("momentum,weight_decay", [(0.9, 5e-4), (0.99, 0.1), (0.0, 0.05), (0.9, 0.0)])
 def test_sgd_matches_torch(momentum, weight_decay):
     model = _model()
@@ -73,16 +88,7 @@ def test_sgd_matches_torch(momentum, weight_decay):
     ref = torch.optim.SGD(_torch_groups(tparams, frozen, weight_decay), lr=LRS[0],
                           momentum=momentum)
     opt = SGD(model, LRS[0], momentum=momentum, weight_decay=weight_decay)
-    for step, (lr, grads) in enumerate(zip(LRS, _grad_stream(model, len(LRS)))):
-        _set_grads(model, grads)
-        opt.step(lr)
-        for group in ref.param_groups:
-            group["lr"] = lr
-        for k, p in tparams.items():
-            p.grad = torch.tensor(grads[k])
-        ref.step()
-        for k, p in tparams.items():
-            assert _rel(model.params[k], p.detach().numpy()) < 1e-12, (step, k)
+    _step_alongside_torch(model, opt, ref, tparams, seed=1, tol=1e-12)
     # the frozen upsampling kernel never moved, though it had gradients every step
     np.testing.assert_array_equal(model.params["up.weight"], start["up.weight"])
     # and everything else did
@@ -107,16 +113,7 @@ def test_chunked_cpu_updates_match_torch(monkeypatch, cls, kwargs):
     torch_kwargs = {k: v for k, v in kwargs.items() if k != "weight_decay"}
     ref = (torch.optim.SGD if cls is SGD else torch.optim.Adam)(groups, lr=LRS[0], **torch_kwargs)
     opt = cls(model, LRS[0], **kwargs)
-    for step, (lr, grads) in enumerate(zip(LRS, _grad_stream(model, len(LRS), seed=3))):
-        _set_grads(model, grads)
-        opt.step(lr)
-        for group in ref.param_groups:
-            group["lr"] = lr
-        for k, p in tparams.items():
-            p.grad = torch.tensor(grads[k])
-        ref.step()
-        for k, p in tparams.items():
-            assert _rel(model.params[k], p.detach().numpy()) < 1e-10, (step, k)
+    _step_alongside_torch(model, opt, ref, tparams, seed=3, tol=1e-10)
     if cls is SGD and not kwargs["momentum"]:
         assert not opt.state["momentum"]
 
@@ -142,16 +139,7 @@ def test_adam_matches_torch(weight_decay, betas):
     ref = torch.optim.Adam(_torch_groups(tparams, frozen, weight_decay), lr=LRS[0], betas=betas,
                            eps=1e-8)
     opt = Adam(model, LRS[0], betas=betas, eps=1e-8, weight_decay=weight_decay)
-    for step, (lr, grads) in enumerate(zip(LRS, _grad_stream(model, len(LRS), seed=5))):
-        _set_grads(model, grads)
-        opt.step(lr)
-        for group in ref.param_groups:
-            group["lr"] = lr
-        for k, p in tparams.items():
-            p.grad = torch.tensor(grads[k])
-        ref.step()
-        for k, p in tparams.items():
-            assert _rel(model.params[k], p.detach().numpy()) < 1e-10, (step, k)
+    _step_alongside_torch(model, opt, ref, tparams, seed=5, tol=1e-10)
     np.testing.assert_array_equal(model.params["up.weight"], start["up.weight"])
 
 

@@ -204,13 +204,7 @@ def _conv2d_shifted_rows(x, weight_t, ph, pw):
     """
     n, c, h, w = x.shape
     _, kh, kw, o = weight_t.shape
-    gap = pw + max(0, pw - kw + 1)                   # zeros between rows: >= pw, Wp >= Wo
-    wp = w + gap
-    ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
-    period = h + ph + max(0, ph - kh + 1)           # >= h + ph, and >= Ho: no overlap
-    # padded pixel (r, s) of image k at flat (k*period + r)*Wp + s + (gap - pw)
-    stack_flat = _stack_images(x, ph, gap, period).reshape(c, -1)[:, gap - pw:]
-    out_rows = (n - 1) * period + ho                 # the stack's output rows that are needed
+    stack_flat, wp, ho, wo, period, out_rows = _shifted_rows_layout(x, kh, kw, ph, pw)
     taps = c * kh * kw
     w_t = weight_t.reshape(taps, o).T                # (O, K): a transposed view
     y = np.empty((o, n * period, wp), dtype=np.result_type(x, weight_t))
@@ -257,12 +251,7 @@ def _subpixel_channels_last(x, weight_t, g):
         (n, g.o, g.ho, g.wo), dtype=dtype)
     if y.size == 0:                                   # an empty batch (or no channels)
         return y
-    ph, pw = ah - 1, aw - 1
-    gap, wp = pw, w + pw                              # _conv2d_shifted_rows's layout, kw = pw + 1
-    hq, wq = h + ph, w + pw
-    period = h + ph
-    stack_flat = _stack_images(x, ph, gap, period).reshape(c, -1)
-    out_rows = (n - 1) * period + hq
+    stack_flat, wp, hq, wq, period, out_rows = _shifted_rows_layout(x, ah, aw, ah - 1, aw - 1)
     taps = c * ah * aw
     size = x.dtype.itemsize
     rows = min(CPU_BAND_BYTES // (taps * wp * size), CPU_CHANNELS_LAST_BAND_BYTES // (m * wp * size))
@@ -283,6 +272,20 @@ def _subpixel_channels_last(x, weight_t, g):
                 _pixel_shuffle_channels_last(rows_k[None], g.ho, g.wo, g.ph, g.pw,
                                              out=y[k:k + 1], q0=q0)
     return y
+
+
+def _shifted_rows_layout(x, kh, kw, ph, pw):
+    """The stacked, flattened image of :func:`_conv2d_shifted_rows` and its sizes:
+    ``(stack_flat, wp, ho, wo, period, out_rows)`` — the row pitch, the output size, the
+    rows between images, and the stack's output rows that are needed."""
+    n, c, h, w = x.shape
+    gap = pw + max(0, pw - kw + 1)                   # zeros between rows: >= pw, Wp >= Wo
+    wp = w + gap
+    ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    period = h + ph + max(0, ph - kh + 1)           # >= h + ph, and >= Ho: no overlap
+    # padded pixel (r, s) of image k at flat (k*period + r)*Wp + s + (gap - pw)
+    stack_flat = _stack_images(x, ph, gap, period).reshape(c, -1)[:, gap - pw:]
+    return stack_flat, wp, ho, wo, period, (n - 1) * period + ho
 
 
 def _stack_images(x, ph, gap, period):
@@ -736,8 +739,7 @@ def _conv_transpose2d_backward_col(dy, x, weight, g, need_dx, need_dw):
     if direct:
         dx = np.empty(x.shape, dtype=g.dtype) if need_dx else None
         w_mat = weight.reshape(g.c, k)
-        dw_t = np.empty((k, g.c), dtype=g.dtype) if need_dw else None
-        first = True
+        dw_t = np.zeros((k, g.c), dtype=g.dtype) if need_dw else None
     for n0, n1 in _image_batches(dy, per_row * g.h):
         for r0, r1 in _row_bands(dy[n0:n1], g.h, per_row, -(-MIN_BAND_WINDOWS // g.w)):
             col = _band_im2col(dy[n0:n1], conv, r0, r1, buf)
@@ -749,8 +751,7 @@ def _conv_transpose2d_backward_col(dy, x, weight, g, need_dx, need_dw):
                         gemm(w_mat, col_i, dx[n0 + i, :, r0:r1].reshape(g.c, windows))
                     if need_dw:
                         x_i = x[n0 + i, :, r0:r1].reshape(g.c, windows)
-                        gemm(col_i, x_i.T, dw_t, accumulate=not first)
-                        first = False
+                        gemm(col_i, x_i.T, dw_t, accumulate=True)
                 continue
             if need_dx:
                 part = _weight_times_col(weight, col, g.groups)

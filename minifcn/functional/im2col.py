@@ -227,12 +227,12 @@ def transpose_keeping_runs(a, axes):
     over the innermost permuted axis instead of over those few values (3-7x faster for
     runs of 2 to 4, ``benchmarks/RESULTS.md``)."""
     xp = get_array_module(a)
-    last = a.ndim - 1
-    if xp is np and a.shape[-1] > 1 and a.strides[-1] == a.itemsize:
-        runs = a.view(np.dtype((np.void, a.shape[-1] * a.itemsize)))[..., 0]
-        out = np.ascontiguousarray(runs.transpose(axes)).view(a.dtype)
-        return out.reshape(tuple(a.shape[i] for i in axes) + (a.shape[-1],))
-    return xp.ascontiguousarray(a.transpose(tuple(axes) + (last,)))
+    moved = a.transpose(tuple(axes) + (a.ndim - 1,))
+    if xp is not np:
+        return xp.ascontiguousarray(moved)
+    out = np.empty(moved.shape, dtype=a.dtype)
+    copy_keeping_runs(out, moved)
+    return out
 
 
 SHUFFLE_BLOCK_BYTES = 2 << 20   # output bytes per block of the pixel shuffle (stays in cache)
