@@ -255,3 +255,50 @@ def test_max_pool2d_non_contiguous_input(xp):
     y, tap = max_pool2d(x, 2, 2, 0, 1, True, return_indices=True)
     y_ref = TF.max_pool2d(torch.tensor(np.ascontiguousarray(to_np(x))), 2, 2, 0, 1, True)
     np.testing.assert_array_equal(to_np(y), y_ref.numpy())
+
+
+# -- the tiled path (stride = kernel, no padding: FCN's 2x2 pools) -----------------------------
+
+TILED = [((2, 2), False), ((3, 2), False), ((2, 3), True), ((1, 4), False), ((4, 4), True)]
+
+
+@pytest.mark.parametrize("slab_elements", [1, 2 * 13 * 11 + 5, 1 << 18],
+                         ids=["slab=1 channel", "uneven slabs", "one slab"])
+@pytest.mark.parametrize("kernel,ceil_mode", TILED)
+def test_max_pool2d_tiled_slabs(xp, monkeypatch, kernel, ceil_mode, slab_elements):
+    """Windows that tile the image, worked slab by slab: whichever way the channels are cut
+    into slabs, the same values, winners (ties included) and gradients as torch. 13 x 11
+    leaves rows and columns past the last whole tile, whose gradient must be 0."""
+    import minifcn.functional.pool as pool
+    monkeypatch.setattr(pool, "POOL_SLAB_ELEMENTS", slab_elements)
+    rng = np.random.default_rng(11)
+    x = rng.integers(-2, 3, (2, 5, 13, 11)).astype(np.float32)        # ties everywhere
+    check_max_pool2d(xp, x, 12, kernel=kernel, stride=None, padding=0, dilation=1,
+                     ceil_mode=False, exact=True)
+    x = distinct_values((2, 5, 13, 11), rng, np.float64)
+    check_max_pool2d(xp, x, 13, kernel=kernel, stride=None, padding=0, dilation=1,
+                     ceil_mode=ceil_mode)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [
+    (2, None, 0),           # the tiled path
+    (3, None, 0),           # the tiled path, 3x3 tiles
+    (3, 2, 1),              # overlapping windows with padding: the general path
+])
+def test_max_pool2d_nan_and_inf_like_torch(xp, kernel, stride, padding):
+    """A window holding NaN outputs NaN, and its *last* NaN in scan order wins (torch's
+    kernels take every NaN they meet); +-inf are ordinary values."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(-1, 2, (2, 3, 12, 12)).astype(np.float32)
+    flat = x.reshape(-1)
+    for value in (np.nan, np.inf, -np.inf):
+        flat[rng.choice(flat.size, 60, replace=False)] = value
+    x[0, 0, :2, :2] = np.nan                    # one window all NaN
+    x[0, 1, 0, 0] = x[0, 1, 1, 1] = np.nan      # two NaNs in a window, corners
+    y, tap = max_pool2d(xp.asarray(x), kernel, stride, padding, return_indices=True)
+    y_ref, index_ref = TF.max_pool2d(torch.tensor(x), kernel, stride, padding,
+                                     return_indices=True)
+    np.testing.assert_array_equal(to_np(y), y_ref.numpy())          # NaN matches NaN
+    np.testing.assert_array_equal(
+        winner_flat_index(to_np(tap), x.shape[3], kernel, stride, padding, 1),
+        index_ref.numpy())

@@ -29,8 +29,9 @@ __device__ __forceinline__ void max_pool_body(const T* __restrict__ x, T* __rest
                 const int xx = ow * g.sw + v * g.dw - g.pw;
                 if (xx < 0 || xx >= w) continue;
                 const T val = plane[(long long)yy * w + xx];
-                // strictly greater keeps the first of equal values; val != val is NaN
-                if (val > best || (val != val && best == best)) {
+                // strictly greater keeps the first of equal values; a NaN (val != val)
+                // always takes over, so the last NaN wins, as in torch
+                if (val > best || val != val) {
                     best = val;
                     best_tap = u * g.kw + v;
                 }
