@@ -153,6 +153,9 @@ FUNCTIONAL = [
      r"labels.*254"),
     ("loss-backward-label-out-of-range", lambda xp: F.softmax_cross_entropy_backward(
         _a(xp, 1, 3, 2, 2), xp.asarray(np.array([[[0, 7], [2, 255]]]))), r"labels.*7"),
+    ("loss-backward-log-probs-shape", lambda xp: F.softmax_cross_entropy_backward(
+        _a(xp, 1, 3, 2, 2), xp.asarray(np.array([[[0, 1], [2, 255]]])),
+        log_probs=_a(xp, 1, 3, 2, 1)), r"log_probs.*shape of logits"),
     ("loss-255-is-bad-when-ignore-is-other", lambda xp: F.softmax_cross_entropy(
         _a(xp, 1, 3, 2, 2), xp.asarray(np.array([[[0, 1], [2, 255]]])), ignore_index=-1),
      r"labels.*255"),

@@ -51,10 +51,17 @@ def check_ce(xp, logits, labels, reduction, ignore_index=255):
     eps = np.finfo(dtype).eps
     loss_floor = 4 * eps * float(np.abs(logits).max(initial=0.0)) * count * per_pixel
     assert abs(loss - ref_loss) <= RTOL[dtype] * abs(ref_loss) + loss_floor, (loss, ref_loss)
-    assert grad.dtype == dtype and grad.shape == logits.shape
-    err = float(np.abs(np.asarray(to_np(grad), np.float64) - ref_grad).max(initial=0.0))
-    assert err <= RTOL[dtype] * float(np.abs(ref_grad).max(initial=0.0)) + 4 * eps * per_pixel, \
-        f"gradient ({reduction}): max error {err:.3e}"
+    # the gradient from scratch, and from the forward pass's log-probabilities (the layer's way)
+    loss_again, log_probs = softmax_cross_entropy(xp.asarray(logits), xp.asarray(labels),
+                                                  ignore_index, reduction, return_log_probs=True)
+    assert loss_again == loss
+    grad_reusing = softmax_cross_entropy_backward(xp.asarray(logits), xp.asarray(labels),
+                                                  ignore_index, reduction, log_probs=log_probs)
+    for g in (grad, grad_reusing):
+        assert g.dtype == dtype and g.shape == logits.shape
+        err = float(np.abs(np.asarray(to_np(g), np.float64) - ref_grad).max(initial=0.0))
+        assert err <= RTOL[dtype] * float(np.abs(ref_grad).max(initial=0.0)) + 4 * eps * per_pixel, \
+            f"gradient ({reduction}): max error {err:.3e}"
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

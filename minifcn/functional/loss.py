@@ -46,9 +46,9 @@ def _check(logits, labels, ignore_index, reduction):
 def log_softmax(z, axis=1):
     """``z - logsumexp(z)`` along ``axis``, with the max subtracted first."""
     xp = get_array_module(z)
-    m = z.max(axis=axis, keepdims=True)
-    shifted = z - m
-    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+    shifted = z - z.max(axis=axis, keepdims=True)
+    shifted -= xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+    return shifted
 
 
 def _gather_label(a, labels, valid):
@@ -58,32 +58,46 @@ def _gather_label(a, labels, valid):
     return xp.take_along_axis(a, safe[:, None], axis=1)[:, 0]
 
 
-def softmax_cross_entropy(logits, labels, ignore_index=255, reduction="mean"):
-    """The loss as a Python float (accumulated in float64)."""
+def softmax_cross_entropy(logits, labels, ignore_index=255, reduction="mean",
+                          return_log_probs=False):
+    """The loss as a Python float (accumulated in float64).
+
+    With ``return_log_probs`` also returns ``log_softmax(logits)`` (None on the GPU, whose
+    kernel never forms it), for :func:`softmax_cross_entropy_backward` to reuse."""
     _check(logits, labels, ignore_index, reduction)
     xp = get_array_module(logits)
     valid = labels != ignore_index
     count = int(valid.sum())
+    log_probs = None
     if count == 0:
-        return 0.0
-    if xp is not np:
+        total = 0.0
+    elif xp is not np:
         from ..kernels import gpu_softmax_cross_entropy   # per-pixel loss, 0 where ignored
         total = float(gpu_softmax_cross_entropy(logits, labels, ignore_index).sum(dtype=np.float64))
-        return total / count if reduction == "mean" else total
-    nll = -_gather_label(log_softmax(logits), labels, valid)
-    total = float(xp.where(valid, nll, 0).sum(dtype=np.float64))
-    return total / count if reduction == "mean" else total
+    else:
+        log_probs = log_softmax(logits)
+        nll = -_gather_label(log_probs, labels, valid)
+        total = float(xp.where(valid, nll, 0).sum(dtype=np.float64))
+    loss = total / count if reduction == "mean" and count > 0 else total
+    return (loss, log_probs) if return_log_probs else loss
 
 
-def softmax_cross_entropy_backward(logits, labels, ignore_index=255, reduction="mean"):
+def softmax_cross_entropy_backward(logits, labels, ignore_index=255, reduction="mean",
+                                   log_probs=None):
     """``dloss/dlogits = (softmax(z) - onehot(t)) * [t != ignore] / (count or 1)``.
 
     Shapes: logits (N, K, H, W), labels (N, H, W) -> gradient (N, K, H, W), logits' dtype.
     Why: a pixel's loss is ``logsumexp(z) - z[t]``; ``d logsumexp(z) / dz_k = softmax(z)_k``
     and ``d z[t] / dz_k = [k == t]``. Ignored pixels add nothing to the loss, so nothing
     to the gradient; ``'mean'`` divides the loss, hence the gradient, by the count.
+
+    ``log_probs``: ``log_softmax(logits)`` if the caller has it (the forward pass's, from
+    ``return_log_probs``); otherwise it is computed here.
     """
     _check(logits, labels, ignore_index, reduction)
+    if log_probs is not None and getattr(log_probs, "shape", None) != logits.shape:
+        raise ValueError(f"log_probs {getattr(log_probs, 'shape', None)} must have the shape "
+                         f"of logits {tuple(logits.shape)}")
     xp = get_array_module(logits)
     valid = labels != ignore_index
     count = int(valid.sum())
@@ -91,10 +105,17 @@ def softmax_cross_entropy_backward(logits, labels, ignore_index=255, reduction="
         from ..kernels import gpu_softmax_cross_entropy_backward
         denom = count if reduction == "mean" and count > 0 else 1
         return gpu_softmax_cross_entropy_backward(logits, labels, ignore_index, denom)
-    p = xp.exp(log_softmax(logits))
-    safe = xp.where(valid, labels, 0).astype(np.int64)
-    onehot = xp.arange(logits.shape[1]).reshape(1, -1, 1, 1) == safe[:, None]
-    grad = (p - onehot) * valid[:, None]
-    if reduction == "mean" and count > 0:
-        grad /= count
-    return grad.astype(logits.dtype, copy=False)
+    if log_probs is None:
+        log_probs = log_softmax(logits)
+    grad = xp.exp(log_probs).astype(logits.dtype, copy=False)          # softmax(z)
+    n, k = logits.shape[:2]
+    per_image = grad.reshape(n, k, -1)                                 # a view
+    at_label = xp.where(valid, labels, 0).astype(np.int64).reshape(n, 1, -1)
+    xp.put_along_axis(per_image, at_label,                             # - onehot(t)
+                      xp.take_along_axis(per_image, at_label, axis=1) - 1, axis=1)
+    scale = 1.0 / count if reduction == "mean" and count > 0 else 1.0
+    if count < valid.size:                                             # ignored: 0
+        grad *= (valid * scale).astype(grad.dtype)[:, None]
+    elif scale != 1.0:
+        grad *= grad.dtype.type(scale)
+    return grad

@@ -337,10 +337,11 @@ class SoftmaxCrossEntropy:
         if reduction not in F.loss.REDUCTIONS:
             raise ValueError(f"reduction must be one of {F.loss.REDUCTIONS}, got {reduction!r}")
         self.ignore_index, self.reduction = ignore_index, reduction
-        self._logits = self._labels = None
+        self._logits = self._labels = self._log_probs = None
 
     def forward(self, logits, labels):
-        loss = F.softmax_cross_entropy(logits, labels, self.ignore_index, self.reduction)
+        loss, self._log_probs = F.softmax_cross_entropy(
+            logits, labels, self.ignore_index, self.reduction, return_log_probs=True)
         self._logits, self._labels = logits, labels
         return loss
 
@@ -350,4 +351,4 @@ class SoftmaxCrossEntropy:
         if self._logits is None:
             raise RuntimeError("SoftmaxCrossEntropy: backward() called before forward()")
         return F.softmax_cross_entropy_backward(self._logits, self._labels, self.ignore_index,
-                                                self.reduction)
+                                                self.reduction, log_probs=self._log_probs)
