@@ -39,6 +39,8 @@ import numpy as np
 
 from minifcn.functional.im2col import _col2im, conv_output_size
 
+from .common import require_device
+
 KERNELS = Path(__file__).resolve().parent / "kernels"
 
 
@@ -329,12 +331,11 @@ def main(argv=None):
     except (KeyError, ValueError):
         ap.error(f"--variants: choose from {sorted(VARIANTS)}, got {args.variants!r}")
 
+    require_device(ap, args.device)
     ok = True
     if args.device == "emulate":
         result, ok = run_emulate(args, variants)
     else:
-        from minifcn.backend import require_gpu
-        require_gpu()
         result, ok = run_cuda(args, variants, FCN_SHAPES)
     result.update(command="python -m benchmarks.col2im_kernels " + " ".join(sys.argv[1:] if argv is None else argv),
                   date=datetime.datetime.now().isoformat(timespec="seconds"),

@@ -112,6 +112,17 @@ class Timer:
         return times
 
 
+def require_device(parser, device):
+    """Stop a benchmark CLI with a usage error (exit 2, no traceback) when ``device`` is
+    'cuda' and this machine has no usable GPU, saying why."""
+    if device == "cuda":
+        from minifcn.backend import require_gpu
+        try:
+            require_gpu()
+        except RuntimeError as e:
+            parser.error(str(e))
+
+
 def paired_ratio(ours, theirs):
     """Median over rounds of ``ours[i] / theirs[i]`` (lists from :meth:`Timer.rounds`)."""
     return statistics.median(a / b for a, b in zip(ours, theirs))

@@ -28,7 +28,8 @@ import numpy as np
 from minifcn.functional import conv_transpose2d, conv_transpose2d_backward
 from minifcn.functional.conv import _geometry, _pick_algorithm
 
-from .common import Timer, ceilings, machine, paired_ratio, rel_error, table, write_json
+from .common import (Timer, ceilings, machine, paired_ratio, rel_error, require_device, table,
+                     write_json)
 
 # (name, N, C_in, C_out, H, W, k, s, p): FCN's upsampling layers and a decoder layer
 FCN_SHAPES = [
@@ -124,6 +125,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json")
     args = p.parse_args(argv)
+    require_device(p, args.device)
     import torch
     if args.device == "cuda":
         torch.backends.cudnn.enabled = True

@@ -21,10 +21,33 @@ import sys
 
 import numpy as np
 
-from .common import Timer, machine, paired_ratio, table, write_json
+from .common import Timer, machine, paired_ratio, require_device, table, write_json
 
 
 def _models(size, device, width):
+    """``(ours_step, torch_step)``: one training step of each, as closures."""
+    b = _build(size, device, width)
+
+    def ours_step():
+        loss = b.crit.forward(b.ours.forward(b.x), b.y)
+        b.ours.backward(b.crit.backward())
+        b.opt.step()
+        return loss
+
+    def torch_step():
+        b.topt.zero_grad(set_to_none=True)
+        loss = b.torch.nn.functional.cross_entropy(b.ref(b.xt), b.yt, ignore_index=255)
+        loss.backward()
+        b.topt.step()
+        return loss
+
+    return ours_step, torch_step
+
+
+def _build(size, device, width):
+    """The two networks with equal weights, their inputs, losses and optimizers."""
+    import types
+
     import torch
     from minifcn.models import FCN8s
     from minifcn.nn import SoftmaxCrossEntropy
@@ -59,21 +82,8 @@ def _models(size, device, width):
     crit = SoftmaxCrossEntropy()
     opt = SGD(ours, 1e-4, momentum=0.9)
     topt = torch.optim.SGD([p for p in ref.parameters() if p.requires_grad], 1e-4, momentum=0.9)
-
-    def ours_step():
-        loss = crit.forward(ours.forward(xd), yd)
-        ours.backward(crit.backward())
-        opt.step()
-        return loss
-
-    def torch_step():
-        topt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(ref(xt), yt, ignore_index=255)
-        loss.backward()
-        topt.step()
-        return loss
-
-    return ours_step, torch_step
+    return types.SimpleNamespace(ours=ours, crit=crit, opt=opt, x=xd, y=yd, torch=torch,
+                                 ref=ref, topt=topt, xt=xt, yt=yt)
 
 
 def _cpu_peak_rss(framework, size, width):
@@ -139,6 +149,7 @@ def main(argv=None):
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--json")
     args = p.parse_args(argv)
+    require_device(p, args.device)
     import torch
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True

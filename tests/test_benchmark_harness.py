@@ -129,3 +129,35 @@ def test_profile_deconv_bad_arguments_get_a_clear_error(capsys):
             profile.main(bad)
         assert exc.value.code == 2
         assert bad[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["deconv", "step", "col2im_kernels", "profile_step"])
+def test_cuda_benchmarks_without_a_gpu_stop_with_the_reason(module, capsys):
+    """On a machine without a usable GPU, ``--device cuda`` is a usage error that says why
+    (exit 2), not a traceback from deep inside."""
+    from minifcn.backend import gpu_available
+    if gpu_available():
+        pytest.skip("this machine has a usable GPU")
+    import importlib
+    cli = importlib.import_module(f"benchmarks.{module}")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--device", "cuda"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "device 'cuda' was asked for" in err and "--device cpu" in err
+
+
+def test_profile_step_cpu_shows_both_frameworks_by_layer(capsys):
+    """The CPU profile of a (tiny) FCN-8s step: minifcn's rows by layer type and pass, the
+    loss and the optimizer timed apart, torch's rows by operator, and the two totals."""
+    import benchmarks.profile_step as profile
+    assert profile.main(["--device", "cpu", "--size", "32", "--width", "0.0625",
+                         "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    for expected in ("forward    Conv2d", "backward   Conv2d", "MaxPool2d", "ConvTranspose2d",
+                     "loss       softmax cross-entropy", "optimizer  SGD step",
+                     "aten::convolution_backward", "minifcn", "ratio"):
+        assert expected in out, expected
+    with pytest.raises(SystemExit) as exc:
+        profile.main(["--device", "cpu", "--steps", "0"])
+    assert exc.value.code == 2
