@@ -302,3 +302,14 @@ def test_max_pool2d_nan_and_inf_like_torch(xp, kernel, stride, padding):
     np.testing.assert_array_equal(
         winner_flat_index(to_np(tap), x.shape[3], kernel, stride, padding, 1),
         index_ref.numpy())
+
+
+def test_max_pool2d_tiled_non_contiguous_input(xp, monkeypatch):
+    """Tiles read from a strided view whose (N, C) axes cannot merge (every other sample,
+    row and column): slabs that cross samples still see the right planes."""
+    import minifcn.functional.pool as pool
+    monkeypatch.setattr(pool, "POOL_SLAB_ELEMENTS", 3 * 6 * 8)     # 3 planes per slab
+    base = distinct_values((4, 3, 12, 9), np.random.default_rng(8), np.float64)
+    x = base[::2, :, ::2, 1:]                                       # (2, 3, 6, 8)
+    assert not x.flags.c_contiguous
+    check_max_pool2d(xp, x, 9, kernel=2, stride=2, padding=0, dilation=1, ceil_mode=False)

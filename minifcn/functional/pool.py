@@ -102,10 +102,10 @@ def _tiles(input_size, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
             and ho * kh <= input_size[0] and wo * kw <= input_size[1])
 
 
-def _slabs(n, c, h, w):
-    """(sample, channel slice) pieces of about POOL_SLAB_ELEMENTS input elements each."""
+def _slabs(planes, h, w):
+    """Slices of ``planes`` (N*C) image planes, about POOL_SLAB_ELEMENTS input elements each."""
     step = max(1, POOL_SLAB_ELEMENTS // max(1, h * w))
-    return [(i, slice(c0, min(c, c0 + step))) for i in range(n) for c0 in range(0, c, step)]
+    return [slice(p0, min(planes, p0 + step)) for p0 in range(0, planes, step)]
 
 
 def _max_pool_tiles(x, kh, kw, ho, wo):
@@ -118,11 +118,12 @@ def _max_pool_tiles(x, kh, kw, ho, wo):
     is strictly greater, and its winner is tap ``u*kw + c_u``. So the winner is the first
     maximum in scan order, as in torch. NaN windows are settled by :func:`_nan_wins`."""
     n, c, h, w = x.shape
-    y = np.empty((n, c, ho, wo), dtype=x.dtype)
-    tap = np.empty((n, c, ho, wo), dtype=np.int32)
-    for i, cs in _slabs(n, c, h, w):
-        tiles = x[i, cs, :ho * kh, :wo * kw].reshape(-1, ho, kh, wo, kw)
-        y_s, tap_s = y[i, cs], tap[i, cs]
+    y = np.empty((n * c, ho, wo), dtype=x.dtype)
+    tap = np.empty((n * c, ho, wo), dtype=np.int32)
+    planes = x.reshape(n * c, h, w)                  # a view, unless x's strides forbid it
+    for s in _slabs(n * c, h, w):
+        tiles = planes[s, :ho * kh, :wo * kw].reshape(-1, ho, kh, wo, kw)
+        y_s, tap_s = y[s], tap[s]
         _max_of_tile_row([tiles[:, :, 0, :, v] for v in range(kw)], y_s, tap_s)
         if kh > 1:
             m, col = np.empty_like(y_s), np.empty_like(tap_s)
@@ -133,7 +134,7 @@ def _max_pool_tiles(x, kh, kw, ho, wo):
             col += u * kw
             np.copyto(tap_s, col, where=later_wins)
         _nan_wins(y_s, tap_s, [tiles[:, :, u, :, v] for u in range(kh) for v in range(kw)])
-    return y, tap
+    return y.reshape(n, c, ho, wo), tap.reshape(n, c, ho, wo)
 
 
 def _max_of_tile_row(columns, m, col):
@@ -157,15 +158,15 @@ def _max_pool_tiles_backward(dy, tap, h, w, kh, kw):
     kh*kw strided writes per slab, no col matrix and no col2im sum. Rows and columns past
     the last whole tile (floor mode) belong to no window: their gradient is 0."""
     n, c, ho, wo = dy.shape
-    dx = np.empty((n, c, h, w), dtype=dy.dtype)
-    for i, cs in _slabs(n, c, h, w):
-        dx_s = dx[i, cs]
+    dx = np.empty((n * c, h, w), dtype=dy.dtype)
+    dy, tap = dy.reshape(n * c, ho, wo), tap.reshape(n * c, ho, wo)
+    for s in _slabs(n * c, h, w):
         if ho * kh < h or wo * kw < w:
-            dx_s[...] = 0
-        tiles = dx_s[:, :ho * kh, :wo * kw].reshape(-1, ho, kh, wo, kw)
+            dx[s] = 0
+        tiles = dx[s, :ho * kh, :wo * kw].reshape(-1, ho, kh, wo, kw)
         for t in range(kh * kw):
-            np.multiply(dy[i, cs], tap[i, cs] == t, out=tiles[:, :, t // kw, :, t % kw])
-    return dx
+            np.multiply(dy[s], tap[s] == t, out=tiles[:, :, t // kw, :, t % kw])
+    return dx.reshape(n, c, h, w)
 
 
 def max_pool2d_backward(dy, tap, input_size, kernel_size, stride=None, padding=0, dilation=1,
