@@ -94,17 +94,23 @@ def test_conv2d_grid_groups_bias(xp, dtype, bias, cin, cout, groups):
 
 # -- the CPU's implicit path (stride-1 convolutions as transposed ones) ----------------------
 
+@pytest.mark.parametrize("band_bytes", [None, 1], ids=["one band", "a band per image row"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("kernel,padding", [((3, 3), 1), ((3, 3), 0), ((3, 3), (2, 1)),
                                             ((2, 3), (1, 2)), ((1, 3), (0, 1)), ((3, 2), 0)])
-def test_conv2d_as_an_implicit_transposed_convolution(monkeypatch, dtype, kernel, padding):
+def test_conv2d_as_an_implicit_transposed_convolution(monkeypatch, dtype, kernel, padding,
+                                                      band_bytes):
     """With the channel threshold lowered, these small convolutions take the path VGG's
     layers take on the CPU (conv2d = conv_transpose2d with the kernel flipped and the
-    channel axes swapped, run as 'implicit'); forward and gradients against torch."""
+    channel axes swapped, run as 'implicit'; the weight gradient from banded im2col,
+    written transposed); forward and gradients against torch. A 1-byte band budget cuts
+    the weight gradient's im2col into one image and one output row at a time."""
     import minifcn.functional.conv as conv
     from minifcn.functional import implicit
     monkeypatch.setattr(conv, "CPU_IMPLICIT_CONV2D_MIN_CHANNELS", 1)
     monkeypatch.setattr(conv, "CPU_IMPLICIT_CONV2D_MIN_PIXELS", 1)
+    if band_bytes is not None:
+        monkeypatch.setattr(conv, "CPU_BAND_BYTES", band_bytes)
     used = []
     real = implicit.gemm
     monkeypatch.setattr(implicit, "gemm", lambda *a, **k: used.append(1) or real(*a, **k))
