@@ -102,6 +102,29 @@ def test_layer_matches_torch_layer(xp, name):
         assert_close(layer.grads[pname], ref, np.float64, f"{name} {pname} gradient")
 
 
+def test_relu_inplace_writes_over_its_input_on_the_cpu():
+    """``ReLU(inplace=True)`` (as the networks use it): y is x's own memory, with torch's
+    values and gradient; a read-only input is left alone and gets a fresh y."""
+    x0 = distinct_input((2, 3, 4, 5))
+    x = x0.copy()
+    layer = nn.ReLU(inplace=True)
+    y = layer.forward(x)
+    assert np.shares_memory(y, x)
+    xt = torch.tensor(x0, requires_grad=True)
+    yt = torch.relu(xt)
+    np.testing.assert_array_equal(x, yt.detach().numpy())
+    dy = np.random.default_rng(2).standard_normal(x.shape)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_array_equal(layer.backward(dy), xt.grad.numpy())
+    frozen = x0.copy()
+    frozen.flags.writeable = False
+    y = layer.forward(frozen)
+    assert not np.shares_memory(y, frozen)
+    np.testing.assert_array_equal(frozen, x0)
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    assert repr(layer) == "ReLU(inplace=True)" and repr(nn.ReLU()) == "ReLU()"
+
+
 @pytest.mark.parametrize("name", [k for k in LAYERS if LAYERS[k][1] is not None])
 def test_param_and_grad_shapes_are_torchs(name):
     layer = LAYERS[name][0]()

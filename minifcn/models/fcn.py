@@ -113,9 +113,9 @@ class FCN(Graph):
         he_init(fc7, rng)
         drop_seed = int(rng.integers(2**31))
         nodes += [
-            ("fc6", fc6, ["pool5"]), ("relu6", ReLU(), ["fc6"]),
+            ("fc6", fc6, ["pool5"]), ("relu6", ReLU(inplace=True), ["fc6"]),
             ("drop6", Dropout(dropout, seed=drop_seed), ["relu6"]),
-            ("fc7", fc7, ["drop6"]), ("relu7", ReLU(), ["fc7"]),
+            ("fc7", fc7, ["drop6"]), ("relu7", ReLU(inplace=True), ["fc7"]),
             ("drop7", Dropout(dropout, seed=drop_seed + 1), ["relu7"]),
             ("score_fr", score(c_fc), ["drop7"]),
         ]

@@ -61,7 +61,7 @@ def vgg16_nodes(source, width=1.0, geometry="notes", dtype=np.float32, rng=None)
             pad = 100 if (geometry == "paper" and (s, i) == (1, 1)) else 1
             conv = Conv2d(c_in, c_out, 3, padding=pad, dtype=dtype, seed=rng)
             he_init(conv, rng)
-            nodes += [(f"conv{s}_{i}", conv, [below]), (f"relu{s}_{i}", ReLU(), [f"conv{s}_{i}"])]
+            nodes += [(f"conv{s}_{i}", conv, [below]), (f"relu{s}_{i}", ReLU(inplace=True), [f"conv{s}_{i}"])]
             below, c_in = f"relu{s}_{i}", c_out
         nodes.append((f"pool{s}", MaxPool2d(2, 2, ceil_mode=(geometry == "paper")), [below]))
         below = f"pool{s}"

@@ -212,15 +212,27 @@ class ConvTranspose2d(_ConvBase):
 
 
 class ReLU(Layer):
-    """``y = max(x, 0)``; keeps y (y > 0 exactly where x > 0)."""
+    """``y = max(x, 0)``; keeps y (y > 0 exactly where x > 0).
+
+    ``inplace=True`` writes y over x on the CPU (no new array: the networks use it, each
+    ReLU being its convolution's only reader). On the GPU the kernel writes a fresh array
+    from CuPy's memory pool, and x is left as it was."""
 
     def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = bool(inplace)
         self._y = None
 
     def forward(self, x):
-        self._y = F.relu(x)
+        if (self.inplace and get_array_module(x) is np and x.dtype.kind == "f"
+                and x.flags.writeable):
+            self._y = np.maximum(x, 0, out=x)
+        else:
+            self._y = F.relu(x)
         return self._y
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
     def backward(self, dy):
         _check_backward("ReLU", dy, None if self._y is None else self._y.shape)
