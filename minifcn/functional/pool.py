@@ -10,6 +10,10 @@ goes to the one input that won window ``(i, j)`` — if two inputs tie, only the
 scan order gets it (as torch does; the test checks ties explicitly). Overlapping windows
 (stride < kernel) may route several gradients to one pixel; they add up, which is
 exactly col2im of a one-hot column.
+
+On the CPU, windows that tile the image (stride = kernel, no padding or dilation: FCN's
+2x2 pools) take a shorter road to the same numbers: a max per tile row, then across the
+rows, and a backward that writes each winner's ``dy`` straight into its tile.
 """
 from __future__ import annotations
 
