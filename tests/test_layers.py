@@ -125,6 +125,38 @@ def test_relu_inplace_writes_over_its_input_on_the_cpu():
     assert repr(layer) == "ReLU(inplace=True)" and repr(nn.ReLU()) == "ReLU()"
 
 
+@pytest.mark.parametrize("cls", [nn.Dropout, nn.Dropout2d])
+def test_dropout_inplace_is_the_same_draw_written_over_its_input(cls):
+    """``inplace=True``: the same mask as the out-of-place layer with the same seed, y in
+    x's memory; in eval mode nothing is drawn or written."""
+    x0 = distinct_input((2, 3, 4, 5))
+    ref, layer = cls(0.4, seed=3), cls(0.4, inplace=True, seed=3)
+    y_ref = ref.forward(x0)
+    x = x0.copy()
+    y = layer.forward(x)
+    assert np.shares_memory(y, x)
+    np.testing.assert_array_equal(y, y_ref)
+    assert 0 < int((y == 0).sum()) < y.size                  # something dropped, not all
+    dy = np.random.default_rng(4).standard_normal(x.shape)
+    np.testing.assert_array_equal(layer.backward(dy), ref.backward(dy))
+    layer.eval()
+    x = x0.copy()
+    assert layer.forward(x) is x
+    np.testing.assert_array_equal(x, x0)
+    assert "inplace=True" in repr(layer)
+
+
+def test_graph_refuses_an_inplace_layer_on_a_map_read_twice():
+    """Writing over a map that another node still reads would hand it the wrong values."""
+    with pytest.raises(ValueError, match=r"'relu' works in place on 'conv'.*\['skip'\]"):
+        nn.Graph([("conv", nn.Conv2d(1, 2, 3, padding=1), ["data"]),
+                  ("relu", nn.ReLU(inplace=True), ["conv"]),
+                  ("skip", nn.Add(), ["relu", "conv"])])
+    nn.Graph([("conv", nn.Conv2d(1, 2, 3, padding=1), ["data"]),       # its only reader: fine
+              ("relu", nn.ReLU(inplace=True), ["conv"]),
+              ("skip", nn.Add(), ["relu", "data"])])
+
+
 @pytest.mark.parametrize("name", [k for k in LAYERS if LAYERS[k][1] is not None])
 def test_param_and_grad_shapes_are_torchs(name):
     layer = LAYERS[name][0]()

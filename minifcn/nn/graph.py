@@ -54,6 +54,12 @@ class Graph(Layer):
             self._readers.setdefault(name, [])
             for i in inputs:
                 self._readers[i].append(name)
+        for name, layer, inputs in self.nodes:   # an in-place layer must be its map's only reader
+            for i in inputs:
+                others = [r for r in self._readers[i] if r != name]
+                if getattr(layer, "inplace", False) and others:
+                    raise ValueError(f"Graph: node {name!r} works in place on {i!r}, which "
+                                     f"{others} also read; give it inplace=False")
 
     # -- forward / backward ----------------------------------------------------------
     def forward(self, x, hook=None):

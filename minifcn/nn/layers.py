@@ -211,6 +211,11 @@ class ConvTranspose2d(_ConvBase):
                 + ("" if self.bias is not None else ", bias=False"))
 
 
+def _writable_host_float(x):
+    """Can an ``inplace`` layer write its result over ``x``: a writeable NumPy float array."""
+    return get_array_module(x) is np and x.dtype.kind == "f" and x.flags.writeable
+
+
 class ReLU(Layer):
     """``y = max(x, 0)``; keeps y (y > 0 exactly where x > 0).
 
@@ -224,8 +229,7 @@ class ReLU(Layer):
         self._y = None
 
     def forward(self, x):
-        if (self.inplace and get_array_module(x) is np and x.dtype.kind == "f"
-                and x.flags.writeable):
+        if self.inplace and _writable_host_float(x):
             self._y = np.maximum(x, 0, out=x)
         else:
             self._y = F.relu(x)
@@ -291,13 +295,16 @@ class Dropout(Layer):
     """``Dropout(p=0.5)``: inverted dropout, element-wise; identity in eval mode.
 
     ``seed`` makes the masks reproducible (a NumPy Generator is drawn from it; on the GPU a
-    CuPy generator seeded from the same stream)."""
+    CuPy generator seeded from the same stream). ``inplace=True`` writes y over x on the
+    CPU in training (the same mask); as in torch, not for a map another layer keeps for
+    its backward."""
 
     channelwise = False
 
     def __init__(self, p=0.5, inplace=False, *, seed=None):
         super().__init__()
         self.p = F.activation.check_p(p)
+        self.inplace = bool(inplace)
         self.rng = default_rng(seed)
         self._mask = None
         self._shape = None
@@ -317,7 +324,11 @@ class Dropout(Layer):
 
     def forward(self, x):
         rng = self._rng_for(x) if (self.training and self.p > 0) else None
-        y, self._mask = F.dropout(x, self.p, self.training, rng, self.channelwise)
+        if rng is not None and self.inplace and _writable_host_float(x):
+            self._mask = F.dropout_mask(x.shape, self.p, rng, x.dtype, np, self.channelwise)
+            y = np.multiply(x, self._mask, out=x)
+        else:
+            y, self._mask = F.dropout(x, self.p, self.training, rng, self.channelwise)
         self._shape = x.shape
         return y
 
@@ -329,7 +340,7 @@ class Dropout(Layer):
         self._mask = None
 
     def extra_repr(self):
-        return f"p={self.p}"
+        return f"p={self.p}" + (", inplace=True" if self.inplace else "")
 
 
 class Dropout2d(Dropout):
