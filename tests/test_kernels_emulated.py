@@ -426,6 +426,8 @@ def pool_input(kind, shape, dtype, seed=0):
     if kind == "normal":
         return randn(rng, shape, dtype)
     x = rng.integers(0, 3, shape).astype(dtype)                # many ties
+    if kind == "minus_inf":                 # windows of -inf only: the first pixel, not padding
+        x[rng.random(shape) < 0.8] = -np.inf
     if kind == "special":
         flat = x.reshape(-1)
         for value in (np.nan, -np.inf, np.inf, np.nan):
@@ -433,7 +435,7 @@ def pool_input(kind, shape, dtype, seed=0):
     return x
 
 
-@pytest.mark.parametrize("values", ["normal", "ties", "special"])
+@pytest.mark.parametrize("values", ["normal", "ties", "special", "minus_inf"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("pool", POOLS, ids=_pool_id)
 def test_max_pool2d(rt, pool, dtype, values):

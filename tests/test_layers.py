@@ -146,15 +146,49 @@ def test_dropout_inplace_is_the_same_draw_written_over_its_input(cls):
     assert "inplace=True" in repr(layer)
 
 
-def test_graph_refuses_an_inplace_layer_on_a_map_read_twice():
-    """Writing over a map that another node still reads would hand it the wrong values."""
-    with pytest.raises(ValueError, match=r"'relu' works in place on 'conv'.*\['skip'\]"):
-        nn.Graph([("conv", nn.Conv2d(1, 2, 3, padding=1), ["data"]),
-                  ("relu", nn.ReLU(inplace=True), ["conv"]),
-                  ("skip", nn.Add(), ["relu", "conv"])])
-    nn.Graph([("conv", nn.Conv2d(1, 2, 3, padding=1), ["data"]),       # its only reader: fine
-              ("relu", nn.ReLU(inplace=True), ["conv"]),
-              ("skip", nn.Add(), ["relu", "data"])])
+def _graph_with_relu(inplace, through, skip_from):
+    """conv -> [through] -> relu, and an Add of relu with ``skip_from``."""
+    conv = nn.Conv2d(2, 3, 3, padding=1, seed=1).astype(np.float64)
+    nodes = [("conv", conv, ["data"])]
+    below = "conv"
+    if through == "dropout-eval":
+        drop = nn.Dropout(0.5, seed=2)
+        drop.eval()
+        nodes.append(("drop", drop, ["conv"]))
+        below = "drop"
+    nodes += [("relu", nn.ReLU(inplace=inplace), [below]), ("add", nn.Add(), ["relu", skip_from])]
+    if skip_from == "data":
+        nodes[0] = ("conv", nn.Conv2d(2, 2, 3, padding=1, seed=1).astype(np.float64), ["data"])
+    return nn.Graph(nodes)
+
+
+@pytest.mark.parametrize("through,skip_from", [
+    (None, "conv"),              # the ReLU's input is read again by the Add
+    ("dropout-eval", "conv"),    # ... through a Dropout that hands on its input itself
+    (None, "data"),              # the ReLU's input is its own: in place
+])
+def test_graph_runs_an_inplace_layer_out_of_place_where_its_input_is_still_needed(through,
+                                                                                 skip_from):
+    """The same outputs and gradients as the out-of-place network in every case; the
+    write-over happens exactly where nothing else can see the map."""
+    x = distinct_input((1, 2, 5, 4))
+    ref, net = (_graph_with_relu(inplace, through, skip_from) for inplace in (False, True))
+    seen = {}
+    y = net.forward(x, hook=lambda name, out: seen.setdefault(name, out))
+    np.testing.assert_array_equal(y, ref.forward(x))
+    dy = np.random.default_rng(3).standard_normal(y.shape)
+    np.testing.assert_array_equal(net.backward(dy), ref.backward(dy))
+    wrote_over = np.shares_memory(seen["relu"], seen["conv"])
+    assert wrote_over == (skip_from == "data")
+    assert net.layers["relu"].inplace                       # the flag is back after the call
+
+
+def test_graph_never_writes_over_the_callers_input():
+    x = distinct_input((1, 2, 5, 4))
+    x0 = x.copy()
+    net = nn.Graph([("relu", nn.ReLU(inplace=True), ["data"])])
+    np.testing.assert_array_equal(net.forward(x), np.maximum(x0, 0))
+    np.testing.assert_array_equal(x, x0)
 
 
 @pytest.mark.parametrize("name", [k for k in LAYERS if LAYERS[k][1] is not None])

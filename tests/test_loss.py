@@ -163,6 +163,35 @@ def test_layer_forward_returns_float_and_backward_gradient(xp, reduction):
     assert_close(crit.backward(), ref_grad, np.float32, "SoftmaxCrossEntropy.backward")
 
 
+@pytest.mark.parametrize("layout", ["fortran", "h-w swapped view", "channels-last view"])
+def test_logits_in_any_memory_order(layout):
+    """The gradient is built in C order whatever the logits' layout: the one-hot must land
+    in the returned array, not in a reshaped copy of it (layer and function both)."""
+    logits, labels = make_case(np.random.default_rng(16), 2, 4, 5, 3, np.float64)
+    if layout == "fortran":
+        z = np.asfortranarray(logits)
+    elif layout == "h-w swapped view":
+        z = np.ascontiguousarray(logits.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    else:
+        z = np.ascontiguousarray(logits.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    assert not z.flags.c_contiguous
+    check_ce(np, z, labels, "mean")
+    crit = nn.SoftmaxCrossEntropy()
+    crit.forward(z, labels)
+    assert_close(crit.backward(), torch_ce(logits, labels, "mean")[1], np.float64, "layer")
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 5), (2, 3, 0, 5), (2, 3, 4, 0)])
+def test_empty_batch_or_image(xp, shape):
+    """No pixel at all: loss 0 and an empty gradient of the logits' shape (torch: NaN)."""
+    z = xp.zeros(shape, dtype=np.float32)
+    t = xp.zeros((shape[0],) + shape[2:], dtype=np.int64)
+    for reduction in ("mean", "sum"):
+        assert softmax_cross_entropy(z, t, reduction=reduction) == 0.0
+        grad = softmax_cross_entropy_backward(z, t, reduction=reduction)
+        assert grad.shape == shape and grad.dtype == np.float32
+
+
 def test_loss_does_not_modify_inputs(xp):
     logits, labels = make_case(np.random.default_rng(7), 2, 3, 4, 4, np.float64)
     zl, tl = xp.asarray(logits), xp.asarray(labels)

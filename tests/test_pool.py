@@ -259,25 +259,35 @@ def test_max_pool2d_non_contiguous_input(xp):
 
 # -- the tiled path (stride = kernel, no padding: FCN's 2x2 pools) -----------------------------
 
-TILED = [((2, 2), False), ((3, 2), False), ((2, 3), True), ((1, 4), False), ((4, 4), True)]
+# kernel, ceil_mode, (H, W): floor mode with rows and columns past the last whole tile,
+# and ceil mode on sizes the tiles divide (ceil = floor: no partial window, still tiled)
+TILED = [((2, 2), False, (13, 11)), ((3, 2), False, (13, 11)), ((1, 4), False, (13, 11)),
+         ((2, 3), True, (12, 9)), ((4, 4), True, (12, 8))]
 
 
-@pytest.mark.parametrize("slab_elements", [1, 2 * 13 * 11 + 5, 1 << 18],
-                         ids=["slab=1 channel", "uneven slabs", "one slab"])
-@pytest.mark.parametrize("kernel,ceil_mode", TILED)
-def test_max_pool2d_tiled_slabs(xp, monkeypatch, kernel, ceil_mode, slab_elements):
-    """Windows that tile the image, worked slab by slab: whichever way the channels are cut
-    into slabs, the same values, winners (ties included) and gradients as torch. 13 x 11
-    leaves rows and columns past the last whole tile, whose gradient must be 0."""
+@pytest.mark.parametrize("planes_per_slab", [1, 3, 10], ids=["1 plane", "ragged: 3+3+3+1",
+                                                              "one slab"])
+@pytest.mark.parametrize("kernel,ceil_mode,size", TILED)
+def test_max_pool2d_tiled_slabs(xp, monkeypatch, kernel, ceil_mode, size, planes_per_slab):
+    """Windows that tile the image, worked slab by slab over the N*C = 10 planes: however
+    the planes are cut, the same values, winners (ties included) and gradients as torch;
+    rows and columns past the last whole tile get gradient 0."""
     import minifcn.functional.pool as pool
-    monkeypatch.setattr(pool, "POOL_SLAB_ELEMENTS", slab_elements)
+    monkeypatch.setattr(pool, "POOL_SLAB_ELEMENTS", planes_per_slab * size[0] * size[1])
+    ran = []
+    for name in ("_max_pool_tiles", "_max_pool_tiles_backward"):
+        real = getattr(pool, name)
+        monkeypatch.setattr(pool, name, lambda *a, _real=real, _name=name: ran.append(_name)
+                            or _real(*a))
     rng = np.random.default_rng(11)
-    x = rng.integers(-2, 3, (2, 5, 13, 11)).astype(np.float32)        # ties everywhere
+    x = rng.integers(-2, 3, (2, 5) + size).astype(np.float32)        # ties everywhere
     check_max_pool2d(xp, x, 12, kernel=kernel, stride=None, padding=0, dilation=1,
-                     ceil_mode=False, exact=True)
-    x = distinct_values((2, 5, 13, 11), rng, np.float64)
+                     ceil_mode=ceil_mode, exact=True)
+    x = distinct_values((2, 5) + size, rng, np.float64)
     check_max_pool2d(xp, x, 13, kernel=kernel, stride=None, padding=0, dilation=1,
                      ceil_mode=ceil_mode)
+    if xp is np:
+        assert sorted(set(ran)) == ["_max_pool_tiles", "_max_pool_tiles_backward"]
 
 
 @pytest.mark.parametrize("kernel,stride,padding", [
@@ -313,3 +323,18 @@ def test_max_pool2d_tiled_non_contiguous_input(xp, monkeypatch):
     x = base[::2, :, ::2, 1:]                                       # (2, 3, 6, 8)
     assert not x.flags.c_contiguous
     check_max_pool2d(xp, x, 9, kernel=2, stride=2, padding=0, dilation=1, ceil_mode=False)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation,ceil_mode",
+                         [g for g in GRID if g[2] != 0 or g[4]])     # padded or ceil-mode windows
+def test_max_pool2d_window_of_minus_infinity_reports_its_first_pixel(xp, kernel, stride,
+                                                                      padding, dilation,
+                                                                      ceil_mode):
+    """Windows whose pixels are all -inf tie with their -inf padding. torch never looks at
+    the padding and reports the window's first pixel, which gets the gradient; so must we."""
+    rng = np.random.default_rng(14)
+    x = distinct_values((2, 3, H, W), rng, np.float64)
+    x[rng.random(x.shape) < 0.8] = -np.inf
+    x[0, 0] = -np.inf                                   # one whole plane
+    check_max_pool2d(xp, x, 15, kernel=kernel, stride=stride, padding=padding,
+                     dilation=dilation, ceil_mode=ceil_mode, exact=True)

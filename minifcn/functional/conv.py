@@ -460,6 +460,7 @@ def _weight_grad_t(dy, x, g):
     wide (O, C*kh*kw) one when O is a few dozen to a few hundred channels. One band's col
     at a time (:func:`_row_bands`), accumulated in place in the transposed result."""
     k = g.c * g.kh * g.kw
+    x, dy = x.astype(g.dtype, copy=False), dy.astype(g.dtype, copy=False)   # a mix: the wider
     dwt = np.zeros((k, g.o), dtype=g.dtype)
     buf = _BandBuffer(x)
     for n0, n1 in _image_batches(x, k * g.ho * g.wo):

@@ -107,10 +107,11 @@ def softmax_cross_entropy_backward(logits, labels, ignore_index=255, reduction="
         return gpu_softmax_cross_entropy_backward(logits, labels, ignore_index, denom)
     if log_probs is None:
         log_probs = log_softmax(logits)
-    grad = xp.exp(log_probs).astype(logits.dtype, copy=False)          # softmax(z)
-    n, k = logits.shape[:2]
-    per_image = grad.reshape(n, k, -1)                                 # a view
-    at_label = xp.where(valid, labels, 0).astype(np.int64).reshape(n, 1, -1)
+    grad = np.empty(logits.shape, dtype=logits.dtype)                 # C order, whatever
+    np.exp(log_probs, out=grad)                                        # the inputs' is: softmax(z)
+    n, k, h, w = logits.shape
+    per_image = grad.reshape(n, k, h * w)                              # so this is a view
+    at_label = xp.where(valid, labels, 0).astype(np.int64).reshape(n, 1, h * w)
     xp.put_along_axis(per_image, at_label,                             # - onehot(t)
                       xp.take_along_axis(per_image, at_label, axis=1) - 1, axis=1)
     scale = 1.0 / count if reduction == "mean" and count > 0 else 1.0

@@ -67,6 +67,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
             xpad = pad_hw(x, ph, ph + extra_h, pw, pw + extra_w, value=-np.inf)
         win = _window_view(xpad, kh, kw, sh, sw, dh, dw, ho, wo)      # (N, C, kh, kw, Ho, Wo)
         y, tap = _max_over_taps([win[:, :, i, j] for i in range(kh) for j in range(kw)])
+        if xpad is not x:
+            _padding_never_wins(y, tap, x.shape[2:], kh, kw, sh, sw, ph, pw, dh, dw)
     return (y, tap) if return_indices else y
 
 
@@ -84,6 +86,25 @@ def _max_over_taps(taps):
         searching &= (v != y)
     _nan_wins(y, tap, taps)
     return y, tap
+
+
+def _padding_never_wins(y, tap, input_size, kh, kw, sh, sw, ph, pw, dh, dw):
+    """A window whose pixels are all -inf ties with its -inf padding, and the first in scan
+    order may be a padded tap. torch's kernels start from the window's first pixel (first
+    row and column inside the image) and never look at the padding: report that pixel."""
+    lost = y == -np.inf
+    if not lost.any():
+        return
+    first, some = [], []
+    for size, k, s, p, d, out in ((input_size[0], kh, sh, ph, dh, y.shape[2]),
+                                  (input_size[1], kw, sw, pw, dw, y.shape[3])):
+        at = (np.arange(out) * s - p)[:, None] + np.arange(k) * d    # each window's taps
+        inside = (at >= 0) & (at < size)
+        first.append(np.argmax(inside, axis=1))         # the first tap inside the image
+        some.append(inside.any(axis=1))
+    pixel = first[0][:, None] * kw + first[1][None, :]
+    pixel[~(some[0][:, None] & some[1][None, :])] = 0   # a window of padding only: tap 0
+    np.copyto(tap, pixel.astype(np.int32), where=lost)
 
 
 def _nan_wins(y, tap, taps):

@@ -1,9 +1,10 @@
 // Max pooling on the GPU: the NumPy twin is minifcn/functional/pool.py.
 //
 //   forward:  y[n, c, oh, ow] = max over taps (u, v) of xpad[n, c, oh*sh + u*dh, ow*sw + v*dw]
-//             tap[n, c, oh, ow] = u*kw + v of the winner (padding is -inf and never wins
-//             over a real value; the first maximum in scan order wins ties; a NaN wins
-//             over any number, the first NaN over later ones — np.argmax's rule)
+//             tap[n, c, oh, ow] = u*kw + v of the winner, as torch picks it: padding
+//             never wins (a window whose pixels are all -inf reports its first pixel);
+//             the first maximum in scan order wins ties; a NaN wins over any number,
+//             and a later NaN over an earlier one
 //   backward: dx[n, c, y, x] = sum of dy over the windows whose winning tap sits on (y, x)
 //
 // The backward pass is a gather like col2im (one thread per input pixel, visiting only the
@@ -21,7 +22,7 @@ __device__ __forceinline__ void max_pool_body(const T* __restrict__ x, T* __rest
         const I nc = rest / (I)g.ho;
         const T* __restrict__ plane = x + (long long)nc * h * w;
         T best = negative_infinity<T>();
-        int best_tap = 0;                       // an all-padding window reports tap 0, -inf
+        int best_tap = -1;                      // none yet: the first pixel is taken as is
         for (int u = 0; u < g.kh; ++u) {
             const int yy = oh * g.sh + u * g.dh - g.ph;
             if (yy < 0 || yy >= h) continue;
@@ -31,14 +32,14 @@ __device__ __forceinline__ void max_pool_body(const T* __restrict__ x, T* __rest
                 const T val = plane[(long long)yy * w + xx];
                 // strictly greater keeps the first of equal values; a NaN (val != val)
                 // always takes over, so the last NaN wins, as in torch
-                if (val > best || val != val) {
+                if (best_tap < 0 || val > best || val != val) {
                     best = val;
                     best_tap = u * g.kw + v;
                 }
             }
         }
         y[idx] = best;
-        tap[idx] = best_tap;
+        tap[idx] = best_tap < 0 ? 0 : best_tap; // an all-padding window reports tap 0, -inf
     }
 }
 

@@ -54,21 +54,30 @@ class Graph(Layer):
             self._readers.setdefault(name, [])
             for i in inputs:
                 self._readers[i].append(name)
-        for name, layer, inputs in self.nodes:   # an in-place layer must be its map's only reader
-            for i in inputs:
-                others = [r for r in self._readers[i] if r != name]
-                if getattr(layer, "inplace", False) and others:
-                    raise ValueError(f"Graph: node {name!r} works in place on {i!r}, which "
-                                     f"{others} also read; give it inplace=False")
 
     # -- forward / backward ----------------------------------------------------------
     def forward(self, x, hook=None):
         """Run every node in order. ``hook(name, output)``, if given, sees each output
-        (the trainer uses it to find the first layer whose output is not finite)."""
+        (the trainer uses it to find the first layer whose output is not finite); an
+        in-place layer (``ReLU(inplace=True)``) may write over it next, so a hook that
+        keeps an output should keep a copy.
+
+        An in-place layer writes over its input only when nothing else can see that
+        memory: no later node reads the map, no other live map shares its memory (a
+        Dropout in eval mode hands on its input itself, a Crop a view of it), and it is
+        not the caller's ``x``. Otherwise that call runs out of place."""
         values = {INPUT: x}
         pending = {k: len(v) for k, v in self._readers.items()}
         for name, layer, inputs in self.nodes:
-            values[name] = layer.forward(*(values[i] for i in inputs))
+            args = [values[i] for i in inputs]
+            if getattr(layer, "inplace", False) and not self._sole_owner(values, pending, inputs[0]):
+                layer.inplace = False
+                try:
+                    values[name] = layer.forward(*args)
+                finally:
+                    layer.inplace = True
+            else:
+                values[name] = layer.forward(*args)
             if hook is not None:
                 hook(name, values[name])
             for i in inputs:                      # free maps nobody reads any more
@@ -76,6 +85,17 @@ class Graph(Layer):
                 if pending[i] == 0 and i != INPUT:
                     del values[i]
         return values[self.output]
+
+    @staticmethod
+    def _sole_owner(values, pending, key):
+        """May an in-place layer reading map ``key`` write over it (see :meth:`forward`)?"""
+        if key == INPUT or pending[key] > 1:
+            return False
+        a = values[key]
+        if get_array_module(a) is not np:
+            return True                      # the layers go in place on the CPU only
+        return not any(np.may_share_memory(a, v) for k, v in values.items()
+                       if k != key and get_array_module(v) is np)
 
     def backward(self, dy, hook=None):
         """Returns d loss / d input, and fills every layer's ``grads``.

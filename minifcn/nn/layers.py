@@ -373,5 +373,6 @@ class SoftmaxCrossEntropy:
     def backward(self):
         if self._logits is None:
             raise RuntimeError("SoftmaxCrossEntropy: backward() called before forward()")
+        log_probs, self._log_probs = self._log_probs, None    # used once: not held any longer
         return F.softmax_cross_entropy_backward(self._logits, self._labels, self.ignore_index,
-                                                self.reduction, log_probs=self._log_probs)
+                                                self.reduction, log_probs=log_probs)
