@@ -20,7 +20,7 @@ import sys
 import time
 
 from .common import require_device
-from .step import _build, _models
+from .step import _build, _models, _steps
 
 
 def main(argv=None):
@@ -74,10 +74,7 @@ def _profile_cpu(args):
         b.opt.step()
         times["optimizer", "SGD step"] += time.perf_counter() - start
 
-    def torch_step():
-        b.topt.zero_grad(set_to_none=True)
-        b.torch.nn.functional.cross_entropy(b.ref(b.xt), b.yt, ignore_index=255).backward()
-        b.topt.step()
+    _, torch_step = _steps(b)
 
     for _ in range(2):                                # warm-up: buffers, first-call costs
         timed_step()

@@ -26,7 +26,11 @@ from .common import Timer, machine, paired_ratio, require_device, table, write_j
 
 def _models(size, device, width):
     """``(ours_step, torch_step)``: one training step of each, as closures."""
-    b = _build(size, device, width)
+    return _steps(_build(size, device, width))
+
+
+def _steps(b):
+    """The two step closures over the parts ``b`` from :func:`_build`."""
 
     def ours_step():
         loss = b.crit.forward(b.ours.forward(b.x), b.y)

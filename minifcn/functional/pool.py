@@ -55,10 +55,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     if xp is not np:
         from ..kernels import gpu_max_pool2d
         y, tap = gpu_max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
+    elif _tiles(x.shape[2:], kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
+        y, tap = _max_pool_tiles(x, kh, kw, ho, wo)
     else:
-        if _tiles(x.shape[2:], kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
-            y, tap = _max_pool_tiles(x, kh, kw, ho, wo)
-            return (y, tap) if return_indices else y
         # pad with -inf so padding never wins; extra bottom/right rows for ceil_mode
         extra_h = max(0, (ho - 1) * sh + (kh - 1) * dh + 1 - (x.shape[2] + 2 * ph))
         extra_w = max(0, (wo - 1) * sw + (kw - 1) * dw + 1 - (x.shape[3] + 2 * pw))
@@ -154,10 +153,8 @@ def _max_pool_tiles(x, kh, kw, ho, wo):
             m, col = np.empty_like(y_s), np.empty_like(tap_s)
         for u in range(1, kh):
             _max_of_tile_row([tiles[:, :, u, :, v] for v in range(kw)], m, col)
-            later_wins = m > y_s
-            np.maximum(y_s, m, out=y_s)
             col += u * kw
-            np.copyto(tap_s, col, where=later_wins)
+            _keep_greater(y_s, tap_s, m, col)
         _nan_wins(y_s, tap_s, [tiles[:, :, u, :, v] for u in range(kh) for v in range(kw)])
     return y.reshape(n, c, ho, wo), tap.reshape(n, c, ho, wo)
 
@@ -172,9 +169,15 @@ def _max_of_tile_row(columns, m, col):
     np.maximum(columns[0], columns[1], out=m)
     np.copyto(col, later_wins)
     for v in range(2, len(columns)):
-        later_wins = columns[v] > m
-        np.maximum(m, columns[v], out=m)
-        np.copyto(col, v, where=later_wins)
+        _keep_greater(m, col, columns[v], v)
+
+
+def _keep_greater(best, best_tap, value, value_tap):
+    """One step of the scan: where ``value`` is strictly greater than ``best``, it and its
+    tap take over (so of equal values the earlier stays)."""
+    later_wins = value > best
+    np.maximum(best, value, out=best)
+    np.copyto(best_tap, value_tap, where=later_wins)
 
 
 def _max_pool_tiles_backward(dy, tap, h, w, kh, kw):
