@@ -8,10 +8,18 @@ as in the FCN paper's Caffe solver)::
     v  = mu * v + g
     w -= lr * v
 
+This is torch's momentum form: ``v`` sums gradients and ``lr`` multiplies at the update.
+Caffe's solver keeps ``lr`` inside ``v`` (``v = mu v + lr g``, ``w -= v``); the two agree
+while ``lr`` is constant and differ when it changes (the ``poly`` schedule).
+
 Adam (Kingma & Ba)::
 
     m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
     w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+where ``t`` counts the updates of *this* parameter (as torch does): a parameter that first
+gets a gradient at the optimiser's 5th step takes a full-size first step (t = 1), not one
+scaled down by ``(1 - b1) / (1 - b1^5)``.
 
 Schedules: ``fixed`` (lr constant) and ``poly`` (``lr * (1 - it/max_it)^power``), either
 with an optional linear warm-up.
@@ -42,7 +50,8 @@ class Optimizer:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
         self.model, self.lr, self.weight_decay = model, float(lr), float(weight_decay)
         self.state = {b: {} for b in self.buffers}     # buffer name -> param name -> array
-        self.steps = 0
+        self.steps = 0                                  # calls of step()
+        self.updates = {}                               # param name -> updates it has had
 
     def _trainable(self):
         frozen = self.model.frozen
@@ -70,39 +79,49 @@ class Optimizer:
         self.steps += 1
         for name, w, g in self._trainable():
             wd = self.weight_decay if _decays(name) else 0.0
+            t = self.updates[name] = self.updates.get(name, 0) + 1
             if get_array_module(w) is not np:      # one fused CUDA kernel per parameter
-                self._update_gpu(name, w, g, lr, wd)
+                self._update_gpu(name, w, g, lr, wd, t)
                 continue
             arrays = [w, g, *self._buffers_of(name, w)]
             if all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays):
                 flat = [a.reshape(-1) for a in arrays]
                 for i in range(0, w.size, CPU_UPDATE_CHUNK):
-                    self._update(*(a[i:i + CPU_UPDATE_CHUNK] for a in flat), lr=lr, wd=wd)
+                    self._update(*(a[i:i + CPU_UPDATE_CHUNK] for a in flat), lr=lr, wd=wd, t=t)
             else:
-                self._update(*arrays, lr=lr, wd=wd)
+                self._update(*arrays, lr=lr, wd=wd, t=t)
 
     def _buffers_of(self, name, w):
         """The state arrays ``_update`` takes after ``w`` and ``g`` (made on first use)."""
         return [self._buffer(kind, name, w) for kind in self.buffers]
 
     def state_dict(self):
-        """Buffers as host arrays ``{"<buffer>/<param>": array}`` plus ``steps``."""
+        """Buffers as host arrays ``{"<buffer>/<param>": array}``, each parameter's count of
+        updates as ``{"updates/<param>": int array}``, plus ``steps``."""
         out = {f"{kind}/{name}": to_numpy(a) for kind, bufs in self.state.items()
                for name, a in bufs.items()}
+        out.update({f"updates/{name}": np.array(t) for name, t in self.updates.items()})
         out["steps"] = np.array(self.steps)
         return out
 
     def load_state_dict(self, state):
         params = self.model.params
         self.steps = int(state["steps"])
+        self.updates = {}
         for key, value in state.items():
             if key == "steps":
                 continue
             kind, name = key.split("/", 1)
+            if kind == "updates" and name in params:
+                self.updates[name] = int(value)
+                continue
             if kind not in self.state or name not in params:
                 raise ValueError(f"optimizer state {key!r} does not fit this model/optimizer")
             device = "cpu" if get_array_module(params[name]) is np else "cuda"
             self.state[kind][name] = to_device(np.asarray(value, dtype=params[name].dtype), device)
+        for bufs in self.state.values():        # a checkpoint from before per-parameter
+            for name in bufs:                   # counts: every parameter had them all
+                self.updates.setdefault(name, self.steps)
 
     def to(self, device):
         for bufs in self.state.values():
@@ -120,14 +139,14 @@ class SGD(Optimizer):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
 
-    def _update_gpu(self, name, w, g, lr, wd):
+    def _update_gpu(self, name, w, g, lr, wd, t):
         from .kernels.fused import sgd_update
         sgd_update(w, self._buffer("momentum", name, w), g, lr, self.momentum, wd)
 
     def _buffers_of(self, name, w):
         return super()._buffers_of(name, w) if self.momentum else []   # plain SGD: no state
 
-    def _update(self, w, g, v=None, *, lr, wd):
+    def _update(self, w, g, v=None, *, lr, wd, t):
         if wd:
             g = g + wd * w
         if self.momentum:
@@ -145,12 +164,12 @@ class Adam(Optimizer):
         self.b1, self.b2 = map(float, betas)
         self.eps = float(eps)
 
-    def _update_gpu(self, name, w, g, lr, wd):
+    def _update_gpu(self, name, w, g, lr, wd, t):
         from .kernels.fused import adam_update
         adam_update(w, self._buffer("m", name, w), self._buffer("v", name, w), g, lr,
-                    self.b1, self.b2, self.steps, self.eps, wd)
+                    self.b1, self.b2, t, self.eps, wd)
 
-    def _update(self, w, g, m, v, *, lr, wd):
+    def _update(self, w, g, m, v, *, lr, wd, t):
         xp = get_array_module(w)
         if wd:
             g = g + wd * w
@@ -158,7 +177,7 @@ class Adam(Optimizer):
         m += (1 - self.b1) * g
         v *= self.b2
         v += (1 - self.b2) * (g * g)
-        c1, c2 = 1 - self.b1 ** self.steps, 1 - self.b2 ** self.steps
+        c1, c2 = 1 - self.b1 ** t, 1 - self.b2 ** t
         w -= (lr / c1) * m / (xp.sqrt(v / c2) + self.eps)
 
 

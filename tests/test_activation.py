@@ -33,6 +33,22 @@ def test_relu_matches_torch_including_exact_zeros(xp, dtype):
     assert (to_np(dx)[0, 0, :2] == 0).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+def test_relu_backward_is_a_select_for_inf_and_nan(xp, dtype):
+    """Where y <= 0 the gradient is 0 even if dy is inf or NaN (torch selects; a product
+    with the mask would give NaN there); where y > 0 they pass through unchanged."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 4, 6)).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    flat = dy.reshape(-1)
+    for value in (np.nan, np.inf, -np.inf):
+        flat[rng.choice(flat.size, 12, replace=False)] = value
+    dx = to_np(relu_backward(xp.asarray(dy), relu(xp.asarray(x))))
+    ref = torch.ops.aten.threshold_backward(torch.tensor(dy), torch.tensor(x), 0).numpy()
+    np.testing.assert_array_equal(dx, ref)                   # NaN matches NaN
+    assert (dx[x <= 0] == 0).all() and np.isnan(dx).sum() == np.isnan(dy[x > 0]).sum() > 0
+
+
 def test_relu_layer_backward_at_zero_is_zero(xp):
     layer = nn.ReLU()
     x = xp.asarray(np.array([[[[-1.0, 0.0, 2.0]]]]))

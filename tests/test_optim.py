@@ -143,6 +143,49 @@ def test_adam_matches_torch(weight_decay, betas):
     np.testing.assert_array_equal(model.params["up.weight"], start["up.weight"])
 
 
+def test_adam_counts_each_parameters_own_updates_like_torch():
+    """A parameter that gets no gradient for its first steps (a branch the loss did not
+    reach yet) starts its bias correction at t = 1 when its first gradient comes, as in
+    torch: its first move is a full lr-sized step, not one shrunk by (1-b1)/(1-b1^t)."""
+    model = _model()
+    tparams = _torch_params(model)
+    frozen = set(model.frozen)
+    ref = torch.optim.Adam(_torch_groups(tparams, frozen, 0.0), lr=LRS[0])
+    opt = Adam(model, LRS[0])
+    late = "score.bias"
+    for step, (lr, grads) in enumerate(zip(LRS, _grad_stream(model, len(LRS), seed=9))):
+        _set_grads(model, grads)
+        if step < 2:
+            del model.layers["score"].grads["bias"]
+        before = model.params[late].copy()
+        opt.step(lr)
+        for group in ref.param_groups:
+            group["lr"] = lr
+        for k, p in tparams.items():
+            p.grad = None if (k == late and step < 2) else torch.tensor(grads[k])
+        ref.step()
+        for k, p in tparams.items():
+            assert _rel(model.params[k], p.detach().numpy()) < 1e-10, (step, k)
+        if step == 2:       # its first update: |m / (1-b1)| / sqrt(v / (1-b2)) = 1 per value
+            np.testing.assert_allclose(np.abs(model.params[late] - before), lr, rtol=1e-6)
+    assert opt.updates[late] == len(LRS) - 2 and opt.updates["conv.weight"] == len(LRS)
+    assert "up.weight" not in opt.updates                                 # frozen
+
+
+def test_optimizer_state_without_update_counts_loads_as_before():
+    """A checkpoint written before the per-parameter counts: every parameter with state is
+    taken to have had every step (what the counts were then)."""
+    model = _model()
+    opt = Adam(model, 0.1)
+    for grads in _grad_stream(model, 3, seed=2):
+        _set_grads(model, grads)
+        opt.step()
+    old = {k: v for k, v in opt.state_dict().items() if not k.startswith("updates/")}
+    opt2 = Adam(_model(), 0.1)
+    opt2.load_state_dict(old)
+    assert opt2.updates == opt.updates == {k: 3 for k in opt.state["m"]}
+
+
 def test_parameter_without_gradient_is_not_updated():
     model = _model()
     before = {k: v.copy() for k, v in model.params.items()}

@@ -314,6 +314,27 @@ def test_max_pool2d_nan_and_inf_like_torch(xp, kernel, stride, padding):
         index_ref.numpy())
 
 
+@pytest.mark.parametrize("kernel,stride,padding", [
+    (2, None, 0),           # the tiled path
+    (3, 2, 1),              # the general path (one-hot column and col2im)
+])
+@pytest.mark.filterwarnings("ignore:invalid value encountered")   # inf + -inf, as in torch
+def test_max_pool2d_backward_routes_inf_and_nan_only_to_winners(xp, kernel, stride, padding):
+    """An inf or NaN in dy reaches its window's winner and nothing else (torch's routing;
+    multiplying dy by a one-hot mask would put NaN on every loser of that window)."""
+    rng = np.random.default_rng(6)
+    x = distinct_values((2, 3, 8, 8), rng, np.float64)
+    y, tap = max_pool2d(xp.asarray(x), kernel, stride, padding, return_indices=True)
+    dy = rng.standard_normal(y.shape)
+    flat = dy.reshape(-1)
+    for value in (np.nan, np.inf, -np.inf):
+        flat[rng.choice(flat.size, 5, replace=False)] = value
+    dx = to_np(max_pool2d_backward(xp.asarray(dy), tap, x.shape[2:], kernel, stride, padding))
+    _, g = torch_grads(lambda x: TF.max_pool2d(x, kernel, stride, padding), {"x": x}, dy)
+    np.testing.assert_allclose(dx, g["x"], rtol=1e-14, atol=0)   # NaN at the same places
+    assert 0 < np.count_nonzero(~np.isfinite(dx)) <= 15
+
+
 def test_max_pool2d_tiled_non_contiguous_input(xp, monkeypatch):
     """Tiles read from a strided view whose (N, C) axes cannot merge (every other sample,
     row and column): slabs that cross samples still see the right planes."""

@@ -13,6 +13,7 @@ import numbers
 import numpy as np
 
 from ..backend import get_array_module
+from ._select import all_finite, select
 
 
 def relu(x):
@@ -30,6 +31,8 @@ def relu_backward(dy, y):
 
     Shapes: dy, y (any, equal) -> dx (same). Why: ``max(x, 0)`` has slope 1 where
     ``x > 0`` and 0 where ``x < 0``; at the kink ``x = 0`` we take 0, as torch does.
+    It is a select, not a product: where ``y <= 0``, ``dx`` is 0 even if ``dy`` is inf or
+    NaN (as in torch and the CUDA kernel).
     """
     if getattr(dy, "shape", None) != getattr(y, "shape", None):
         raise ValueError(f"relu_backward: grad_output {getattr(dy, 'shape', None)} does not "
@@ -38,7 +41,8 @@ def relu_backward(dy, y):
     if xp is not np:
         from ..kernels import gpu_relu_backward
         return gpu_relu_backward(dy, y)
-    return dy * (y > 0)
+    keep = y > 0
+    return select(np.empty(dy.shape, np.result_type(dy, keep)), dy, keep, all_finite(dy))
 
 
 def check_p(p):

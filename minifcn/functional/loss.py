@@ -9,15 +9,18 @@ computed stably as ``m + log(sum exp(z - m)) - z[t]`` with ``m = max z`` (no ove
 logits of any size). ``reduction='sum'`` adds the pixel losses (the FCN paper's
 un-normalised loss); ``'mean'`` divides by the number of non-ignored pixels.
 
-Gradient: ``dloss/dz = softmax(z) - onehot(t)`` at counted pixels, 0 at ignored ones,
-divided by the count for ``'mean'``. If every pixel is ignored the loss and the gradient
-are 0 (torch returns NaN there; a batch of pure "void" should not poison training).
+Gradient: ``dloss/dz = softmax(z) - onehot(t)`` at counted pixels, 0 at ignored ones
+(even where their logits are inf or NaN, as in the CUDA kernel; torch's product with a
+zero weight gives NaN there), divided by the count for ``'mean'``. If every pixel is
+ignored the loss and the gradient are 0 (torch's ``'mean'`` returns NaN there; a batch of
+pure "void" should not poison training).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import get_array_module
+from ._select import all_finite, select
 
 REDUCTIONS = ("mean", "sum")
 
@@ -115,8 +118,8 @@ def softmax_cross_entropy_backward(logits, labels, ignore_index=255, reduction="
     xp.put_along_axis(per_image, at_label,                             # - onehot(t)
                       xp.take_along_axis(per_image, at_label, axis=1) - 1, axis=1)
     scale = 1.0 / count if reduction == "mean" and count > 0 else 1.0
-    if count < valid.size:                                             # ignored: 0
-        grad *= (valid * scale).astype(grad.dtype)[:, None]
-    elif scale != 1.0:
+    if scale != 1.0:
         grad *= grad.dtype.type(scale)
+    if count < valid.size:                                             # ignored: 0
+        select(grad, grad, valid[:, None], all_finite(grad))
     return grad

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ._checks import check_4d, check_float, check_positive_size, pair
+from ._select import all_finite, select
 from .im2col import _col2im, _window_view, conv_output_size, pad_hw
 
 
@@ -188,12 +189,13 @@ def _max_pool_tiles_backward(dy, tap, h, w, kh, kw):
     n, c, ho, wo = dy.shape
     dx = np.empty((n * c, h, w), dtype=dy.dtype)
     dy, tap = dy.reshape(n * c, ho, wo), tap.reshape(n * c, ho, wo)
+    finite = all_finite(dy)
     for s in _slabs(n * c, h, w):
         if ho * kh < h or wo * kw < w:
             dx[s] = 0
         tiles = dx[s, :ho * kh, :wo * kw].reshape(-1, ho, kh, wo, kw)
         for t in range(kh * kw):
-            np.multiply(dy[s], tap[s] == t, out=tiles[:, :, t // kw, :, t % kw])
+            select(tiles[:, :, t // kw, :, t % kw], dy[s], tap[s] == t, finite)
     return dx.reshape(n, c, h, w)
 
 
@@ -230,6 +232,7 @@ def max_pool2d_backward(dy, tap, input_size, kernel_size, stride=None, padding=0
     if _tiles((h, w), kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
         return _max_pool_tiles_backward(dy, tap, h, w, kh, kw)
     col = np.empty((n, c, kh, kw, ho, wo), dtype=dy.dtype)
-    for t in range(kh * kw):                         # one-hot column, times dy
-        np.multiply(dy, tap == t, out=col[:, :, t // kw, t % kw])
+    finite = all_finite(dy)
+    for t in range(kh * kw):                         # dy where tap t won, else 0
+        select(col[:, :, t // kw, t % kw], dy, tap == t, finite)
     return _col2im(col, h, w, sh, sw, ph, pw, dh, dw)
