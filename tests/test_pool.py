@@ -335,6 +335,26 @@ def test_max_pool2d_backward_routes_inf_and_nan_only_to_winners(xp, kernel, stri
     assert 0 < np.count_nonzero(~np.isfinite(dx)) <= 15
 
 
+def test_padding_limit_is_torchs():
+    """Padding may be at most half the kernel, whatever the dilation: minifcn refuses
+    exactly the settings torch refuses (a larger padding could make windows of padding
+    only, whose max is -inf)."""
+    x = np.zeros((1, 1, 16, 16))
+    for k, d, p in itertools.product([1, 2, 3, 4], [1, 2, 3], [0, 1, 2, 3]):
+        try:
+            TF.max_pool2d(torch.tensor(x), k, 1, p, d)
+            torch_ok = True
+        except RuntimeError:
+            torch_ok = False
+        try:
+            max_pool2d(x, k, 1, p, d)
+            ours_ok = True
+        except ValueError as e:
+            assert "padding" in str(e)
+            ours_ok = False
+        assert ours_ok == torch_ok, (k, d, p)
+
+
 def test_max_pool2d_tiled_non_contiguous_input(xp, monkeypatch):
     """Tiles read from a strided view whose (N, C) axes cannot merge (every other sample,
     row and column): slabs that cross samples still see the right planes."""

@@ -32,9 +32,9 @@ def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode):
     sh, sw = pair(kernel_size if stride is None else stride, "stride", minimum=1)
     ph, pw = pair(padding, "padding", minimum=0)
     dh, dw = pair(dilation, "dilation", minimum=1)
-    if 2 * ph > dh * (kh - 1) + 1 or 2 * pw > dw * (kw - 1) + 1:
+    if 2 * ph > kh or 2 * pw > kw:         # torch's rule: half the kernel, dilation or not
         raise ValueError(f"max_pool2d: padding {(ph, pw)} must be at most half the "
-                         f"(dilated) kernel size {(dh * (kh - 1) + 1, dw * (kw - 1) + 1)}")
+                         f"kernel size {(kh, kw)}")
     h, w = x.shape[2:]
     ho = conv_output_size(h, kh, sh, ph, dh, ceil_mode)
     wo = conv_output_size(w, kw, sw, pw, dw, ceil_mode)
