@@ -60,10 +60,15 @@ def gpu_available() -> bool:
     return True
 
 
+class DeviceUnavailable(RuntimeError):
+    """``device='cuda'`` was asked for where CuPy or a GPU is missing (the message says which);
+    the command-line tools print it as one line."""
+
+
 def require_gpu():
-    """Return the cupy module, or raise a clear RuntimeError saying why not."""
+    """Return the cupy module, or raise a clear :class:`DeviceUnavailable` saying why not."""
     if not gpu_available():
-        raise RuntimeError(f"device 'cuda' was asked for, but {_gpu_error}. "
+        raise DeviceUnavailable(f"device 'cuda' was asked for, but {_gpu_error}. "
                            "Use --device cpu (or device='cpu') to run on NumPy.")
     return _cupy
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 
@@ -10,15 +11,17 @@ class CLIError(Exception):
 
 
 def run_main(main, argv=None):
-    """Call ``main(argv)``; turn bad input (ValueError, OSError, CLIError) into
-    ``error: ...`` on stderr and exit status 2, with no traceback."""
+    """Call ``main(argv)``; turn bad input (ValueError, OSError, CLIError, a missing GPU)
+    into ``error: ...`` on stderr and exit status 2, with no traceback."""
+    from .backend import DeviceUnavailable
     try:
         return main(argv)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        if not isinstance(e, (CLIError, ValueError, OSError)) and type(e).__name__ != "TrainingError":
+        if (not isinstance(e, (CLIError, ValueError, OSError, DeviceUnavailable))
+                and type(e).__name__ != "TrainingError"):
             raise
         msg = str(e) or type(e).__name__
         if isinstance(e, FileNotFoundError) and e.filename and e.filename not in msg:
@@ -45,6 +48,6 @@ def positive_float(text):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
     return value

@@ -17,7 +17,7 @@ import sys
 import typing
 
 from .cli import run_main
-from .training import Run, TrainConfig
+from .training import Run, TrainConfig, _number
 
 
 def _field_help():
@@ -53,9 +53,10 @@ def main(argv=None):
     run = Run(TrainConfig(**vars(args)))
     print("configuration:", json.dumps(dataclasses.asdict(run.config), sort_keys=False), flush=True)
     metrics = run.train()
-    print(f"final validation: pixel acc {metrics['pixel_acc']:.4f}, mean acc "
-          f"{metrics['mean_acc']:.4f}, mean IU {metrics['mean_iou']:.4f}, f.w. IU "
-          f"{metrics['fw_iou']:.4f}  (run directory {run.dir})")
+    acc, macc, miou, fwiou = (_number(metrics[k], ".4f")
+                              for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou"))
+    print(f"final validation: pixel acc {acc}, mean acc {macc}, mean IU {miou}, f.w. IU "
+          f"{fwiou}  (run directory {run.dir})")
     return 0
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -106,6 +107,8 @@ class TrainConfig:
         for name in ("image_size", "train_images", "val_images", "batch_size", "val_every"):
             if getattr(c, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(c, name)}")
+        if c.data == "synthetic" and c.image_size < 8:
+            raise ValueError(f"--image-size must be at least 8 for the synthetic shapes, got {c.image_size}")
         if c.warmup < 0:
             raise ValueError(f"--warmup must be >= 0, got {c.warmup}")
         for name in ("crop_size", "iters", "num_classes"):
@@ -114,15 +117,29 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {v}")
         if c.iters is not None and c.epochs is not None:
             raise ValueError("give --iters or --epochs, not both")
-        if c.epochs is not None and not c.epochs > 0:
-            raise ValueError(f"--epochs must be positive, got {c.epochs}")
-        if not (c.lr > 0 and c.width > 0 and 0 <= c.dropout < 1 and 0 <= c.momentum < 1
-                and c.weight_decay >= 0 and c.pictures >= 0):
-            raise ValueError("need lr > 0, width > 0, 0 <= dropout < 1, 0 <= momentum < 1, "
-                             "weight_decay >= 0 and pictures >= 0")
+        for name, ok, rule in (
+                ("epochs", c.epochs is None or 0 < c.epochs < math.inf, "a positive finite number"),
+                ("lr", 0 < c.lr < math.inf, "a positive finite number"),
+                ("width", 0 < c.width < math.inf, "a positive finite number"),
+                ("dropout", 0 <= c.dropout < 1, "in [0, 1)"),
+                ("momentum", 0 <= c.momentum < 1, "in [0, 1)"),
+                ("weight_decay", 0 <= c.weight_decay < math.inf, "a finite number >= 0"),
+                ("pictures", c.pictures >= 0, ">= 0")):
+            if not ok:
+                raise ValueError(f"--{name.replace('_', '-')} must be {rule}, got {getattr(c, name)}")
         if c.init is not None and not os.path.isfile(c.init):
             raise ValueError(f"--init: no such file: {c.init}")
         return c
+
+
+def _taken(path):
+    """Why a fresh run may not use the directory ``path`` (which holds files)."""
+    if not os.path.isfile(os.path.join(path, "checkpoint.npz")) and os.path.isfile(
+            os.path.join(path, "config.json")):
+        return (f"--out {path} holds a run that stopped before its first checkpoint (nothing "
+                "to resume; its log.csv is there): choose a new directory, or delete that one")
+    return (f"--out {path} already holds files; choose a new directory, "
+            f"or continue that run with --resume {path}")
 
 
 def _check_choice(name, value, choices):
@@ -210,9 +227,8 @@ class Run:
             config = self._config_to_resume(config)
         self.config = c = config.resolved()
         self.dir = c.out or time.strftime("runs/%Y%m%d-%H%M%S")
-        if resume is None and os.path.isdir(self.dir) and os.listdir(self.dir):
-            raise ValueError(f"--out {self.dir} already holds files; choose a new directory, "
-                             f"or continue that run with --resume {self.dir}")
+        if c.out is not None and resume is None and os.path.isdir(self.dir) and os.listdir(self.dir):
+            raise ValueError(_taken(self.dir))
 
         # data
         extra = dict(image_size=(c.image_size, c.image_size), seed=c.seed) if c.data == "synthetic" else {}
@@ -245,23 +261,47 @@ class Run:
         self.iteration = 0
         self.best_miou = -1.0
         self.metrics = None
+        self.checkpointed = resume is not None      # is there a checkpoint to resume from?
 
-        os.makedirs(self.dir, exist_ok=True)
         if resume is not None:
             self._resume()
         else:
-            with open(os.path.join(self.dir, "config.json"), "w") as f:
-                json.dump(dataclasses.asdict(c), f, indent=2)
+            self._claim_directory(default_name=c.out is None)
         self._log_file = self._open_log()
 
     # -- setting up -------------------------------------------------------------------
+    def _claim_directory(self, default_name):
+        """Make the run directory this run's alone, and write config.json into it.
+
+        Two runs started in the same second (same default name), or given the same --out,
+        must not share a directory: a taken default name gets a suffix (-2, -3, ...), and
+        config.json is created exclusively, so the second of two runs racing for one
+        directory stops before writing anything."""
+        base = self.dir
+        for i in itertools.count(2):
+            try:
+                os.makedirs(self.dir, exist_ok=not default_name)
+                break
+            except FileExistsError:
+                if not default_name:
+                    raise
+                self.dir = f"{base}-{i}"
+        try:
+            f = open(os.path.join(self.dir, "config.json"), "x")
+        except FileExistsError:
+            raise ValueError(_taken(self.dir)) from None
+        with f:
+            json.dump(dataclasses.asdict(self.config), f, indent=2)
+
     @staticmethod
     def _config_to_resume(config):
         path = os.path.join(config.resume, "config.json")
         if not os.path.isfile(path):
             raise ValueError(f"--resume {config.resume}: no config.json there (not a run directory)")
         if not os.path.isfile(os.path.join(config.resume, "checkpoint.npz")):
-            raise ValueError(f"--resume {config.resume}: no checkpoint.npz there yet")
+            raise ValueError(f"--resume {config.resume}: no checkpoint.npz there (the run stopped "
+                             "before its first checkpoint; start a new run, in a new --out or "
+                             "after deleting this directory)")
         try:
             with open(path) as f:
                 saved = json.load(f)
@@ -318,8 +358,7 @@ class Run:
         path = os.path.join(self.dir, "log.csv")
         rows = []
         if self.config.resume is not None and os.path.isfile(path):
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= self.iteration]
+            rows = self._read_log(path)
         tmp = path + ".tmp"
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, LOG_FIELDS)
@@ -328,6 +367,28 @@ class Run:
         os.replace(tmp, path)
         f = open(path, "a", newline="")
         return f, csv.DictWriter(f, LOG_FIELDS)
+
+    def _read_log(self, path):
+        """The rows of log.csv up to the checkpoint's iteration; a damaged file is an error
+        that names it and the line (the file is left as it is)."""
+        try:
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames is None or "iteration" not in reader.fieldnames:
+                    raise ValueError(f"its header {reader.fieldnames} has no 'iteration' column")
+                rows = []
+                for r in reader:
+                    try:
+                        it = int(r["iteration"])
+                    except (TypeError, ValueError):
+                        raise ValueError(f"line {reader.line_num} does not start with an "
+                                         f"iteration number: {r['iteration']!r}") from None
+                    if it <= self.iteration:
+                        rows.append(r)
+                return rows
+        except (csv.Error, UnicodeDecodeError, ValueError) as e:
+            raise ValueError(f"{path} is damaged ({e}); repair or delete it to resume "
+                             "(the checkpoint does not need it)") from None
 
     # -- one step, validation, files ------------------------------------------------------
     def step(self, lr):
@@ -403,7 +464,7 @@ class Run:
                  f"{self.num_classes} classes) for {c.iters} iterations; run directory {self.dir}")
         bar = _progress(c.iters, self.iteration, c.progress)
         losses = []
-        warned = False
+        warned = warned_void = False
         ln_c = math.log(self.num_classes)
         try:
             while self.iteration < c.iters:
@@ -417,8 +478,8 @@ class Run:
                 losses.append(per_pixel)
                 row = {"iteration": self.iteration, "epoch": self.loader.epoch,
                        "loss": f"{loss:.6g}", "lr": f"{lr:.6g}", "it_per_s": f"{1 / elapsed:.3f}"}
-                bar.set_postfix_str(f"loss {loss:.4f}" + (f" mIU {self.metrics['mean_iou']:.3f}"
-                                                          if self.metrics else ""))
+                bar.set_postfix_str(f"loss {loss:.4f}" + (
+                    f" mIU {_number(self.metrics['mean_iou'], '.3f')}" if self.metrics else ""))
                 bar.update(1)
                 if not warned and self._stuck(losses, ln_c):
                     warned = True
@@ -426,9 +487,15 @@ class Run:
                              f"({per_pixel:.4f}) is still ln(num_classes) = {ln_c:.4f}: the network "
                              "is not learning (weights not loaded? learning rate too small?)")
                 if self.iteration % c.val_every == 0 or self.iteration == c.iters:
+                    self._check_parameters()             # never validate or save NaN weights
                     self.metrics = self.validate()
-                    row.update({k: f"{self.metrics[k]:.6f}" for k in LOG_FIELDS[5:]})
-                    if self.metrics["mean_iou"] > self.best_miou:
+                    row.update({k: _number(self.metrics[k], ".6f") for k in LOG_FIELDS[5:]})
+                    if self.metrics["mean_iou"] is None and not warned_void:
+                        warned_void = True
+                        self.log("warning: the validation split has no labelled pixels (all "
+                                 "255): no validation score, and no best.npz")
+                    elif (self.metrics["mean_iou"] is not None
+                          and self.metrics["mean_iou"] > self.best_miou):
                         self.best_miou = self.metrics["mean_iou"]
                         save_checkpoint(os.path.join(self.dir, "best.npz"), self.model, None,
                                         {"kind": "minifcn-weights", "model": self.spec,
@@ -437,9 +504,10 @@ class Run:
                         self.save_pictures()
                     self.write_log(row)
                     self.checkpoint()
+                    self.checkpointed = True
                     bar.write(f"iteration {self.iteration}: loss {loss:.4f}, validation "
-                              f"pixel acc {self.metrics['pixel_acc']:.3f}, mean IU "
-                              f"{self.metrics['mean_iou']:.3f}")
+                              f"pixel acc {_number(self.metrics['pixel_acc'], '.3f')}, mean IU "
+                              f"{_number(self.metrics['mean_iou'], '.3f')}")
                 else:
                     self.write_log(row)
         finally:
@@ -452,6 +520,17 @@ class Run:
         os.replace(os.path.join(self.dir, "metrics.json.tmp"), os.path.join(self.dir, "metrics.json"))
         return self.metrics
 
+    def _check_parameters(self):
+        """Stop, keeping the last checkpoint, if an update made a parameter inf or NaN (the
+        loss of the step was still finite; the next one would not be)."""
+        from .backend import get_array_module
+        for name, arr in self.model.params.items():
+            if not bool(get_array_module(arr).isfinite(arr).all()):
+                kept = ("the last checkpoint is kept" if self.checkpointed
+                        else "no checkpoint was written")
+                raise TrainingError(f"iteration {self.iteration}: the update made parameter "
+                                    f"{name!r} non-finite (lower --lr); {kept}")
+
     @staticmethod
     def _stuck(losses, ln_c):
         """True when, well into training, the recent mean loss per pixel (``losses``: one
@@ -460,6 +539,12 @@ class Run:
             return False
         recent = float(np.mean(losses[-50:]))
         return abs(recent - ln_c) < 0.01 * ln_c
+
+
+def _number(value, spec):
+    """A metric for the log and the console: ``format(value, spec)``, or ``n/a`` for None
+    (no labelled pixels)."""
+    return "n/a" if value is None else format(value, spec)
 
 
 def diagnose_nonfinite(model, x, y, criterion):

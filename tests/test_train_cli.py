@@ -167,13 +167,39 @@ def test_bad_flag_values_refused(args, message, capsys, tmp_path):
     (["--optimizer", "rmsprop"], "--optimizer must be one of"),
     (["--geometry", "round"], "--geometry must be one of"),
     (["--iters", "3", "--epochs", "1"], "not both"),
-    (["--lr", "-1"], "lr > 0"),
+    (["--lr", "-1"], "--lr must be a positive finite number, got -1"),
+    (["--lr", "inf"], "--lr must be a positive finite number, got inf"),
+    (["--lr", "nan"], "--lr must be a positive finite number, got nan"),
+    (["--width", "inf"], "--width must be a positive finite number"),
+    (["--epochs", "inf"], "--epochs must be a positive finite number"),
+    (["--dropout", "1"], "--dropout must be in [0, 1), got 1"),
+    (["--momentum", "1"], "--momentum must be in [0, 1), got 1"),
+    (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
+    (["--pictures", "-1"], "--pictures must be >= 0"),
+    (["--image-size", "4"], "--image-size must be at least 8"),
     (["--init", "no/such/weights.pth"], "no/such/weights.pth"),
 ])
 def test_bad_settings_are_one_line_errors(args, message, capsys, tmp_path):
+    """Each names its flag (one check per setting, not one message for all)."""
     length = [] if ("--iters" in args or "--epochs" in args) else ["--iters", "1"]
     rc, out, err = cli(train_main, [*SYN, *args, *length, "--out", tmp_path / "run"], capsys)
     assert_one_line_error(rc, err, message)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("main_name", ["train", "evaluate", "predict"])
+def test_cuda_without_a_gpu_is_a_one_line_error(main_name, monkeypatch, capsys, tmp_path):
+    import minifcn.backend as backend
+    from minifcn.evaluate import main as evaluate_main
+    from minifcn.predict import main as predict_main
+    monkeypatch.setattr(backend, "_gpu_checked", False)
+    monkeypatch.setattr(backend, "_gpu_error", "CuPy is not installed (test)")
+    args = {"train": (train_main, [*SYN, "--iters", "1", "--out", tmp_path / "run"]),
+            "evaluate": (evaluate_main, ["--checkpoint", "x.npz", "--data", "synthetic"]),
+            "predict": (predict_main, ["--checkpoint", "x.npz", "a.png", "--out", tmp_path])}
+    main, argv = args[main_name]
+    rc, out, err = cli(main, [*argv, "--device", "cuda"], capsys)
+    assert_one_line_error(rc, err, "device 'cuda' was asked for, but CuPy is not installed (test)")
     assert not (tmp_path / "run").exists()
 
 
@@ -282,6 +308,109 @@ def test_folder_layout(tmp_path, capsys, lists):
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["per_class_iou"]) == 4
     assert (run / "best.npz").is_file() and (run / "val_samples.png").is_file()
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, capsys,
+                                                                    monkeypatch):
+    """The default directory name is the time to the second: a second run that finds it
+    taken takes runs/<time>-2 instead of writing into the first run's directory."""
+    import minifcn.training as training
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(training.time, "strftime", lambda fmt: "runs/20261129-140117")
+    outs = []
+    for seed in (1, 2):
+        rc, out, err = cli(train_main, [*SYN, *TINY, "--iters", "1", "--seed", str(seed)], capsys)
+        assert rc == 0, err
+        outs.append(out)
+    first, second = tmp_path / "runs/20261129-140117", tmp_path / "runs/20261129-140117-2"
+    assert "(run directory runs/20261129-140117)" in outs[0]
+    assert "(run directory runs/20261129-140117-2)" in outs[1]
+    assert json.loads((first / "config.json").read_text())["seed"] == 1
+    assert json.loads((second / "config.json").read_text())["seed"] == 2
+    assert (first / "checkpoint.npz").is_file() and (second / "checkpoint.npz").is_file()
+
+
+def test_a_directory_claimed_in_between_is_not_shared(tmp_path):
+    """Two runs given the same --out that both passed the start-up check: config.json is
+    created exclusively, so the second stops and the first run's file is untouched."""
+    from minifcn.training import Run, TrainConfig
+    run = tmp_path / "run"
+    second = Run.__new__(Run)                  # the second run, just before it claims the directory
+    second.dir, second.config = str(run), TrainConfig(out=str(run)).resolved()
+    run.mkdir()
+    (run / "config.json").write_text('{"seed": 1}')      # the first run got there first
+    with pytest.raises(ValueError, match="stopped before its first checkpoint"):
+        second._claim_directory(default_name=False)
+    assert (run / "config.json").read_text() == '{"seed": 1}'
+
+
+def test_weights_made_non_finite_by_the_last_update_are_never_saved(tmp_path, capsys):
+    """The loss of the step was finite, but the update overflowed the weights: the run stops
+    before validating or saving (it used to save NaN weights as best.npz and exit 0)."""
+    run = tmp_path / "run"
+    rc, out, err = cli(train_main, [*SYN, *TINY, "--optimizer", "adam", "--lr", "3e38",
+                                    "--warmup", "0", "--iters", "1", "--out", run], capsys)
+    line = assert_one_line_error(rc, err, "iteration 1: the update made parameter",
+                                 "non-finite (lower --lr); no checkpoint was written")
+    assert not (run / "checkpoint.npz").exists() and not (run / "best.npz").exists(), line
+    # and the directory now says why it cannot be resumed or reused
+    rc, out, err = cli(train_main, ["--resume", run], capsys)
+    assert_one_line_error(rc, err, "no checkpoint.npz there (the run stopped before its first")
+    rc, out, err = cli(train_main, [*SYN, "--out", run], capsys)
+    assert_one_line_error(rc, err, "holds a run that stopped before its first checkpoint")
+
+
+def test_a_later_divergence_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    import minifcn.training as training
+    run = tmp_path / "run"
+    rc, out, err = cli(train_main, [*SYN, *TINY, "--iters", "2", "--val-every", "1",
+                                    "--out", run], capsys)
+    assert rc == 0, err
+    saved = snapshot(run, ["checkpoint.npz", "best.npz"])
+    real_step = training.Run.step
+
+    def poisoned(self, lr):
+        loss = real_step(self, lr)
+        self.model.params["fc7.bias"][0] = np.nan          # what an overflowing update does
+        return loss
+    monkeypatch.setattr(training.Run, "step", poisoned)
+    rc, out, err = cli(train_main, ["--resume", run, "--iters", "3", "--no-progress"], capsys)
+    assert_one_line_error(rc, err, "iteration 3: the update made parameter 'fc7.bias'",
+                          "the last checkpoint is kept")
+    assert snapshot(run, ["checkpoint.npz", "best.npz"]) == saved
+
+
+def test_a_validation_split_without_labelled_pixels(tmp_path, capsys):
+    """Every validation pixel is void (255): no score to report or to pick best.npz by,
+    said once, and 'n/a' in the log and the summary — not a crash."""
+    data = tmp_path / "data"
+    make_folder(data, [(32, 32)] * 5, lists={"train": ["img0", "img1", "img2", "img3"],
+                                             "val": ["img4"]})
+    mask = np.full((32, 32), 255, np.uint8)
+    save_mask_png(data / "masks" / "img4.png", mask)
+    run = tmp_path / "run"
+    rc, out, err = cli(train_main, ["--data", data, *TINY, "--iters", "2", "--val-every", "1",
+                                    "--num-classes", "4", "--out", run], capsys)
+    assert rc == 0, err
+    assert out.count("the validation split has no labelled pixels") == 1
+    assert "final validation: pixel acc n/a, mean acc n/a, mean IU n/a, f.w. IU n/a" in out
+    _, rows = read_log(run)
+    assert [r["mean_iou"] for r in rows] == ["n/a", "n/a"]
+    assert (run / "checkpoint.npz").is_file() and not (run / "best.npz").exists()
+
+
+def test_resume_with_a_damaged_log_names_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    rc, out, err = cli(train_main, [*SYN, *TINY, "--iters", "1", "--out", run], capsys)
+    assert rc == 0, err
+    log = run / "log.csv"
+    good = log.read_bytes()
+    for damaged, why in ((good + b"\x00" * 40 + b"\n", "line 3 does not start with an iteration"),
+                         (b"iter,loss\n1,0.5\n", "has no 'iteration' column")):
+        log.write_bytes(damaged)
+        rc, out, err = cli(train_main, ["--resume", run, "--iters", "2", "--no-progress"], capsys)
+        assert_one_line_error(rc, err, str(log), why)
+        assert log.read_bytes() == damaged                 # left as it was
 
 
 def test_synthetic_subprocess(tmp_path):
