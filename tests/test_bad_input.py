@@ -169,6 +169,19 @@ FUNCTIONAL = [
     ("dropout-p-negative", lambda xp: F.dropout(_a(xp, 1, 2, 3, 3), -0.1), r"\bp\b"),
     ("dropout2d-3d-input", lambda xp: F.dropout(_a(xp, 2, 3, 3), 0.5, channelwise=True),
      r"4-D"),
+    ("dropout-int-input", lambda xp: F.dropout(xp.ones((2, 3), dtype=np.int64), 0.3),
+     r"dropout: input must be a floating-point array.*int64"),
+    # -- weights and biases of the wrong kind
+    ("conv2d-int-weight", lambda xp: F.conv2d(_a(xp, 1, 2, 5, 5),
+                                              xp.ones((3, 2, 3, 3), dtype=np.int32)),
+     r"weight must be a floating-point array.*int32"),
+    ("conv_transpose2d-bool-weight", lambda xp: F.conv_transpose2d(
+        _a(xp, 1, 2, 5, 5), xp.ones((2, 3, 3, 3), dtype=bool)), r"weight must be a floating"),
+    ("conv2d-bias-list", lambda xp: F.conv2d(_a(xp, 1, 2, 5, 5), _a(xp, 3, 2, 3, 3),
+                                             bias=[0.0] * 3), r"bias must be an array.*list"),
+    ("conv2d-int-bias", lambda xp: F.conv2d(_a(xp, 1, 2, 5, 5), _a(xp, 3, 2, 3, 3),
+                                            bias=xp.zeros(3, dtype=np.int64)),
+     r"bias must be a floating"),
     # -- backward with a grad_output of the wrong shape
     ("conv2d_backward-grad-shape", lambda xp: F.conv2d_backward(
         _a(xp, 1, 3, 4, 4), _a(xp, 1, 2, 5, 5), _a(xp, 3, 2, 3, 3)), r"grad_output"),
@@ -228,6 +241,13 @@ NN = [
     ("MaxPool2d-padding-negative", lambda: nn.MaxPool2d(2, 2, -1), r"padding"),
     ("MaxPool2d-dilation-0", lambda: nn.MaxPool2d(2, 2, 0, 0), r"dilation"),
     ("MaxPool2d-return_indices", lambda: nn.MaxPool2d(2, return_indices=True), r"return_indices"),
+    ("Conv2d-int-dtype", lambda: nn.Conv2d(3, 4, 3, dtype=np.int32), r"Conv2d: dtype.*int32"),
+    ("ConvTranspose2d-int-dtype", lambda: nn.ConvTranspose2d(3, 4, 3, dtype=np.int64),
+     r"ConvTranspose2d: dtype.*int64"),
+    ("ConvTranspose2d-unknown-algorithm", lambda: nn.ConvTranspose2d(3, 3, 4, algorithm="bogus"),
+     r"algorithm must be one of.*'bogus'"),
+    ("Dropout-forward-int", _fwd(nn.Dropout(0.3), 4, 5, dtype=np.int64),
+     r"floating-point.*int64"),
     ("Dropout-p", lambda: nn.Dropout(1.5), r"\bp\b"),
     ("Dropout2d-p", lambda: nn.Dropout2d(-0.5), r"\bp\b"),
     ("SoftmaxCrossEntropy-reduction", lambda: nn.SoftmaxCrossEntropy(reduction="none"),
@@ -260,6 +280,16 @@ NN = [
 def test_nn_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_numpy_integer_counts_are_ints():
+    """Counts that arrive as NumPy integers (read from an array, a config) are accepted
+    wherever Python ints are, by the layer and by the functional op it calls."""
+    layer = nn.Conv2d(np.int64(6), np.int64(6), 3, groups=np.int64(2), dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((1, 6, 5, 5))
+    ref = F.conv2d(x, layer.weight, layer.bias, groups=2)
+    np.testing.assert_array_equal(layer.forward(x), ref)
+    assert type(layer.groups) is int
 
 
 def test_bad_label_message_names_the_sizes():

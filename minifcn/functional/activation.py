@@ -51,6 +51,13 @@ def check_p(p):
     return float(p)
 
 
+def check_dropout_input(x):
+    """Dropout scales the kept values by ``1/(1-p)``: only floating-point input can hold them."""
+    if getattr(getattr(x, "dtype", None), "kind", None) != "f":
+        raise ValueError("dropout: input must be a floating-point array (the kept values are "
+                         f"scaled by 1/(1-p)), got {getattr(x, 'dtype', type(x).__name__)}")
+
+
 def dropout_mask(shape, p, rng, dtype, xp=np, channelwise=False):
     """The scaled keep-mask ``m / (1 - p)``: 0 with probability p, else ``1/(1-p)``.
 
@@ -72,6 +79,7 @@ def dropout(x, p=0.5, training=True, rng=None, channelwise=False):
     """Inverted dropout. Returns ``(y, mask)``; ``mask`` is None when nothing is dropped
     (eval mode or p = 0), else the scaled mask to hand to :func:`dropout_backward`."""
     p = check_p(p)
+    check_dropout_input(x)
     if not training or p == 0.0:
         return x, None
     xp = get_array_module(x)

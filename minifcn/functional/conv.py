@@ -25,6 +25,7 @@ The GEMM helpers below are shared by both ops; each is named for the product it 
 from __future__ import annotations
 
 import math
+import numbers
 from types import SimpleNamespace
 
 import numpy as np
@@ -318,8 +319,10 @@ def _geometry(op, x, weight, bias, stride, padding, dilation, groups, output_pad
     check_float(x, "input")
     check_4d(weight, "weight", "(O, C/groups, kh, kw)" if output_padding is None
              else "(C, O/groups, kh, kw)")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+    check_float(weight, "weight")
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
         raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    groups = int(groups)
     g = SimpleNamespace(groups=groups, gpu=get_array_module(x) is not np,
                         dtype=np.result_type(x.dtype, weight.dtype))
     g.n, g.c, g.h, g.w = x.shape
@@ -354,8 +357,13 @@ def _geometry(op, x, weight, bias, stride, padding, dilation, groups, output_pad
         g.wo = conv_transpose_output_size(g.w, g.kw, g.sw, g.pw, g.dw, g.opw)
     check_positive_size(op, (g.ho, g.wo), (g.h, g.w), kernel_size=(g.kh, g.kw),
                         stride=(g.sh, g.sw), padding=(g.ph, g.pw), dilation=(g.dh, g.dw))
-    if bias is not None and tuple(bias.shape) != (g.o,):
-        raise ValueError(f"{op}: bias must have shape ({g.o},), got {tuple(bias.shape)}")
+    if bias is not None:
+        if getattr(bias, "shape", None) is None or getattr(bias, "dtype", None) is None:
+            raise ValueError(f"{op}: bias must be an array of shape ({g.o},) (or None), "
+                             f"got {type(bias).__name__}")
+        if tuple(bias.shape) != (g.o,):
+            raise ValueError(f"{op}: bias must have shape ({g.o},), got {tuple(bias.shape)}")
+        check_float(bias, "bias")
     return g
 
 

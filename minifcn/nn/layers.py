@@ -13,6 +13,7 @@ import numpy as np
 from .. import functional as F
 from ..backend import get_array_module
 from ..functional._checks import pair
+from ..functional.conv import ALGORITHMS
 from .module import Layer, default_rng
 
 
@@ -47,6 +48,9 @@ class _ConvBase(Layer):
         fan_in = weight_shape[1] * weight_shape[2] * weight_shape[3]
         bound = 1.0 / math.sqrt(fan_in)
         dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise ValueError(f"{type(self).__name__}: dtype must be a floating-point type "
+                             f"(float32 or float64), got {dtype}")
         self.params["weight"] = rng.uniform(-bound, bound, weight_shape).astype(dtype)
         if bias:
             n_out = self._n_out(weight_shape)
@@ -61,7 +65,8 @@ class _ConvBase(Layer):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"{name}: in_channels ({in_channels}) and out_channels "
                              f"({out_channels}) must be divisible by groups ({groups})")
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.in_channels, self.out_channels, self.groups = (int(in_channels), int(out_channels),
+                                                            int(groups))
         self.kernel_size = pair(kernel_size, "kernel_size", minimum=1)
         self.stride = pair(stride, "stride", minimum=1)
         self.padding = pair(padding, "padding", minimum=0)
@@ -165,6 +170,9 @@ class ConvTranspose2d(_ConvBase):
                 raise ValueError(f"ConvTranspose2d: output_padding {self.output_padding} must be "
                                  f"smaller than max(stride, dilation) = "
                                  f"{max(self.stride[axis], self.dilation[axis])}")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"ConvTranspose2d: algorithm must be one of {ALGORITHMS}, "
+                             f"got {algorithm!r}")
         self.algorithm = algorithm
         super().__init__((in_channels, out_channels // groups, kh, kw), bias, dtype, seed)
 
@@ -323,6 +331,7 @@ class Dropout(Layer):
             return xp.random.default_rng(seed)
 
     def forward(self, x):
+        F.activation.check_dropout_input(x)
         rng = self._rng_for(x) if (self.training and self.p > 0) else None
         if rng is not None and self.inplace and _writable_host_float(x):
             self._mask = F.dropout_mask(x.shape, self.p, rng, x.dtype, np, self.channelwise)
