@@ -55,6 +55,17 @@ def model_overrides(args):
             "width": args.width, "preprocess": args.preprocess}
 
 
+def check_output_file(path, flag):
+    """Can a file be written at ``path``: its folder exists and it is not a folder itself."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a directory; give a file name, e.g. {os.path.join(path, 'metrics.json')}")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{flag} {path}: the folder {folder} is not writable")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m minifcn.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="best.npz / checkpoint.npz, or .pth weights")
@@ -73,6 +84,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be positive")
+    if args.json:
+        check_output_file(args.json, "--json")    # before the evaluation, not after it
     check_device(args.device)
     model, spec = load_checkpoint_model(args.checkpoint, args.device, **model_overrides(args))
     extra = {}

@@ -295,6 +295,12 @@ def _show(matrix, name):
 
 
 def main(argv=None):
+    import argparse
+    argparse.ArgumentParser(
+        prog="python -m minifcn.explain",
+        description="Print a tiny worked example of why transposed convolution is "
+                    "'transposed' (and not a deconvolution): claims 1-4 of minifcn.explain, "
+                    "each checked against minifcn's own ops. Takes no options.").parse_args(argv)
     np.set_printoptions(precision=3, suppress=True)
     print("1-D: a 1x6 input, kernel w = [1, 2, 3] (weights w1 w2 w3), stride 1, no padding.\n"
           "conv(x) = C x, with C built by listing which tap links output i to input j:\n")

@@ -37,6 +37,24 @@ def overlay(image, mask, alpha=0.5):
     return np.where(mask[..., None] == 0, image, np.clip(blend, 0, 255)).astype(np.uint8)
 
 
+def output_stems(paths):
+    """One output name per input, all different: the file's stem (``a`` for ``d/a.png``);
+    where two inputs share it, the name with its extension (``a_png``, ``a_jpg``); where
+    that is shared too (``a.png`` in two folders, or one path given twice), ``-2``, ``-3``
+    ... in input order. No prediction overwrites another of the same call."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    names = [s if stems.count(s) == 1 else os.path.basename(p).replace(".", "_")
+             for s, p in zip(stems, paths)]
+    used, out = set(), []
+    for name in names:
+        candidate, k = name, 2
+        while candidate in used or (candidate != name and candidate in names):
+            candidate, k = f"{name}-{k}", k + 1
+        used.add(candidate)
+        out.append(candidate)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m minifcn.predict", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True)
@@ -50,11 +68,8 @@ def main(argv=None):
     images = [(path, load_image(path)) for path in args.images]   # every image readable first
     os.makedirs(args.out, exist_ok=True)
     from PIL import Image
-    stems = [os.path.splitext(os.path.basename(path))[0] for path, _ in images]
-    for (path, image), stem in zip(images, stems):
+    for (path, image), stem in zip(images, output_stems(args.images)):
         mask = predict(model, image, spec["preprocess"], args.device)
-        if stems.count(stem) > 1:                 # a.jpg and a.png: keep both
-            stem = os.path.basename(path).replace(".", "_")
         save_mask_png(os.path.join(args.out, f"{stem}_mask.png"), mask)
         Image.fromarray(overlay(image, mask)).save(os.path.join(args.out, f"{stem}_overlay.png"))
         present = ", ".join(f"{spec['class_names'][c] if c < len(spec['class_names']) else c} "

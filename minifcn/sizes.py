@@ -53,19 +53,46 @@ def worked(in_size, kernel, stride=1, padding=0, dilation=1, output_padding=0):
             f"+ {output_padding} + 1 = {out}"), out
 
 
+#: Sizes whose run would take more memory than this are not run: the formula alone answers.
+MEASURE_MAX_BYTES = 1 << 30
+
+
+def run_bytes(in_size, kernel, stride=1, padding=0, dilation=1, output_padding=0, channels=3):
+    """About how much memory :func:`measure` would take (float64 input, weight, output, and
+    a col matrix as large as ``C*k*k*in*in``)."""
+    _, out = worked(in_size, kernel, stride, padding, dilation, output_padding)
+    c, k = channels, kernel
+    return 8 * (c * in_size ** 2 + c * c * k * k + c * max(out, 0) ** 2 + c * k * k * in_size ** 2)
+
+
 def table(rows, in_size, channels=3):
-    """The printed table: one line per (kernel, stride, padding, dilation, output_padding)."""
+    """The printed table: one line per (kernel, stride, padding, dilation, output_padding).
+    Each shape is measured, unless the run would take over ``MEASURE_MAX_BYTES``: then it
+    is the formula's, checked the way the layer checks it, and marked ``*``."""
     extra = any(r[3] != 1 or r[4] != 0 for r in rows)      # show d, op only when used
     head = "kernel  stride  padding" + ("  dilation  output_padding" if extra else "")
     lines = [f"  {head}  {'output':<12}  worked: {FORMULA}"]
+    notes = []
     for k, s, p, d, op in rows:
-        shape = measure(in_size, k, s, p, d, op, channels)
         text, out = worked(in_size, k, s, p, d, op)
-        if shape[2:] != (out, out):                          # the layer and the formula disagree
-            raise AssertionError(f"ConvTranspose2d gave {shape}, the formula {out}")
+        need = run_bytes(in_size, k, s, p, d, op, channels)
+        if need <= MEASURE_MAX_BYTES:
+            shape = measure(in_size, k, s, p, d, op, channels)
+            if shape[2:] != (out, out):                      # the layer and the formula disagree
+                raise AssertionError(f"ConvTranspose2d gave {shape}, the formula {out}")
+            shown = "x".join(map(str, shape))
+        else:
+            if op >= max(s, d):
+                raise ValueError(f"ConvTranspose2d: output_padding {op} must be smaller than "
+                                 f"max(stride, dilation) = {max(s, d)}")
+            if out < 1:
+                raise ValueError(f"conv_transpose2d: the output size would be {out}x{out} (empty)")
+            shown = f"1x{channels}x{out}x{out}*"
+            notes.append(f"* not run: measuring it would take about {need / 2**30:.0f} GiB; "
+                         "this is the formula's value")
         cells = f"{k:>6}  {s:>6}  {p:>7}" + (f"  {d:>8}  {op:>14}" if extra else "")
-        lines.append(f"  {cells}  {'x'.join(map(str, shape)):<12}  {text}")
-    return lines
+        lines.append(f"  {cells}  {shown:<12}  {text}")
+    return lines + notes
 
 
 class _Parser(argparse.ArgumentParser):

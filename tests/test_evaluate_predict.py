@@ -209,6 +209,44 @@ def test_evaluate_bad_inputs(trained, tmp_path, capsys):
     assert_one_line_error(rc, err, bad / "masks" / "x.png", "outside [0, 4)")
 
 
+def test_evaluate_checks_its_json_path_before_evaluating(trained, tmp_path, capsys):
+    """A --json that cannot be written is refused at the start, naming the path given (it
+    used to fail after the whole evaluation, naming a .tmp file, and leave that behind)."""
+    data, run = trained
+    best = run / "best.npz"
+    for target, why in ((tmp_path / "no" / "such" / "v.json", "does not exist"),
+                        (run, "is a directory")):
+        before = sorted(os.listdir(tmp_path)), sorted(os.listdir(run))
+        rc, out, err = cli(evaluate_main, ["--checkpoint", best, "--data", data, "--json", target],
+                           capsys)
+        assert_one_line_error(rc, err, f"--json {target}", why)
+        assert out == ""                                   # nothing was evaluated
+        assert (sorted(os.listdir(tmp_path)), sorted(os.listdir(run))) == before
+
+
+def test_predict_gives_inputs_that_share_a_name_their_own_outputs(trained, tmp_path, capsys):
+    """a.png from two folders (and a.jpg beside them): three different pairs of files, each
+    the prediction of its own image — none overwrites another."""
+    from minifcn.predict import output_stems
+    assert output_stems(["d1/a.png", "d2/a.png", "d1/a.jpg", "b.png", "a_png-2.png"]) == \
+        ["a_png", "a_png-3", "a_jpg", "b", "a_png-2"]       # a later input's own name is kept
+    assert output_stems(["x/a.png", "x/a.png"]) == ["a_png", "a_png-2"]
+    data, run = trained
+    sizes = {"d1/a.png": (20, 30), "d2/a.png": (26, 18), "d1/a.jpg": (16, 24)}
+    for name, (h, w) in sizes.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((h, w, 3), 100, np.uint8)).save(tmp_path / name)
+    out = tmp_path / "out"
+    rc, stdout, err = cli(predict_main, ["--checkpoint", run / "best.npz",
+                                         *[tmp_path / n for n in sizes], "--out", out], capsys)
+    assert rc == 0, err
+    assert sorted(os.listdir(out)) == sorted(f"{s}_{kind}.png" for s in ("a_png", "a_png-2", "a_jpg")
+                                             for kind in ("mask", "overlay"))
+    for stem, (h, w) in zip(("a_png", "a_png-2", "a_jpg"), sizes.values()):
+        with Image.open(out / f"{stem}_mask.png") as im:
+            assert im.size == (w, h), stem
+
+
 VOC_COLOURS = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0)]
 
 

@@ -271,6 +271,37 @@ def test_sizes_cli_errors(capsys, argv, words):
     assert captured.out == ""
 
 
+def test_sizes_too_large_to_run_are_answered_by_the_formula(capsys):
+    """--in 100000 would take terabytes to run: the size is the formula's, marked as not
+    measured, and its errors are still the layer's (it used to die allocating 224 GiB)."""
+    assert sizes.run_bytes(100000, 3) > sizes.MEASURE_MAX_BYTES
+    assert sizes.main(["--in", "100000", "--kernel", "3", "--stride", "2", "--padding", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\s*3\s+2\s+1\s+1x3x199999x199999\*\s+\(100000 - 1\)\*2 .* = 199999$",
+                     out, re.M), out
+    assert "* not run: measuring it would take about" in out
+    # the same rules as the layer: output_padding, an empty output
+    for argv, words in ((["--in", "100000", "--kernel", "3", "--output-padding", "1"],
+                         "output_padding"),
+                        (["--in", "100000", "--kernel", "1", "--padding", "60000"], "empty")):
+        with pytest.raises(SystemExit):
+            sizes.main(argv)
+        assert words in capsys.readouterr().err
+    # and below the limit the layer is run, as before (no marker)
+    assert sizes.main(["--in", "64", "--kernel", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "1x3x66x66 " in out and "not run" not in out
+
+
+def test_explain_takes_no_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        explain.main(["--bogus"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        explain.main(["--help"])
+    assert exit_info.value.code == 0 and "usage: python -m minifcn.explain" in capsys.readouterr().out
+
+
 def test_sizes_cli_error_has_no_traceback():
     proc = subprocess.run([sys.executable, "-m", "minifcn.sizes", "--kernel", "2", "--stride",
                            "2", "--output-padding", "3"], capture_output=True, text=True)
