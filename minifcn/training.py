@@ -402,8 +402,9 @@ class Run:
         if not math.isfinite(loss):
             raise TrainingError(f"iteration {self.iteration + 1}: the loss is {loss}; "
                                 + diagnose_nonfinite(self.model, x, y, self.criterion))
-        self.model.backward(self.criterion.backward())
-        self.optimizer.step(lr)
+        with np.errstate(over="ignore", invalid="ignore"):     # caught at validation
+            self.model.backward(self.criterion.backward())
+            self.optimizer.step(lr)
         return loss
 
     def validate(self):

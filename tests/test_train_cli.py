@@ -344,6 +344,7 @@ def test_a_directory_claimed_in_between_is_not_shared(tmp_path):
     assert (run / "config.json").read_text() == '{"seed": 1}'
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")     # NumPy's overflow warnings: not on stderr
 def test_weights_made_non_finite_by_the_last_update_are_never_saved(tmp_path, capsys):
     """The loss of the step was finite, but the update overflowed the weights: the run stops
     before validating or saving (it used to save NaN weights as best.npz and exit 0)."""
