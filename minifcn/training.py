@@ -566,11 +566,12 @@ def diagnose_nonfinite(model, x, y, criterion):
             return f"parameter {name!r} is not finite (the previous step diverged; lower --lr)"
     if not bool(xp.isfinite(x).all()):
         return "the input batch itself is not finite"
-    logits = model.forward(x, hook=check("output"))
-    if found:
-        return found[0] + " (lower --lr, or check the input scale)"
-    criterion.forward(logits, y)
-    model.backward(criterion.backward(), hook=check("gradient"))
+    with np.errstate(all="ignore"):            # the replay overflows, as the step did
+        logits = model.forward(x, hook=check("output"))
+        if found:
+            return found[0] + " (lower --lr, or check the input scale)"
+        criterion.forward(logits, y)
+        model.backward(criterion.backward(), hook=check("gradient"))
     for name, g in model.grads.items():
         if not found and not bool(xp.isfinite(g).all()):
             found.append(f"the first non-finite gradient is of parameter {name!r}")

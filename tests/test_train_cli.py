@@ -762,6 +762,7 @@ def test_failed_resume_loses_nothing(tmp_path, capsys, validate):
 # -- guards -----------------------------------------------------------------------------------
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+@pytest.mark.filterwarnings("error::RuntimeWarning")     # NumPy's overflow warnings: not on stderr
 def test_nan_guard_names_a_layer(tmp_path, capsys):
     """An absurd learning rate: the run stops at the first non-finite loss with a message
     naming the first layer whose output (or gradient) was not finite."""
