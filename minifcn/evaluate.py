@@ -84,6 +84,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be positive")
+    if args.data == "synthetic" and args.image_size < 8:
+        p.error(f"--image-size must be at least 8 for the synthetic shapes, got {args.image_size}")
+    if args.num_images is not None and args.num_images < 1:
+        p.error(f"--num-images must be positive, got {args.num_images}")
     if args.json:
         check_output_file(args.json, "--json")    # before the evaluation, not after it
     check_device(args.device)

@@ -282,6 +282,25 @@ def test_nn_bad_input(call, match):
         call()
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(width="0.5"), r"width must be a positive finite number, got '0.5'"),
+    (dict(width=float("inf")), r"width must be a positive finite number, got inf"),
+    (dict(width=0), r"width must be a positive finite number, got 0"),
+    (dict(num_classes=2.5), r"num_classes must be a positive int, got 2.5"),
+    (dict(num_classes=True), r"num_classes must be a positive int, got True"),
+])
+def test_build_model_bad_arguments(kwargs, match):
+    from minifcn.models import build_model
+    with pytest.raises(ValueError, match=match):
+        build_model("fcn8s", **kwargs)
+
+
+def test_build_model_takes_numpy_counts():
+    from minifcn.models import build_model
+    model = build_model("fcn32s", num_classes=np.int64(3), width=np.float32(1 / 32))
+    assert model.num_classes == 3 and type(model.num_classes) is int
+
+
 def test_numpy_integer_counts_are_ints():
     """Counts that arrive as NumPy integers (read from an array, a config) are accepted
     wherever Python ints are, by the layer and by the functional op it calls."""

@@ -224,6 +224,16 @@ def test_evaluate_checks_its_json_path_before_evaluating(trained, tmp_path, caps
         assert (sorted(os.listdir(tmp_path)), sorted(os.listdir(run))) == before
 
 
+@pytest.mark.parametrize("flags,message", [(["--image-size", "0"], "--image-size must be at least 8"),
+                                           (["--image-size", "4"], "--image-size must be at least 8"),
+                                           (["--num-images", "0"], "--num-images must be positive")])
+def test_evaluate_synthetic_flags_are_named(trained, capsys, flags, message):
+    data, run = trained
+    rc, out, err = cli(evaluate_main, ["--checkpoint", run / "best.npz", "--data", "synthetic",
+                                       *flags], capsys)
+    assert rc == 2 and message in err, err
+
+
 def test_predict_gives_inputs_that_share_a_name_their_own_outputs(trained, tmp_path, capsys):
     """a.png from two folders (and a.jpg beside them): three different pairs of files, each
     the prediction of its own image — none overwrites another."""

@@ -35,6 +35,9 @@ unless ``learn_upsampling=True``), score layers zero, and the backbone He-initia
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
 from ..nn import Add, Conv2d, ConvTranspose2d, Crop, Dropout, Graph, PadTo, ReLU, Scale
@@ -76,10 +79,13 @@ class FCN(Graph):
                  dropout=0.5, seed=0, dtype=np.float32):
         if geometry not in GEOMETRIES:
             raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
-        if not (isinstance(num_classes, int) and num_classes >= 1):
+        if not (isinstance(num_classes, numbers.Integral) and not isinstance(num_classes, bool)
+                and num_classes >= 1):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if not width > 0:
-            raise ValueError(f"width must be positive, got {width!r}")
+        if not (isinstance(width, numbers.Real) and not isinstance(width, bool)
+                and 0 < width < math.inf):
+            raise ValueError(f"width must be a positive finite number, got {width!r}")
+        num_classes = int(num_classes)
         self.num_classes, self.geometry, self.width = num_classes, geometry, float(width)
         self.learn_upsampling = learn_upsampling
         rng = np.random.default_rng(seed)
