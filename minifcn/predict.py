@@ -5,6 +5,8 @@
 For each image ``NAME.ext`` it writes ``NAME_mask.png`` (a palette PNG whose pixel values
 are the class indices, shown in the VOC colours) and ``NAME_overlay.png`` (the colours
 blended over the image), both of the image's own size: an FCN takes any input size.
+Inputs that share a name get distinct ones (see :func:`output_stems`): ``a_png`` and
+``a_jpg`` for ``a.png`` and ``a.jpg``, then ``-2``, ``-3`` for ``a.png`` from two folders.
 """
 from __future__ import annotations
 

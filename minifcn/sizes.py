@@ -2,8 +2,9 @@ r"""``python -m minifcn.sizes``: how big is a transposed convolution's output?
 
 With no size flags it reproduces the table of the study notes: an input of shape
 1x3x3x3 through ``ConvTranspose2d(3, 3, kernel, stride, padding)`` for five settings.
-Every output shape is *measured* by running minifcn's own layer, then printed beside
-the formula worked out with the numbers filled in::
+Every output shape is *measured* by running minifcn's own layer (unless that would take
+over a GiB: then the formula answers, and the row says so), then printed beside the
+formula worked out with the numbers filled in::
 
     out = (in - 1)*stride - 2*padding + dilation*(kernel - 1) + output_padding + 1
 
@@ -86,7 +87,9 @@ def table(rows, in_size, channels=3):
                 raise ValueError(f"ConvTranspose2d: output_padding {op} must be smaller than "
                                  f"max(stride, dilation) = {max(s, d)}")
             if out < 1:
-                raise ValueError(f"conv_transpose2d: the output size would be {out}x{out} (empty)")
+                raise ValueError(f"conv_transpose2d: the output size would be {out}x{out} "
+                                 f"(empty) for input size {in_size}x{in_size} with kernel_size="
+                                 f"{k}, stride={s}, padding={p}, dilation={d}")
             shown = f"1x{channels}x{out}x{out}*"
             notes.append(f"* not run: measuring it would take about {need / 2**30:.0f} GiB; "
                          "this is the formula's value")
@@ -149,8 +152,10 @@ def main(argv=None):
         lines = table(rows, n, c)
     except ValueError as e:                      # the layer's own message names the culprit
         parser.error(str(e))
+    measured = "each output shape is measured by minifcn" + (
+        "" if not any("not run" in line for line in lines) else " (or computed, where marked)")
     print(f"ConvTranspose2d({c}, {c}, kernel, stride, padding) on an input of shape "
-          f"1x{c}x{n}x{n} ({title}); each output shape is measured by minifcn:\n")
+          f"1x{c}x{n}x{n} ({title}); {measured}:\n")
     print("\n".join(lines))
     print(f"\nStride spreads the {n} inputs over (in - 1)*stride + 1 positions, each stamps a "
           "kernel spanning dilation*(kernel - 1) + 1,\nand padding crops that many from each "

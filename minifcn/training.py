@@ -136,8 +136,8 @@ def _taken(path):
     """Why a fresh run may not use the directory ``path`` (which holds files)."""
     if not os.path.isfile(os.path.join(path, "checkpoint.npz")) and os.path.isfile(
             os.path.join(path, "config.json")):
-        return (f"--out {path} holds a run that stopped before its first checkpoint (nothing "
-                "to resume; its log.csv is there): choose a new directory, or delete that one")
+        return (f"--out {path} holds a run with no checkpoint yet (still running, or stopped "
+                "before its first one; its log.csv is there): choose a new directory")
     return (f"--out {path} already holds files; choose a new directory, "
             f"or continue that run with --resume {path}")
 
@@ -299,9 +299,9 @@ class Run:
         if not os.path.isfile(path):
             raise ValueError(f"--resume {config.resume}: no config.json there (not a run directory)")
         if not os.path.isfile(os.path.join(config.resume, "checkpoint.npz")):
-            raise ValueError(f"--resume {config.resume}: no checkpoint.npz there (the run stopped "
-                             "before its first checkpoint; start a new run, in a new --out or "
-                             "after deleting this directory)")
+            raise ValueError(f"--resume {config.resume}: no checkpoint.npz there yet (the run is "
+                             "still before its first validation, or stopped there: nothing to "
+                             "resume; a new run needs a new --out)")
         try:
             with open(path) as f:
                 saved = json.load(f)
@@ -360,10 +360,14 @@ class Run:
         if self.config.resume is not None and os.path.isfile(path):
             rows = self._read_log(path)
         tmp = path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, LOG_FIELDS)
-            w.writeheader()
-            w.writerows(rows)
+        try:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, LOG_FIELDS)
+                w.writeheader()
+                w.writerows(rows)
+        except BaseException:
+            os.remove(tmp)
+            raise
         os.replace(tmp, path)
         f = open(path, "a", newline="")
         return f, csv.DictWriter(f, LOG_FIELDS)
@@ -376,8 +380,13 @@ class Run:
                 reader = csv.DictReader(f)
                 if reader.fieldnames is None or "iteration" not in reader.fieldnames:
                     raise ValueError(f"its header {reader.fieldnames} has no 'iteration' column")
+                unknown = [name for name in reader.fieldnames if name not in LOG_FIELDS]
+                if unknown:
+                    raise ValueError(f"its header has columns minifcn does not write: {unknown}")
                 rows = []
                 for r in reader:
+                    if None in r:
+                        raise ValueError(f"line {reader.line_num} has more fields than the header")
                     try:
                         it = int(r["iteration"])
                     except (TypeError, ValueError):

@@ -49,6 +49,31 @@ def test_relu_backward_is_a_select_for_inf_and_nan(xp, dtype):
     assert (dx[x <= 0] == 0).all() and np.isnan(dx).sum() == np.isnan(dy[x > 0]).sum() > 0
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_all_finite_against_isfinite(dtype):
+    """The cheap test that picks the product path: True exactly for finite arrays (float16
+    too, whose sum of squares would overflow), False for any NaN or inf."""
+    from minifcn.functional._select import all_finite
+    a = np.ones((1 << 18,), dtype)                 # sum of squares 262144 > float16's max
+    assert all_finite(a) and all_finite(a[::3]) and all_finite(a[:0])
+    for bad in (np.nan, np.inf, -np.inf):
+        b = a.copy()
+        b[12345] = bad
+        assert not all_finite(b) and not np.isfinite(b).all()
+
+
+def test_dropout_in_eval_mode_is_the_identity_for_any_dtype():
+    """As in torch; training mode, which scales by 1/(1-p), refuses integer input."""
+    x = np.arange(6).reshape(2, 3)
+    y, mask = dropout(x, 0.5, training=False)
+    assert y is x and mask is None
+    layer = nn.Dropout(0.5)
+    layer.eval()
+    assert layer.forward(x) is x
+    with pytest.raises(ValueError, match="floating-point"):
+        dropout(x, 0.5, training=True)
+
+
 def test_relu_layer_backward_at_zero_is_zero(xp):
     layer = nn.ReLU()
     x = xp.asarray(np.array([[[[-1.0, 0.0, 2.0]]]]))

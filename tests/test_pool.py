@@ -337,8 +337,8 @@ def test_max_pool2d_backward_routes_inf_and_nan_only_to_winners(xp, kernel, stri
 
 def test_padding_limit_is_torchs():
     """Padding may be at most half the kernel, whatever the dilation: minifcn refuses
-    exactly the settings torch refuses (a larger padding could make windows of padding
-    only, whose max is -inf)."""
+    exactly the settings torch refuses (with dilation, windows of padding only remain
+    possible: see test_max_pool2d_window_entirely_on_padding)."""
     x = np.zeros((1, 1, 16, 16))
     for k, d, p in itertools.product([1, 2, 3, 4], [1, 2, 3], [0, 1, 2, 3]):
         try:

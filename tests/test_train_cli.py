@@ -339,7 +339,7 @@ def test_a_directory_claimed_in_between_is_not_shared(tmp_path):
     second.dir, second.config = str(run), TrainConfig(out=str(run)).resolved()
     run.mkdir()
     (run / "config.json").write_text('{"seed": 1}')      # the first run got there first
-    with pytest.raises(ValueError, match="stopped before its first checkpoint"):
+    with pytest.raises(ValueError, match="holds a run with no checkpoint yet"):
         second._claim_directory(default_name=False)
     assert (run / "config.json").read_text() == '{"seed": 1}'
 
@@ -356,9 +356,9 @@ def test_weights_made_non_finite_by_the_last_update_are_never_saved(tmp_path, ca
     assert not (run / "checkpoint.npz").exists() and not (run / "best.npz").exists(), line
     # and the directory now says why it cannot be resumed or reused
     rc, out, err = cli(train_main, ["--resume", run], capsys)
-    assert_one_line_error(rc, err, "no checkpoint.npz there (the run stopped before its first")
+    assert_one_line_error(rc, err, "no checkpoint.npz there yet")
     rc, out, err = cli(train_main, [*SYN, "--out", run], capsys)
-    assert_one_line_error(rc, err, "holds a run that stopped before its first checkpoint")
+    assert_one_line_error(rc, err, "holds a run with no checkpoint yet")
 
 
 def test_a_later_divergence_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
@@ -406,12 +406,18 @@ def test_resume_with_a_damaged_log_names_it(tmp_path, capsys):
     assert rc == 0, err
     log = run / "log.csv"
     good = log.read_bytes()
+    files = os.listdir(run)
+    extra_field = good + b"1,0,0.5,0.1,1,,,,,EXTRA\n"
+    extra_column = good.replace(b"fw_iou", b"fw_iou,note", 1)
     for damaged, why in ((good + b"\x00" * 40 + b"\n", "line 3 does not start with an iteration"),
-                         (b"iter,loss\n1,0.5\n", "has no 'iteration' column")):
+                         (b"iter,loss\n1,0.5\n", "has no 'iteration' column"),
+                         (extra_field, "line 3 has more fields than the header"),
+                         (extra_column, "columns minifcn does not write: ['note']")):
         log.write_bytes(damaged)
         rc, out, err = cli(train_main, ["--resume", run, "--iters", "2", "--no-progress"], capsys)
         assert_one_line_error(rc, err, str(log), why)
         assert log.read_bytes() == damaged                 # left as it was
+        assert sorted(os.listdir(run)) == sorted(files)    # and nothing left behind
 
 
 def test_synthetic_subprocess(tmp_path):
@@ -761,7 +767,6 @@ def test_failed_resume_loses_nothing(tmp_path, capsys, validate):
 
 # -- guards -----------------------------------------------------------------------------------
 
-@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
 @pytest.mark.filterwarnings("error::RuntimeWarning")     # NumPy's overflow warnings: not on stderr
 def test_nan_guard_names_a_layer(tmp_path, capsys):
     """An absurd learning rate: the run stops at the first non-finite loss with a message

@@ -12,10 +12,15 @@ import numpy as np
 
 
 def all_finite(a) -> bool:
-    """Is every element of the NumPy array ``a`` finite? One BLAS pass: ``a . a`` is finite
-    exactly when no element is NaN or inf, unless the sum overflows (then this says False,
-    which only costs the caller the slower select)."""
-    return a.size == 0 or bool(np.isfinite(np.vdot(a, a)))
+    """Is every element of the NumPy array ``a`` finite? For float32/float64 one BLAS pass:
+    ``a . a`` is finite exactly when no element is NaN or inf, unless the sum overflows
+    (then this says False, which only costs the caller the slower select). Narrower types
+    (float16, whose sum would overflow past 65504) are tested element by element."""
+    if a.size == 0:
+        return True
+    if a.dtype.itemsize < 4:
+        return bool(np.isfinite(a).all())
+    return bool(np.isfinite(np.vdot(a, a)))
 
 
 def select(out, values, keep, finite):

@@ -79,9 +79,9 @@ def dropout(x, p=0.5, training=True, rng=None, channelwise=False):
     """Inverted dropout. Returns ``(y, mask)``; ``mask`` is None when nothing is dropped
     (eval mode or p = 0), else the scaled mask to hand to :func:`dropout_backward`."""
     p = check_p(p)
-    check_dropout_input(x)
     if not training or p == 0.0:
-        return x, None
+        return x, None                     # the identity: any dtype, as torch
+    check_dropout_input(x)
     xp = get_array_module(x)
     if rng is None:
         rng = xp.random.default_rng()

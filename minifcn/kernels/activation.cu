@@ -1,7 +1,8 @@
 // ReLU and dropout on the GPU: the NumPy twins are in minifcn/functional/activation.py.
 //
 //   relu:              y = max(x, 0)            (NaN stays NaN, as np.maximum)
-//   relu_backward:     dx = dy * [y > 0]        (from the forward output y)
+//   relu_backward:     dx = y > 0 ? dy : 0      (from the forward output y; a select,
+//                      so an inf/NaN dy stays out of the zeros)
 //   dropout:           m = [u >= p] / (1 - p);  y = x * m     (u ~ U[0, 1), one u per mask value)
 //   dropout_backward:  dx = dy * m
 //

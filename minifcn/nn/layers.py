@@ -50,7 +50,7 @@ class _ConvBase(Layer):
         dtype = np.dtype(dtype)
         if dtype.kind != "f":
             raise ValueError(f"{type(self).__name__}: dtype must be a floating-point type "
-                             f"(float32 or float64), got {dtype}")
+                             f"(float32 or float64 run everywhere), got {dtype}")
         self.params["weight"] = rng.uniform(-bound, bound, weight_shape).astype(dtype)
         if bias:
             n_out = self._n_out(weight_shape)
@@ -331,7 +331,8 @@ class Dropout(Layer):
             return xp.random.default_rng(seed)
 
     def forward(self, x):
-        F.activation.check_dropout_input(x)
+        if self.training and self.p > 0:
+            F.activation.check_dropout_input(x)
         rng = self._rng_for(x) if (self.training and self.p > 0) else None
         if rng is not None and self.inplace and _writable_host_float(x):
             self._mask = F.dropout_mask(x.shape, self.p, rng, x.dtype, np, self.channelwise)
