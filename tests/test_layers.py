@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as TF
 
 from conftest import assert_close, to_np
 from minifcn import nn
@@ -181,6 +182,37 @@ def test_graph_runs_an_inplace_layer_out_of_place_where_its_input_is_still_neede
     wrote_over = np.shares_memory(seen["relu"], seen["conv"])
     assert wrote_over == (skip_from == "data")
     assert net.layers["relu"].inplace                       # the flag is back after the call
+
+
+def test_graph_keeps_a_map_an_earlier_reader_cached():
+    """conv0's output is read first by conv1 (which keeps it as its input, for its weight
+    gradient), then by an in-place ReLU: writing over it would change conv1's weight
+    gradient after the fact. The graph runs that ReLU out of place; every gradient is
+    torch's."""
+    def build(inplace):
+        return nn.Graph([
+            ("c0", nn.Conv2d(2, 2, 3, padding=1, seed=1).astype(np.float64), ["data"]),
+            ("c1", nn.Conv2d(2, 2, 3, padding=1, seed=2).astype(np.float64), ["c0"]),
+            ("relu", nn.ReLU(inplace=inplace), ["c0"]),
+            ("add", nn.Add(), ["c1", "relu"])])
+    x = distinct_input((1, 2, 5, 4))
+    dy = np.random.default_rng(5).standard_normal((1, 2, 5, 4))
+    net = build(True)
+    seen = {}
+    y = net.forward(x, hook=lambda name, out: seen.setdefault(name, out))
+    net.backward(dy)
+    assert not np.shares_memory(seen["relu"], seen["c0"])
+
+    p = {f"{n}.{k}": torch.tensor(v, requires_grad=True) for n, layer in net.layers.items()
+         for k, v in layer.params.items()}
+    c0 = TF.conv2d(torch.tensor(x), p["c0.weight"], p["c0.bias"], padding=1)
+    y_ref = TF.conv2d(c0, p["c1.weight"], p["c1.bias"], padding=1) + TF.relu(c0)
+    y_ref.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, y_ref.detach().numpy(), rtol=1e-12)
+    for name, t in p.items():
+        layer, k = name.split(".")
+        np.testing.assert_allclose(net.layers[layer].grads[k], t.grad.numpy(), rtol=1e-10,
+                                   err_msg=name)
 
 
 def test_graph_never_writes_over_the_callers_input():

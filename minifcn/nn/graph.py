@@ -63,14 +63,15 @@ class Graph(Layer):
         keeps an output should keep a copy.
 
         An in-place layer writes over its input only when nothing else can see that
-        memory: no later node reads the map, no other live map shares its memory (a
-        Dropout in eval mode hands on its input itself, a Crop a view of it), and it is
-        not the caller's ``x``. Otherwise that call runs out of place."""
+        memory: no other node reads the map, before or after it (an earlier reader may
+        keep it for its backward: a Conv2d keeps its input), no other live map shares its
+        memory (a Dropout in eval mode hands on its input itself, a Crop a view of it),
+        and it is not the caller's ``x``. Otherwise that call runs out of place."""
         values = {INPUT: x}
         pending = {k: len(v) for k, v in self._readers.items()}
         for name, layer, inputs in self.nodes:
             args = [values[i] for i in inputs]
-            if getattr(layer, "inplace", False) and not self._sole_owner(values, pending, inputs[0]):
+            if getattr(layer, "inplace", False) and not self._sole_owner(values, inputs[0]):
                 layer.inplace = False
                 try:
                     values[name] = layer.forward(*args)
@@ -86,10 +87,9 @@ class Graph(Layer):
                     del values[i]
         return values[self.output]
 
-    @staticmethod
-    def _sole_owner(values, pending, key):
+    def _sole_owner(self, values, key):
         """May an in-place layer reading map ``key`` write over it (see :meth:`forward`)?"""
-        if key == INPUT or pending[key] > 1:
+        if key == INPUT or len(self._readers[key]) > 1:
             return False
         a = values[key]
         if get_array_module(a) is not np:
