@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +16,8 @@ from PIL import Image
 
 from minifcn.data import (PRESETS, BatchLoader, DatasetError, FolderSegmentation,
                           SyntheticShapes, VOCSegmentation, colorize, deprocess, detect_layout,
-                          get_preprocess, open_dataset, preprocess, read_mask, save_mask_png,
-                          voc_palette)
+                          get_preprocess, load_image, open_dataset, preprocess, read_mask,
+                          save_mask_png, voc_palette)
 from minifcn.data.folder import default_split
 
 
@@ -148,6 +149,50 @@ def test_mask_png_round_trip_palette_and_grayscale(tmp_path):
     np.testing.assert_array_equal(read_mask(tmp_path / "p.png"), mask)
     write_image(str(tmp_path / "g.png"), mask)                       # mode 'L'
     np.testing.assert_array_equal(read_mask(tmp_path / "g.png"), mask)
+
+
+def raw_png(path, width, height, bit_depth, colour_type, samples):
+    """A PNG written byte by byte (no PIL): ``samples`` (height, width[, channels]) ints,
+    packed big-endian at ``bit_depth`` bits each, filter 0 on every row."""
+    import struct
+    import zlib
+    rows = []
+    for row in np.asarray(samples).reshape(height, -1):
+        if bit_depth == 16:
+            rows.append(b"\x00" + b"".join(struct.pack(">H", int(v)) for v in row))
+        else:
+            bits = "".join(format(int(v), f"0{bit_depth}b") for v in row)
+            bits += "0" * (-len(bits) % 8)
+            rows.append(b"\x00" + int(bits, 2).to_bytes(len(bits) // 8, "big"))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                           + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8, 16])
+def test_grayscale_masks_of_every_bit_depth_read_as_their_samples(tmp_path, bits):
+    """PIL stretches 2- and 4-bit grayscale to 0..255 (label 3 of a 2-bit mask would read
+    as 255, "ignore"); the mask reader returns the stored samples at every depth."""
+    samples = np.arange(2 * 5).reshape(2, 5) % min(2 ** bits, 256)
+    raw_png(tmp_path / "m.png", 5, 2, bits, 0, samples)
+    mask = read_mask(tmp_path / "m.png")
+    assert mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, samples)
+
+
+def test_16_bit_images_keep_their_high_byte_grayscale_and_colour(tmp_path):
+    """A 16-bit grayscale image used to come out almost white (PIL clips it at 255); now,
+    like 16-bit colour, each sample is its high byte."""
+    samples = np.array([[0x0000, 0x80FF, 0xFFFF], [0x1234, 0x00FF, 0x0100]])
+    raw_png(tmp_path / "gray16.png", 3, 2, 16, 0, samples)
+    np.testing.assert_array_equal(load_image(tmp_path / "gray16.png"),
+                                  np.repeat((samples >> 8)[..., None], 3, axis=2))
+    colour = np.stack([samples, samples[::-1], 0xFFFF - samples], axis=-1)
+    raw_png(tmp_path / "rgb16.png", 3, 2, 16, 2, colour)
+    np.testing.assert_array_equal(load_image(tmp_path / "rgb16.png"), colour >> 8)
 
 
 def test_read_mask_refuses_a_colour_mask(tmp_path):

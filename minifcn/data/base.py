@@ -27,6 +27,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 def load_image(path) -> np.ndarray:
     """Read an image file as uint8 RGB ``(H, W, 3)`` (grayscale is repeated, alpha dropped).
 
+    16-bit samples keep their high byte (``v >> 8``), grayscale as well as colour: PIL does
+    that for 16-bit colour, but would clip 16-bit grayscale at 255 (an almost white image).
     The EXIF orientation tag is *not* applied: masks carry no such tag, so rotating the
     image alone would misalign it with its mask.
     """
@@ -34,12 +36,23 @@ def load_image(path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()                      # decode now, so a truncated file fails here
+            if im.mode.startswith("I"):   # 16- or 32-bit grayscale
+                return _gray_to_rgb(np.asarray(im), sixteen_bit=im.mode.startswith("I;16"))
             rgb = im.convert("RGB")
     except FileNotFoundError:
         raise DatasetError(path, "image file not found") from None
     except Exception as e:   # OSError, SyntaxError, ValueError, DecompressionBombError, ...
         raise DatasetError(path, f"cannot read the image ({type(e).__name__}: {e})") from None
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def _gray_to_rgb(gray, sixteen_bit):
+    """Integer grayscale -> uint8 RGB: 16-bit samples (or a 32-bit image holding values
+    above 255, taken as 16-bit ones) by their high byte, then the channel repeated."""
+    gray = gray.astype(np.int64)
+    if sixteen_bit or gray.max(initial=0) > 255:
+        gray = gray >> 8
+    return np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
 def check_labels(mask: np.ndarray, num_classes, path) -> None:

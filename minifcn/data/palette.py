@@ -68,17 +68,23 @@ def save_mask_png(path, mask) -> None:
     image.save(os.fspath(path), format="PNG")
 
 
+_LOW_BIT_GRAY = {"L;2": 2, "L;4": 4}   # PNG grayscale below 8 bits: bits per sample
+
+
 def read_mask(path) -> np.ndarray:
     """Read a label mask PNG as a uint8 ``(H, W)`` array of class indices.
 
     Accepts a palette PNG (the indices are stored, the palette is ignored) or a grayscale
-    one (8- or 16-bit, values <= 255). A colour (RGB) mask is refused with a message: its
+    one (1-, 2-, 4-, 8- or 16-bit, values <= 255; PIL stretches 2- and 4-bit samples to
+    0..255, which is undone here). A colour (RGB) mask is refused with a message: its
     colours would have to be mapped back to indices, and that mapping is not in the file —
     unless all three channels are equal, in which case it is a grayscale mask saved as RGB.
     """
     path = os.fspath(path)
     try:
         with Image.open(path) as im:
+            rawmode = im.tile[0][3] if im.tile else None   # the samples as stored, e.g. 'L;4'
+            rawmode = rawmode if isinstance(rawmode, str) else None
             im.load()
             mode = im.mode
             arr = np.array(im)
@@ -86,6 +92,8 @@ def read_mask(path) -> np.ndarray:
         raise DatasetError(path, "mask file not found") from None
     except Exception as e:   # PIL raises OSError, SyntaxError, ValueError, ... on bad files
         raise DatasetError(path, f"cannot read the mask ({type(e).__name__}: {e})") from None
+    if mode == "L" and rawmode in _LOW_BIT_GRAY:  # PIL stretched 2-/4-bit samples to 0..255
+        return arr // (255 // (2 ** _LOW_BIT_GRAY[rawmode] - 1))
     if mode in ("P", "L", "1"):
         return arr.astype(np.uint8, copy=False)
     if mode.startswith("I"):      # 16/32-bit grayscale
