@@ -26,7 +26,9 @@ legacy torch format (before torch 1.6, and ``_use_new_zipfile_serialization=Fals
     (``little_endian``, type sizes), the object pickle (persistent ids as above plus a sixth
     field, ``None`` or ``(view_key, offset, size)`` for a storage view, in elements), the
     list of storage keys, and then, for each key in that order, an 8-byte element count
-    followed by the storage's raw bytes. The object pickle comes *before* the bytes, so
+    followed by the storage's raw bytes, both little-endian whatever ``little_endian`` says
+    (torch converts on a big-endian host, and its reader ignores that field). The object
+    pickle comes *before* the bytes, so
     tensors are described first and filled in afterwards. (The even older tar-based
     format of torch < 0.1.10 is recognised and refused.)
 
@@ -42,8 +44,9 @@ allow-list, as ``torch.load(weights_only=True)`` does, and never imports anythin
   ``_rebuild_parameter_with_state`` and ``torch._tensor._rebuild_from_type_v2`` (for
   plain tensors and parameters only). Each maps to a function of this module that merely
   records the tensor's layout;
-- the storage classes (``torch.FloatStorage``, ``torch.cuda.HalfStorage``, ...) and dtype
-  names (``torch.float32``, ...), ``torch.Size``, ``torch.Tensor`` and
+- the storage classes (``torch.FloatStorage``, ``torch.cuda.HalfStorage``, ...,
+  ``torch.storage.UntypedStorage``, whose element type comes from ``_rebuild_tensor_v3``'s
+  dtype) and dtype names (``torch.float32``, ...), ``torch.Size``, ``torch.Tensor`` and
   ``torch.nn.parameter.Parameter``: inert markers of this module, not torch objects;
 - ``collections.OrderedDict``, and, so that checkpoints holding a NumPy number (an
   accuracy, say) load, ``numpy.dtype`` of numeric kinds, the NumPy scalar constructor
@@ -51,7 +54,8 @@ allow-list, as ``torch.load(weights_only=True)`` does, and never imports anythin
   stand-ins written here. Every object handed out refuses the ``BUILD`` opcode, so a
   pickle cannot rewrite a tensor's layout after it was checked, nor patch a function.
 
-Any other global raises :class:`UnsafePickleError` (a ``ValueError`` and a
+A torch dtype with no NumPy twin (``torch.float8_e4m3fn``, ...) raises
+:class:`WeightFileError` saying so. Any other global raises :class:`UnsafePickleError` (a ``ValueError`` and a
 ``pickle.UnpicklingError``) naming the file and the global, at the ``GLOBAL`` opcode,
 i.e. before the call that would use it. Nothing is read from the storages until the whole
 pickle has been parsed; then each tensor's offset, size and stride are checked against its
@@ -344,6 +348,9 @@ def _allowed_globals():
     for cls, dname in _STORAGE_DTYPE.items():
         for mod in ("torch", "torch.cuda"):
             g[f"{mod}.{cls}"] = _Marker("storage", _DTYPES[dname], f"{mod}.{cls}")
+    # torch 2.x pickles the storage of some dtypes (uint16/32/64, float8) by this name
+    g["torch.storage.UntypedStorage"] = _Marker("storage", _DTYPES["uint8"],
+                                                "torch.storage.UntypedStorage")
     for name in list(_DTYPE_NP) + list(_DTYPE_ALIASES):
         g[f"torch.{name}"] = _Marker("dtype", _DTYPES[_DTYPE_ALIASES.get(name, name)],
                                      f"torch.{name}")
@@ -353,9 +360,20 @@ def _allowed_globals():
 _ALLOWED = _allowed_globals()
 
 
+# torch dtypes with no NumPy twin (a file holding one is refused as unsupported, not unsafe)
+_UNSUPPORTED_DTYPE_PREFIXES = ("float8_", "float4_", "complex32", "chalf", "qint", "quint",
+                               "bits", "uint1", "uint2", "uint3", "uint4", "uint5", "uint6",
+                               "uint7", "int1", "int2", "int3", "int4", "int5", "int6", "int7")
+
+
 def _refusal(path, module, name):
     full = f"{module}.{name}"
     hint = ""
+    if module == "torch" and name.startswith(_UNSUPPORTED_DTYPE_PREFIXES):
+        return WeightFileError(
+            f"{path}: holds a tensor of dtype {full}, which minifcn cannot read (it reads "
+            f"{', '.join(sorted(_DTYPE_NP))}); convert it in torch first, e.g. "
+            "{k: v.float() for k, v in state_dict.items()}")
     if module.startswith("__torch__"):
         hint = (" This looks like a TorchScript archive (torch.jit.save); save the "
                 "model's state_dict() with torch.save instead.")
@@ -603,9 +621,10 @@ def _load_torch_legacy(path, f, arrays_wanted=True):
     protocol = plain()
     if protocol != _LEGACY_PROTOCOL:
         raise _fail(path, f"unsupported legacy torch protocol version {protocol!r}")
-    sys_info = plain()
-    little = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else True
-    byteorder = "<" if little else ">"
+    plain()                        # sys_info: not needed (see the byte order below)
+    # torch writes every legacy storage (its element count too) little-endian whatever the
+    # host, and its own reader ignores sys_info's little_endian: so do we
+    byteorder = "<"
     roots = {}
     obj = _unpickle(path, _TorchUnpickler(f, path, roots, legacy=True))
     keys = plain()

@@ -225,6 +225,56 @@ def test_hand_built_files_match_torch_load(tmp_path):
         _assert_same(mio.load(path), ref)
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+def test_unsigned_integer_tensors_load(tmp_path, legacy):
+    """torch 2.x pickles uint16/32/64 storages as torch.storage.UntypedStorage (rebuilt
+    with _rebuild_tensor_v3 and a dtype): read, not refused as unsafe."""
+    state = {"u16": torch.tensor([1, 2, 65535]).to(torch.uint16),
+             "u32": torch.tensor([[7, 2 ** 32 - 1]]).to(torch.uint32),
+             "u64": torch.tensor([3]).to(torch.uint64)}
+    path = tmp_path / "u.pth"
+    try:
+        torch.save(state, path, _use_new_zipfile_serialization=not legacy)
+    except Exception as e:                   # a torch that cannot write these in that format
+        pytest.skip(f"torch.save: {e}")
+    got = mio.load(path)
+    for k, t in state.items():
+        want = np.asarray(t.tolist(), dtype={"u16": np.uint16, "u32": np.uint32,
+                                               "u64": np.uint64}[k])
+        assert got[k].dtype == want.dtype and np.array_equal(got[k], want), k
+
+
+def test_float8_tensor_is_refused_as_unsupported_not_unsafe(tmp_path):
+    path = tmp_path / "f8.pth"
+    torch.save({"w": torch.zeros(2).to(torch.float8_e4m3fn)}, path)
+    with pytest.raises(mio.WeightFileError, match=r"dtype torch\.float8_e4m3fn, which minifcn "
+                                                  r"cannot read") as info:
+        mio.load(path)
+    assert not isinstance(info.value, mio.UnsafePickleError)
+
+
+def test_legacy_file_from_a_big_endian_host(tmp_path):
+    """torch writes legacy storages little-endian on every host and ignores sys_info's
+    little_endian when reading: a file whose sys_info says big-endian loads the same."""
+    state = {"w": torch.tensor([1.0, 2.0, 3.0]), "n": torch.tensor([1, 2])}
+    plain = tmp_path / "leg.pth"
+    torch.save(state, plain, _use_new_zipfile_serialization=False)
+    with open(plain, "rb") as f:
+        magic, proto, info = pickle.load(f), pickle.load(f), pickle.load(f)
+        rest = f.read()
+    info["little_endian"] = False
+    flipped = tmp_path / "leg_be.pth"
+    with open(flipped, "wb") as g:
+        for obj in (magic, proto, info):
+            pickle.dump(obj, g, protocol=2)
+        g.write(rest)
+    ref = torch.load(flipped, weights_only=True)
+    got = mio.load(flipped)
+    for k in state:
+        np.testing.assert_array_equal(got[k], ref[k].numpy())
+        np.testing.assert_array_equal(got[k], state[k].numpy())
+
+
 def test_big_endian_archive(tmp_path):
     data = np.linspace(-2, 2, 10)
     obj = {"t": _Tensor(_Storage("0", 10, torch.DoubleStorage), 1, (3, 3), (3, 1))}
