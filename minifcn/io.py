@@ -361,15 +361,15 @@ _ALLOWED = _allowed_globals()
 
 
 # torch dtypes with no NumPy twin (a file holding one is refused as unsupported, not unsafe)
-_UNSUPPORTED_DTYPE_PREFIXES = ("float8_", "float4_", "complex32", "chalf", "qint", "quint",
-                               "bits", "uint1", "uint2", "uint3", "uint4", "uint5", "uint6",
-                               "uint7", "int1", "int2", "int3", "int4", "int5", "int6", "int7")
+_UNSUPPORTED_DTYPE_PREFIXES = ("float8_", "float4_", "qint", "quint", "bits")
+_UNSUPPORTED_DTYPES = {"complex32", "chalf", *(f"{u}int{b}" for u in ("", "u") for b in range(1, 8))}
 
 
 def _refusal(path, module, name):
     full = f"{module}.{name}"
     hint = ""
-    if module == "torch" and name.startswith(_UNSUPPORTED_DTYPE_PREFIXES):
+    if module == "torch" and (name in _UNSUPPORTED_DTYPES
+                              or name.startswith(_UNSUPPORTED_DTYPE_PREFIXES)):
         return WeightFileError(
             f"{path}: holds a tensor of dtype {full}, which minifcn cannot read (it reads "
             f"{', '.join(sorted(_DTYPE_NP))}); convert it in torch first, e.g. "
