@@ -87,15 +87,19 @@ class Timer:
         self.sync()
         return statistics.median(self.once(fn) for _ in range(repeats))
 
-    def rounds(self, fns, repeats=10, warmup=2, rewarm_s=0.02):
+    def rounds(self, fns, repeats=10, warmup=2, rewarm_s=None):
         """``{name: fn}`` -> ``{name: [ms per round]}``: every round times each fn once,
         in turn (after ``warmup`` untimed rounds).
 
-        In a round each fn first runs untimed (once, and again until ``rewarm_s`` have
-        passed), then once timed: the first calls after a switch of library pay for the
-        other library's worker threads, still spinning on the cores (OpenMP's and
-        OpenBLAS's both busy-wait a while after a parallel region); on 2 cores that cost
-        up to 3 ms, 10x a small transposed convolution."""
+        In a round each fn first runs untimed (once, and on the CPU again until
+        ``rewarm_s``, 0.02 s by default, have passed), then once timed: the first calls
+        after a switch of library pay for the other library's worker threads, still
+        spinning on the cores (OpenMP's and OpenBLAS's both busy-wait a while after a
+        parallel region); on 2 cores that cost up to 3 ms, 10x a small transposed
+        convolution. On the GPU there are no such threads, and a spin would only queue
+        launches (calls are asynchronous): one untimed call."""
+        if rewarm_s is None:
+            rewarm_s = 0.0 if self.device == "cuda" else 0.02
         for _ in range(warmup):
             for fn in fns.values():
                 fn()
@@ -169,8 +173,13 @@ def _fmt(v):
     return str(v)
 
 
-def write_json(path, payload):
+def write_json(path, payload, quiet=False):
+    """Write ``payload`` to ``path`` (if given) atomically: a run cut short mid-write keeps
+    the previous version, not half a file."""
     if path:
-        with open(path, "w") as f:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
             json.dump(payload, f, indent=2)
-        print(f"wrote {path}")
+        os.replace(tmp, path)
+        if not quiet:
+            print(f"wrote {path}")

@@ -53,6 +53,12 @@ def sweep_shapes():
     return out
 
 
+# 'implicit' is a CPU algorithm ('auto' never takes it on the GPU): on CuPy its phase
+# shuffle is tens of thousands of small copies per call, minutes of the GPU session's time
+ALGORITHMS_TIMED = {"cpu": ["auto", "col2im", "subpixel", "fused", "implicit"],
+                    "cuda": ["auto", "col2im", "subpixel", "fused"]}
+
+
 def run_shape(shape, device, timer, repeats, torch):
     name, n, cin, cout, h, w, k, s, p = shape
     rng = np.random.default_rng(0)
@@ -87,7 +93,7 @@ def run_shape(shape, device, timer, repeats, torch):
             "macs": n * cin * cout * k * k * h * w, "auto_fwd": _pick_algorithm("auto", g),
             "auto_bwd": _pick_algorithm("auto", g, backward=True)}
     fwd_fns, bwd_fns, rows, errs = {"torch": torch_fwd}, {"torch": torch_bwd}, [], {}
-    for alg in ["auto", "col2im", "subpixel", "fused", "implicit"]:
+    for alg in ALGORITHMS_TIMED[device]:
         def fwd(alg=alg):
             return conv_transpose2d(xd, wd, None, s, p, algorithm=alg)
 
@@ -139,15 +145,20 @@ def main(argv=None):
           f"float32 matmul {info['ceilings']['matmul_GFLOPs']:.0f} GFLOP/s")
     shapes = FCN_SHAPES + (sweep_shapes() if args.sweep else [])
     rows = []
-    for shape in shapes:
-        rows += run_shape(shape, args.device, timer, args.repeats, torch)
     cols = ["shape", "impl", "fwd_ms", "fwd_ratio", "bwd_ms", "bwd_ratio", "fwd_GFLOPs",
             "bwd_GFLOPs", "fwd_GBps", "note"]
+    for i, shape in enumerate(shapes):
+        new = run_shape(shape, args.device, timer, args.repeats, torch)
+        rows += new
+        # as it goes: a run cut short (a device session's time limit) keeps what it measured
+        print(f"[{i + 1}/{len(shapes)}]", table(new, cols), sep="\n", flush=True)
+        write_json(args.json, {"machine": info, "device": args.device, "rows": rows,
+                               "complete": i + 1 == len(shapes)}, quiet=i + 1 < len(shapes))
+    print("\nAll shapes:")
     print(table(rows, cols))
     print("\nWhat 'auto' picks against the fastest algorithm of each shape (by ratio to torch):")
     print(table(auto_check(rows), ["shape", "macs", "auto_fwd", "best_fwd", "auto_fwd_vs_best",
                                    "auto_bwd", "best_bwd", "auto_bwd_vs_best"]))
-    write_json(args.json, {"machine": info, "device": args.device, "rows": rows})
     return 0
 
 

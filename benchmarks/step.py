@@ -5,7 +5,9 @@
 
 A step is forward + softmax cross-entropy + backward + SGD (momentum 0.9), batch 1, both
 frameworks starting from the same weights (copied through the state dict), with the
-bilinear upsamplers frozen in both. Reported: median ms per step, the ratio
+bilinear upsamplers frozen in both, and no dropout in either (the torch network, the
+tests' reference twin, has none; minifcn's FCN8s had its default 0.5 here until the
+eighth session, 3 ms of ~900 at 224). Reported: median ms per step, the ratio
 minifcn / torch (the two timed interleaved, step by step; the median of the per-round
 ratios), and peak memory — on the GPU CuPy's pool (bytes handed out, tracked
 by a memory hook) against ``torch.cuda.max_memory_allocated``; on the CPU the growth of
@@ -58,7 +60,7 @@ def _build(size, device, width):
     from minifcn.optim import SGD
     from tests.test_models import TorchFCN
 
-    ours = FCN8s(num_classes=21, width=width)
+    ours = FCN8s(num_classes=21, width=width, dropout=0.0)    # the torch twin has no dropout
     ours.need_input_grad = False
     ref = TorchFCN("8s", "notes", 21, width)
     ref.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
@@ -177,11 +179,18 @@ def main(argv=None):
             row.update(minifcn_peak_MB=m_ours, torch_peak_MB=m_torch, memory_ratio=m_ours / m_torch)
         rows.append(row)
         del ours_step, torch_step
+        last = size == args.sizes[-1]
+        if not last:                       # as it goes: a run cut short keeps what it measured
+            print(table([row], COLUMNS), flush=True)
+        write_json(args.json, {"machine": info, "device": args.device, "width": args.width,
+                               "rows": rows, "complete": last}, quiet=not last)
     print(f"FCN-8s step (width {args.width:g}, batch 1) on {info.get('gpu', info['cpu'])}")
-    print(table(rows, ["size", "minifcn_ms", "torch_ms", "ratio", "minifcn_peak_MB",
-                       "torch_peak_MB", "memory_ratio"]))
-    write_json(args.json, {"machine": info, "device": args.device, "width": args.width, "rows": rows})
+    print(table(rows, COLUMNS))
     return 0
+
+
+COLUMNS = ["size", "minifcn_ms", "torch_ms", "ratio", "minifcn_peak_MB", "torch_peak_MB",
+           "memory_ratio"]
 
 
 if __name__ == "__main__":

@@ -19,6 +19,49 @@ def test_rounds_time_every_contender_once_per_round_in_turn():
     assert all(t >= 0 for v in times.values() for t in v)
 
 
+def test_rounds_spin_only_on_the_cpu():
+    """On the CPU the untimed call repeats for rewarm_s (other libraries' threads spin);
+    on the GPU one untimed call (a spin would only queue asynchronous launches)."""
+    calls = []
+    gpu = Timer.__new__(Timer)
+    gpu.device, gpu.sync = "cuda", lambda: None
+    gpu.once = lambda fn: (fn(), 1.0)[1]
+    gpu.rounds({"a": lambda: calls.append(1)}, repeats=2, warmup=0)
+    assert len(calls) == 4                          # per round: one untimed, one timed
+    calls.clear()
+    Timer("cpu").rounds({"a": lambda: calls.append(1)}, repeats=1, warmup=0, rewarm_s=0.01)
+    assert len(calls) > 2
+
+
+def test_deconv_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch, capsys):
+    """The JSON is rewritten after every shape (a device session's time limit may stop the
+    run): stopped during the second shape, it holds the first shape's rows."""
+    import json
+    monkeypatch.setattr(deconv, "FCN_SHAPES", [SMALL, ("second",) + SMALL[1:]])
+    real = deconv.run_shape
+
+    def run_shape(shape, *args):
+        if shape[0] == "second":
+            raise KeyboardInterrupt              # what timeout -s INT does
+        return real(shape, *args)
+    monkeypatch.setattr(deconv, "run_shape", run_shape)
+    monkeypatch.setattr(deconv, "ceilings", lambda device, timer: {"copy_GBps": 1.0,
+                                                                   "matmul_GFLOPs": 1.0})
+    path = tmp_path / "d.json"
+    with pytest.raises(KeyboardInterrupt):
+        deconv.main(["--repeats", "1", "--json", str(path)])
+    saved = json.loads(path.read_text())
+    assert saved["complete"] is False
+    assert {r["shape"] for r in saved["rows"]} == {SMALL[0]} and len(saved["rows"]) == 6
+    assert "[1/2]" in capsys.readouterr().out
+    assert not (tmp_path / "d.json.tmp").exists()
+
+
+def test_deconv_on_the_gpu_does_not_time_implicit():
+    assert "implicit" in deconv.ALGORITHMS_TIMED["cpu"]
+    assert "implicit" not in deconv.ALGORITHMS_TIMED["cuda"]
+
+
 def test_paired_ratio_is_the_median_of_per_round_ratios():
     # round 2 ran during a slowdown that hit both sides: the paired ratio ignores it,
     # while the ratio of medians (20/10 = 2) would not

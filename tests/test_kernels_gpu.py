@@ -127,6 +127,16 @@ def test_dropout(cp, dtype, channelwise):
     assert cp.array_equal(F.dropout_backward(dy, mask), dy * mask)
 
 
+@pytest.mark.parametrize("channelwise", [False, True])
+def test_dropout_with_a_numpy_generator_on_gpu_input(cp, channelwise):
+    """A NumPy Generator with a CuPy input: the same draws as on the CPU, copied over."""
+    x = randn((2, 3, 4, 5), np.float32, 14)
+    y, mask = F.dropout(cp.asarray(x), 0.4, True, np.random.default_rng(5), channelwise)
+    y_ref, mask_ref = F.dropout(x, 0.4, True, np.random.default_rng(5), channelwise)
+    np.testing.assert_array_equal(mask.get(), mask_ref)
+    np.testing.assert_array_equal(y.get(), y_ref)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_softmax_cross_entropy(cp, dtype, reduction):

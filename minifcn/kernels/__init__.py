@@ -73,7 +73,8 @@ def gpu_relu_backward(dy, y):
 
 
 def gpu_dropout(x, p, rng, channelwise=False):
-    """Inverted dropout in one fused pass; ``rng`` is a ``cupy.random.Generator``.
+    """Inverted dropout in one fused pass; ``rng`` is a ``cupy.random.Generator`` (a NumPy
+    one works too: its draws are copied to the GPU).
 
     Draws ``u ~ U[0, 1)`` in float32 (one per element, or one per (n, c) when
     ``channelwise``) exactly as :func:`minifcn.functional.dropout_mask` does, then
@@ -84,8 +85,9 @@ def gpu_dropout(x, p, rng, channelwise=False):
         if len(shape) != 4:
             raise ValueError(f"channel-wise dropout needs a 4-D input (N, C, H, W), got shape {shape}")
         shape = (shape[0], shape[1], 1, 1)
-    u = rng.random(shape, dtype=np.float32)
-    return ops.dropout(cupy_runtime(), x, u, p)
+    rt = cupy_runtime()
+    u = rt.xp.asarray(rng.random(shape, dtype=np.float32))
+    return ops.dropout(rt, x, u, p)
 
 
 def gpu_dropout_backward(dy, mask):
