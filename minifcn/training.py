@@ -407,7 +407,7 @@ class Run:
         with np.errstate(over="ignore", invalid="ignore"):     # a diverging run is caught below
             logits = self.model.forward(x)
             loss = self.criterion.forward(logits, y)
-        self.last_pixels = int((y != self.criterion.ignore_index).sum())   # pixels in the loss
+        self.last_pixels = self.criterion.counted                          # pixels in the loss
         if not math.isfinite(loss):
             raise TrainingError(f"iteration {self.iteration + 1}: the loss is {loss}; "
                                 + diagnose_nonfinite(self.model, x, y, self.criterion))

@@ -180,6 +180,21 @@ def test_layer_forward_returns_float_and_backward_gradient(xp, reduction):
     ref_loss, ref_grad = torch_ce(logits, labels, reduction)
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     assert_close(crit.backward(), ref_grad, np.float32, "SoftmaxCrossEntropy.backward")
+    assert crit.counted == int((labels != 255).sum())
+
+
+def test_layer_checks_and_counts_once_per_step(monkeypatch):
+    """The backward reuses the forward's check and count (each a host sync on the GPU)."""
+    import minifcn.functional.loss as loss_mod
+    checks = []
+    real = loss_mod._check
+    monkeypatch.setattr(loss_mod, "_check", lambda *a: (checks.append(1), real(*a))[1])
+    logits, labels = make_case(np.random.default_rng(7), 2, 3, 4, 4, np.float64)
+    crit = nn.SoftmaxCrossEntropy()
+    crit.forward(logits, labels)
+    grad = crit.backward()
+    assert len(checks) == 1
+    assert_close(grad, torch_ce(logits, labels, "mean")[1], np.float64)
 
 
 @pytest.mark.parametrize("layout", ["fortran", "h-w swapped view", "channels-last view"])

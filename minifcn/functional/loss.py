@@ -68,6 +68,12 @@ def softmax_cross_entropy(logits, labels, ignore_index=255, reduction="mean",
     With ``return_log_probs`` also returns ``log_softmax(logits)`` (None on the GPU, whose
     kernel never forms it), for :func:`softmax_cross_entropy_backward` to reuse."""
     _check(logits, labels, ignore_index, reduction)
+    loss, log_probs, _ = _forward(logits, labels, ignore_index, reduction)
+    return (loss, log_probs) if return_log_probs else loss
+
+
+def _forward(logits, labels, ignore_index, reduction):
+    """Checked arguments -> ``(loss, log_probs or None, count of counted pixels)``."""
     xp = get_array_module(logits)
     valid = labels != ignore_index
     count = int(valid.sum())
@@ -82,7 +88,7 @@ def softmax_cross_entropy(logits, labels, ignore_index=255, reduction="mean",
         nll = -_gather_label(log_probs, labels, valid)
         total = float(xp.where(valid, nll, 0).sum(dtype=np.float64))
     loss = total / count if reduction == "mean" and count > 0 else total
-    return (loss, log_probs) if return_log_probs else loss
+    return loss, log_probs, count
 
 
 def softmax_cross_entropy_backward(logits, labels, ignore_index=255, reduction="mean",
@@ -101,9 +107,16 @@ def softmax_cross_entropy_backward(logits, labels, ignore_index=255, reduction="
     if log_probs is not None and getattr(log_probs, "shape", None) != logits.shape:
         raise ValueError(f"log_probs {getattr(log_probs, 'shape', None)} must have the shape "
                          f"of logits {tuple(logits.shape)}")
+    return _backward(logits, labels, ignore_index, reduction, log_probs)
+
+
+def _backward(logits, labels, ignore_index, reduction, log_probs=None, count=None):
+    """Checked arguments -> the gradient. ``count``: the counted pixels, if the caller has
+    it from the forward pass (on the GPU, counting is a host sync)."""
     xp = get_array_module(logits)
     valid = labels != ignore_index
-    count = int(valid.sum())
+    if count is None:
+        count = int(valid.sum())
     if xp is not np:
         from ..kernels import gpu_softmax_cross_entropy_backward
         denom = count if reduction == "mean" and count > 0 else 1

@@ -363,7 +363,11 @@ class SoftmaxCrossEntropy:
     """``SoftmaxCrossEntropy(ignore_index=255, reduction='mean')``.
 
     ``loss = crit.forward(logits, labels)`` returns a float; ``crit.backward()`` returns
-    d loss / d logits. See :mod:`minifcn.functional.loss` for the formula.
+    d loss / d logits. See :mod:`minifcn.functional.loss` for the formula. ``counted``:
+    how many pixels the last forward counted (labels other than ``ignore_index``).
+
+    The backward reuses what the forward checked and counted (on the GPU each check and
+    count is a wait for the device).
     """
 
     def __init__(self, ignore_index=255, reduction="mean"):
@@ -371,10 +375,12 @@ class SoftmaxCrossEntropy:
             raise ValueError(f"reduction must be one of {F.loss.REDUCTIONS}, got {reduction!r}")
         self.ignore_index, self.reduction = ignore_index, reduction
         self._logits = self._labels = self._log_probs = None
+        self.counted = None
 
     def forward(self, logits, labels):
-        loss, self._log_probs = F.softmax_cross_entropy(
-            logits, labels, self.ignore_index, self.reduction, return_log_probs=True)
+        F.loss._check(logits, labels, self.ignore_index, self.reduction)
+        loss, self._log_probs, self.counted = F.loss._forward(logits, labels, self.ignore_index,
+                                                              self.reduction)
         self._logits, self._labels = logits, labels
         return loss
 
@@ -384,5 +390,5 @@ class SoftmaxCrossEntropy:
         if self._logits is None:
             raise RuntimeError("SoftmaxCrossEntropy: backward() called before forward()")
         log_probs, self._log_probs = self._log_probs, None    # used once: not held any longer
-        return F.softmax_cross_entropy_backward(self._logits, self._labels, self.ignore_index,
-                                                self.reduction, log_probs=log_probs)
+        return F.loss._backward(self._logits, self._labels, self.ignore_index, self.reduction,
+                                log_probs, self.counted)
