@@ -164,7 +164,7 @@ def main(argv=None):
     timer = Timer(args.device)
     info = machine(args.device)
     rows = []
-    for size in args.sizes:
+    for i, size in enumerate(args.sizes):
         ours_step, torch_step = _models(size, args.device, args.width)
         times = timer.rounds({"minifcn": ours_step, "torch": torch_step}, args.repeats)
         row = {"size": f"{size}x{size}", "minifcn_ms": statistics.median(times["minifcn"]),
@@ -179,7 +179,7 @@ def main(argv=None):
             row.update(minifcn_peak_MB=m_ours, torch_peak_MB=m_torch, memory_ratio=m_ours / m_torch)
         rows.append(row)
         del ours_step, torch_step
-        last = size == args.sizes[-1]
+        last = i + 1 == len(args.sizes)
         if not last:                       # as it goes: a run cut short keeps what it measured
             print(table([row], COLUMNS), flush=True)
         write_json(args.json, {"machine": info, "device": args.device, "width": args.width,

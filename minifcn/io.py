@@ -368,10 +368,12 @@ _UNSUPPORTED_DTYPES = {"complex32", "chalf", *(f"{u}int{b}" for u in ("", "u") f
 def _refusal(path, module, name):
     full = f"{module}.{name}"
     hint = ""
-    if module == "torch" and (name in _UNSUPPORTED_DTYPES
-                              or name.startswith(_UNSUPPORTED_DTYPE_PREFIXES)):
+    if (module == "torch" and (name in _UNSUPPORTED_DTYPES
+                               or name.startswith(_UNSUPPORTED_DTYPE_PREFIXES))) or \
+            full == "torch._utils._rebuild_qtensor":
+        what = "a quantized tensor" if name == "_rebuild_qtensor" else f"a tensor of dtype {full}"
         return WeightFileError(
-            f"{path}: holds a tensor of dtype {full}, which minifcn cannot read (it reads "
+            f"{path}: holds {what}, which minifcn cannot read (it reads "
             f"{', '.join(sorted(_DTYPE_NP))}); convert it in torch first, e.g. "
             "{k: v.float() for k, v in state_dict.items()}")
     if module.startswith("__torch__"):

@@ -190,6 +190,9 @@ def test_16_bit_images_keep_their_high_byte_grayscale_and_colour(tmp_path):
     raw_png(tmp_path / "gray16.png", 3, 2, 16, 0, samples)
     np.testing.assert_array_equal(load_image(tmp_path / "gray16.png"),
                                   np.repeat((samples >> 8)[..., None], 3, axis=2))
+    dark = np.array([[0x0000, 0x00C0], [0x0080, 0x00FF]])   # 16-bit, every value below 256
+    raw_png(tmp_path / "dark16.png", 2, 2, 16, 0, dark)     # (the file says 16-bit: all 0)
+    np.testing.assert_array_equal(load_image(tmp_path / "dark16.png"), np.zeros((2, 2, 3)))
     colour = np.stack([samples, samples[::-1], 0xFFFF - samples], axis=-1)
     raw_png(tmp_path / "rgb16.png", 3, 2, 16, 2, colour)
     np.testing.assert_array_equal(load_image(tmp_path / "rgb16.png"), colour >> 8)

@@ -253,6 +253,17 @@ def test_float8_tensor_is_refused_as_unsupported_not_unsafe(tmp_path):
     assert not isinstance(info.value, mio.UnsafePickleError)
 
 
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")     # deprecated in torch
+def test_quantized_tensor_is_refused_as_unsupported_not_unsafe(tmp_path):
+    path = tmp_path / "q.pth"
+    q = torch.quantize_per_tensor(torch.tensor([0.5, 1.0]), 0.1, 0, torch.quint8)
+    torch.save({"q": q}, path)
+    with pytest.raises(mio.WeightFileError, match="holds a quantized tensor, which minifcn "
+                                                  "cannot read") as info:
+        mio.load(path)
+    assert not isinstance(info.value, mio.UnsafePickleError)
+
+
 def test_legacy_file_from_a_big_endian_host(tmp_path):
     """torch writes legacy storages little-endian on every host and ignores sys_info's
     little_endian when reading: a file whose sys_info says big-endian loads the same."""

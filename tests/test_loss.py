@@ -183,6 +183,19 @@ def test_layer_forward_returns_float_and_backward_gradient(xp, reduction):
     assert crit.counted == int((labels != 255).sum())
 
 
+def test_layer_keeps_no_stale_state_after_a_refused_forward():
+    logits, labels = make_case(np.random.default_rng(8), 1, 3, 2, 2, np.float64)
+    crit = nn.SoftmaxCrossEntropy()
+    crit.forward(logits, labels)
+    bad = labels.copy()
+    bad[0, 0, 0] = 7
+    with pytest.raises(ValueError, match="labels"):
+        crit.forward(logits, bad)
+    assert crit.counted is None
+    with pytest.raises(RuntimeError, match="before forward"):
+        crit.backward()                  # not the previous call's gradient
+
+
 def test_layer_checks_and_counts_once_per_step(monkeypatch):
     """The backward reuses the forward's check and count (each a host sync on the GPU)."""
     import minifcn.functional.loss as loss_mod

@@ -35,9 +35,12 @@ def load_image(path) -> np.ndarray:
     path = os.fspath(path)
     try:
         with Image.open(path) as im:
+            rawmode = im.tile[0][3] if im.tile else None   # the samples as stored
+            sixteen_bit = im.mode.startswith("I;16") or (isinstance(rawmode, str)
+                                                         and rawmode.startswith("I;16"))
             im.load()                      # decode now, so a truncated file fails here
             if im.mode.startswith("I"):   # 16- or 32-bit grayscale
-                return _gray_to_rgb(np.asarray(im), sixteen_bit=im.mode.startswith("I;16"))
+                return _gray_to_rgb(np.asarray(im), sixteen_bit)
             rgb = im.convert("RGB")
     except FileNotFoundError:
         raise DatasetError(path, "image file not found") from None
@@ -47,8 +50,9 @@ def load_image(path) -> np.ndarray:
 
 
 def _gray_to_rgb(gray, sixteen_bit):
-    """Integer grayscale -> uint8 RGB: 16-bit samples (or a 32-bit image holding values
-    above 255, taken as 16-bit ones) by their high byte, then the channel repeated."""
+    """Integer grayscale -> uint8 RGB: 16-bit samples (known from the file: older Pillow
+    opens them as mode 'I'; or a 32-bit image holding values above 255, taken as 16-bit
+    ones) by their high byte, then the channel repeated."""
     gray = gray.astype(np.int64)
     if sixteen_bit or gray.max(initial=0) > 255:
         gray = gray >> 8

@@ -71,7 +71,7 @@ def dropout_mask(shape, p, rng, dtype, xp=np, channelwise=False):
         shape = (shape[0], shape[1], 1, 1)
     if p == 1.0:                        # everything dropped; avoid 0 * inf = NaN
         return xp.zeros(shape, dtype=dtype)
-    keep = rng.random(shape, dtype=np.float32) >= p
+    keep = xp.asarray(rng.random(shape, dtype=np.float32) >= p)   # the draws may be host ones
     return keep.astype(dtype) * dtype.type(1.0 / (1.0 - p))
 
 

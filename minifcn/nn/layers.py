@@ -378,6 +378,7 @@ class SoftmaxCrossEntropy:
         self.counted = None
 
     def forward(self, logits, labels):
+        self._logits = self._labels = self._log_probs = self.counted = None   # no stale state
         F.loss._check(logits, labels, self.ignore_index, self.reduction)
         loss, self._log_probs, self.counted = F.loss._forward(logits, labels, self.ignore_index,
                                                               self.reduction)
