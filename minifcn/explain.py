@@ -258,15 +258,19 @@ def fc_as_conv(fc_weight, in_shape):
 # -- 6. why one 32x step is coarse ------------------------------------------------------------
 
 def bilinear_kernel(factor):
-    """The ``2f x 2f`` bilinear interpolation kernel (FCN's initial upsampling weight), with
-    ``stride = f``, ``padding = f // 2`` a transposed convolution with it enlarges f times."""
+    """The ``2f x 2f`` bilinear interpolation kernel (FCN's initial upsampling weight); for
+    an even ``f``, a transposed convolution with it, ``stride = f``, ``padding = f // 2``,
+    enlarges f times (an odd f gives ``f*n + 1``)."""
     from .models.fcn import bilinear_kernel as kernel_of_size   # the one the models use
     return kernel_of_size(2 * factor)
 
 
 def upsampling_error(image, factor):
     """Average-pool a (H, W) image by ``factor`` and upsample it back with a bilinear
-    transposed convolution (k = 2f, s = f, p = f/2); return the mean absolute error.
+    transposed convolution (k = 2f, s = f, p = f/2); return the mean absolute error over
+    the interior: the ``f/2`` pixels along each border are left out, where the upsampler's
+    zero padding darkens even a constant image (an artefact of the border, not lost
+    detail; a constant image gives 0 here).
 
     Detail smaller than ``factor`` pixels is gone after pooling and no upsampler brings it
     back, so the error grows with the factor: a 1/32 map upsampled 32x is coarser than a
@@ -283,7 +287,8 @@ def upsampling_error(image, factor):
     small = image.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
     up = conv_transpose2d(small[None, None], bilinear_kernel(factor)[None, None], None,
                           factor, factor // 2)[0, 0]
-    return float(np.abs(up - image).mean())
+    b = factor // 2                                 # the border band the zero padding darkens
+    return float(np.abs(up - image)[b:h - b, b:w - b].mean())
 
 
 # -- the demo -----------------------------------------------------------------------------
