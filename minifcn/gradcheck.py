@@ -6,8 +6,13 @@ each can be estimated without any calculus:
 
     dL/dx_i ≈ (L(x + ε e_i) - L(x - ε e_i)) / (2ε)          (error O(ε²))
 
-``check_gradients`` compares the two, entry by entry, for the input and every parameter.
-Use it on your own layer::
+``check_gradients`` compares the two, entry by entry, for the input and every parameter;
+and, since probing entry by entry may be limited to a sample (``max_checks``), also along
+one random direction ``v`` through *every* entry of each tensor at once:
+
+    <dL/dθ, v> ≈ (L(θ + ε v) - L(θ - ε v)) / (2ε)
+
+(its error is reported relative to ``|dL/dθ| |v|``). Use it on your own layer::
 
     from minifcn.gradcheck import check_gradients
     report = check_gradients(MyLayer().astype(np.float64), x.astype(np.float64))
@@ -71,14 +76,20 @@ def check_gradients(layer, x, *, eps=1e-6, tolerance=1e-6, max_checks=None, seed
     """Compare ``layer.backward`` (and ``layer.grads``) with central differences.
 
     layer: anything with ``forward(x)``, ``backward(dy)``, ``params`` and ``grads`` dicts
-    (a layer of :mod:`minifcn.nn` or a whole model). Its arrays must be float64.
-    max_checks: probe at most this many random entries per tensor (all if None).
-    params: names to check (default: all of ``layer.params``).
+    (a layer of :mod:`minifcn.nn` or a whole model). Its arrays must be float64. Every
+    forward gets a copy of the input, so in-place layers can be checked too.
+    max_checks: probe at most this many random entries per tensor (all if None); the
+    one-direction check (``"<name> (direction)"`` in the report) covers every entry anyway.
+    params: names to check (default: the parameters of ``layer.params`` not in
+    ``layer.frozen``, which get no gradient).
+    wrt_input: also check the input gradient (skipped if the layer returns none, e.g.
+    ``need_input_grad = False``).
     Returns a :class:`GradcheckReport`; ``report.ok`` says whether all errors are within
     ``tolerance`` (relative to the largest gradient entry of each tensor).
     """
     x = np.array(to_numpy(x), dtype=np.float64, copy=True)
-    names = list(layer.params) if params is None else list(params)
+    frozen = getattr(layer, "frozen", ())
+    names = [n for n in layer.params if n not in frozen] if params is None else list(params)
     for name in names:
         if layer.params[name].dtype != np.float64:
             raise ValueError(f"gradcheck: parameter {name!r} is {layer.params[name].dtype}; "
@@ -89,12 +100,13 @@ def check_gradients(layer, x, *, eps=1e-6, tolerance=1e-6, max_checks=None, seed
     def forward(inp):
         if rng_state is not None:
             layer.rng.bit_generator.state = copy.deepcopy(rng_state)
-        return to_numpy(layer.forward(inp))
+        return to_numpy(layer.forward(inp.copy()))     # an in-place layer writes the copy
 
     y = forward(x)
     g = rng.standard_normal(y.shape)
     dx = layer.backward(g)
     analytic = {name: to_numpy(layer.grads[name]).copy() for name in names}
+    wrt_input = wrt_input and dx is not None
     if wrt_input:
         analytic["input"] = to_numpy(dx).copy()
 
@@ -117,4 +129,23 @@ def check_gradients(layer, x, *, eps=1e-6, tolerance=1e-6, max_checks=None, seed
             mask[idx] = True
             got = np.where(mask.reshape(arr.shape), got, 0.0)
         report.errors[name] = _relative_error(got, numeric)
+        report.errors[f"{name} (direction)"] = _directional_error(loss, arr, analytic[name],
+                                                                  rng, eps)
     return report
+
+
+def _directional_error(loss, arr, grad, rng, eps):
+    """``|<grad, v> - (L(arr + eps v) - L(arr - eps v)) / 2eps| / (|grad| |v|)`` for one
+    random direction ``v``: every entry of ``arr`` moves at once (restored afterwards)."""
+    v = rng.standard_normal(arr.shape)
+    old = arr.copy()
+    try:
+        arr[...] = old + eps * v
+        plus = loss()
+        arr[...] = old - eps * v
+        minus = loss()
+    finally:
+        arr[...] = old
+    numeric = (plus - minus) / (2 * eps)
+    scale = max(float(np.linalg.norm(grad) * np.linalg.norm(v)), 1e-12)
+    return abs(float(np.vdot(grad, v)) - numeric) / scale

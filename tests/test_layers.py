@@ -396,7 +396,8 @@ def test_gradcheck_every_layer(name):
     x = distinct_input(LAYERS[name][2], seed=11)
     report = check_gradients(layer, x, eps=1e-6, tolerance=1e-7)
     assert report.ok, f"{name}: {report}"
-    assert set(report.errors) == {"input", *layer.params}
+    tensors = {"input", *layer.params}
+    assert set(report.errors) == tensors | {f"{t} (direction)" for t in tensors}
 
 
 def test_gradcheck_detects_a_wrong_backward():
