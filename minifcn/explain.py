@@ -10,7 +10,9 @@ so that it can serve as an independent reference for the fast ops in
    the kernel tap that connects them (0 where none does).
 2. **Why "transposed".** ``conv_transpose2d(y) == (C.T @ y.ravel()).reshape(...)``:
    the transposed convolution multiplies by the transpose of the same matrix. It maps
-   the convolution's output shape back to its input shape — an upsampling.
+   the convolution's output shape back to its input shape — an upsampling — exactly when
+   ``output_padding = (H + 2p - d(k-1) - 1) mod s`` (a strided convolution maps several
+   input sizes to one output size; ``output_padding`` picks which one comes back).
 3. **Why "deconvolution" is a misnomer.** ``C.T`` is not ``C``'s inverse: ``C`` is not
    even square (fewer outputs than inputs when it shrinks), so ``C.T @ C`` has rank at
    most ``Ho*Wo`` and cannot be the identity. :func:`transpose_is_not_inverse` measures it.
@@ -140,9 +142,15 @@ def transpose_is_not_inverse(in_size, kernel, stride=1, padding=0, dilation=1, w
 
     ``weight`` defaults to a random ``(kh, kw)`` kernel. The answer is no: a convolution
     that shrinks (Ho*Wo < H*W) has ``rank C < H*W``, so no matrix at all can undo it, and
-    even a size-keeping one (padding = (k-1)/2) has ``C^T C != I`` for any kernel but a
-    single 1. So ``conv_transpose2d`` is not a "deconvolution": it restores the shape,
-    not the values.
+    even a size-keeping one (padding = (k-1)/2) has ``C^T C != I`` unless the kernel is a
+    single +-1 at its centre tap. So ``conv_transpose2d`` is not a "deconvolution": it
+    restores the shape, not the values.
+
+    The one case where it comes close: windows that do not overlap (stride >= kernel) and
+    a kernel of unit norm give ``C C^T = I`` (C's rows are orthonormal). Then ``C^T`` is
+    C's pseudo-inverse: convolving after transposed-convolving gives back the convolution's
+    output exactly, and ``C^T C x`` is the closest point to ``x`` that the convolution can
+    tell apart from it; ``C^T C`` is still a projection, not I.
     """
     rng = np.random.default_rng(seed)
     kh, kw = pair(kernel, "kernel", minimum=1)

@@ -160,10 +160,48 @@ def test_transpose_is_not_inverse(k, s, p, extra, seed):
 
 
 def test_transpose_is_inverse_only_for_trivial_kernel():
-    """The check can say yes: a 1x1 kernel of value 1 is the identity, and C^T C = I."""
-    r = explain.transpose_is_not_inverse(4, 1, weight=np.ones((1, 1)))
-    assert r.shape == (16, 16) and r.rank == 16
-    assert r.identity_error == 0.0 and r.reconstruction_error < 1e-15
+    """The check can say yes: a single +-1 at the centre tap is (minus) the identity, and
+    C^T C = I; a single 1 off the centre shifts the image, and C^T C != I."""
+    for weight in (np.ones((1, 1)), -np.ones((1, 1)), np.pad([[1.0]], 1),
+                   -np.pad([[1.0]], 1)):
+        k = weight.shape[0]
+        r = explain.transpose_is_not_inverse(4, k, padding=k // 2, weight=weight)
+        assert r.shape == (16, 16) and r.rank == 16
+        assert r.identity_error == 0.0 and r.reconstruction_error < 1e-15
+    off_centre = np.zeros((3, 3))
+    off_centre[0, 1] = 1.0
+    assert explain.transpose_is_not_inverse(4, 3, padding=1, weight=off_centre).identity_error == 1.0
+
+
+def test_non_overlapping_unit_norm_kernel_makes_the_transpose_a_pseudo_inverse():
+    """k2 s2 with a kernel of unit norm: C's rows are orthonormal, so C C^T = I, C^T is
+    C's pseudo-inverse, and conv(conv_transpose(y)) = y; yet C^T C is a projection of rank
+    Ho*Wo, not I (the docstring's one case where the transpose comes close)."""
+    w = np.random.default_rng(2).standard_normal((2, 2))
+    w /= np.linalg.norm(w)
+    c = explain.conv_matrix((4, 4), (2, 2), 2, 0, 1, w)
+    np.testing.assert_allclose(c @ c.T, np.eye(4), atol=1e-15)
+    np.testing.assert_allclose(c.T, np.linalg.pinv(c), atol=1e-14)
+    y = np.random.default_rng(3).standard_normal((1, 1, 2, 2))
+    np.testing.assert_allclose(conv2d(conv_transpose2d(y, w[None, None], stride=2),
+                                      w[None, None], stride=2), y, atol=1e-14)
+    r = explain.transpose_is_not_inverse(4, 2, stride=2, weight=w)
+    assert r.rank == 4 and r.identity_error > 0.5
+
+
+@pytest.mark.parametrize("h,k,s,p", [(4, 3, 2, 1), (5, 3, 2, 1), (7, 4, 3, 0), (9, 5, 2, 2)])
+def test_output_padding_picks_which_input_size_comes_back(h, k, s, p):
+    """A strided convolution maps several input sizes to one output size; the transposed
+    convolution returns to size h exactly with output_padding = (h + 2p - (k-1) - 1) mod s."""
+    x = np.zeros((1, 1, h, h))
+    w = np.ones((1, 1, k, k))
+    y = conv2d(x, w, stride=s, padding=p)
+    op = (h + 2 * p - (k - 1) - 1) % s
+    back = conv_transpose2d(y, w, stride=s, padding=p, output_padding=op)
+    assert back.shape[2:] == (h, h)
+    ref = torch.nn.functional.conv_transpose2d(torch.tensor(y), torch.tensor(w), stride=s,
+                                               padding=p, output_padding=op)
+    assert tuple(ref.shape[2:]) == (h, h)
 
 
 # -- 4. stride spreads the inputs apart, padding crops the output ----------------------------
