@@ -18,6 +18,7 @@ import sys
 from .backend import check_device, to_device, to_numpy
 from .cli import positive_float, run_main
 from .data import BatchLoader, open_dataset
+from .data.synthetic import MIN_SIZE as SYNTHETIC_MIN_SIZE
 from .metrics import ConfusionMatrix, format_metrics
 from .models import MODELS
 from .models.fcn import GEOMETRIES
@@ -84,8 +85,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be positive")
-    if args.data == "synthetic" and args.image_size < 8:
-        p.error(f"--image-size must be at least 8 for the synthetic shapes, got {args.image_size}")
+    if args.data == "synthetic" and args.image_size < SYNTHETIC_MIN_SIZE:
+        p.error(f"--image-size must be at least {SYNTHETIC_MIN_SIZE} for the synthetic shapes, "
+                f"got {args.image_size}")
     if args.num_images is not None and args.num_images < 1:
         p.error(f"--num-images must be positive, got {args.num_images}")
     if args.json:

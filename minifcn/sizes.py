@@ -28,6 +28,7 @@ import sys
 
 import numpy as np
 
+from .functional._checks import check_positive_size
 from .nn import ConvTranspose2d
 
 #: The notes' five settings (kernel, stride, padding) on a 1x3x3x3 input.
@@ -86,10 +87,9 @@ def table(rows, in_size, channels=3):
             if op >= max(s, d):
                 raise ValueError(f"ConvTranspose2d: output_padding {op} must be smaller than "
                                  f"max(stride, dilation) = {max(s, d)}")
-            if out < 1:
-                raise ValueError(f"conv_transpose2d: the output size would be {out}x{out} "
-                                 f"(empty) for input size {in_size}x{in_size} with kernel_size="
-                                 f"{k}, stride={s}, padding={p}, dilation={d}")
+            check_positive_size("conv_transpose2d", (out, out), (in_size, in_size),
+                                kernel_size=(k, k), stride=(s, s), padding=(p, p),
+                                dilation=(d, d))          # the op's own check and message
             shown = f"1x{channels}x{out}x{out}*"
             notes.append(f"* not run: measuring it would take about {need / 2**30:.0f} GiB; "
                          "this is the formula's value")

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import io
-from .backend import check_device, to_device, to_numpy
+from .backend import check_device, get_array_module, to_device, to_numpy
 from .data import BatchLoader, colorize, deprocess, open_dataset
+from .data.synthetic import MIN_SIZE as SYNTHETIC_MIN_SIZE
 from .data.transforms import get_preprocess
 from .metrics import ConfusionMatrix
 from .models import MODELS, build_model
@@ -107,8 +108,9 @@ class TrainConfig:
         for name in ("image_size", "train_images", "val_images", "batch_size", "val_every"):
             if getattr(c, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(c, name)}")
-        if c.data == "synthetic" and c.image_size < 8:
-            raise ValueError(f"--image-size must be at least 8 for the synthetic shapes, got {c.image_size}")
+        if c.data == "synthetic" and c.image_size < SYNTHETIC_MIN_SIZE:
+            raise ValueError(f"--image-size must be at least {SYNTHETIC_MIN_SIZE} for the "
+                             f"synthetic shapes, got {c.image_size}")
         if c.warmup < 0:
             raise ValueError(f"--warmup must be >= 0, got {c.warmup}")
         for name in ("crop_size", "iters", "num_classes"):
@@ -533,7 +535,6 @@ class Run:
     def _check_parameters(self):
         """Stop, keeping the last checkpoint, if an update made a parameter inf or NaN (the
         loss of the step was still finite; the next one would not be)."""
-        from .backend import get_array_module
         for name, arr in self.model.params.items():
             if not bool(get_array_module(arr).isfinite(arr).all()):
                 kept = ("the last checkpoint is kept" if self.checkpointed
@@ -560,7 +561,6 @@ def _number(value, spec):
 def diagnose_nonfinite(model, x, y, criterion):
     """Replay the step node by node; name the first layer whose output, or (going back)
     whose incoming gradient or parameter gradient, is not finite."""
-    from .backend import get_array_module
     xp = get_array_module(x)
     found = []
 

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DatasetError
-from .palette import IGNORE_INDEX, read_mask
+from .palette import IGNORE_INDEX, read_mask, stored_mode
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -35,9 +35,7 @@ def load_image(path) -> np.ndarray:
     path = os.fspath(path)
     try:
         with Image.open(path) as im:
-            rawmode = im.tile[0][3] if im.tile else None   # the samples as stored
-            sixteen_bit = im.mode.startswith("I;16") or (isinstance(rawmode, str)
-                                                         and rawmode.startswith("I;16"))
+            sixteen_bit = im.mode.startswith("I;16") or (stored_mode(im) or "").startswith("I;16")
             im.load()                      # decode now, so a truncated file fails here
             if im.mode.startswith("I"):   # 16- or 32-bit grayscale
                 return _gray_to_rgb(np.asarray(im), sixteen_bit)

@@ -71,6 +71,13 @@ def save_mask_png(path, mask) -> None:
 _LOW_BIT_GRAY = {"L;2": 2, "L;4": 4}   # PNG grayscale below 8 bits: bits per sample
 
 
+def stored_mode(im):
+    """How an opened (not yet loaded) PIL image stores its samples, e.g. ``'L;4'`` or
+    ``'I;16B'``, when its decoder says (PIL's mode may be wider: it unpacks them); else None."""
+    rawmode = im.tile[0][3] if im.tile else None
+    return rawmode if isinstance(rawmode, str) else None
+
+
 def read_mask(path) -> np.ndarray:
     """Read a label mask PNG as a uint8 ``(H, W)`` array of class indices.
 
@@ -83,8 +90,7 @@ def read_mask(path) -> np.ndarray:
     path = os.fspath(path)
     try:
         with Image.open(path) as im:
-            rawmode = im.tile[0][3] if im.tile else None   # the samples as stored, e.g. 'L;4'
-            rawmode = rawmode if isinstance(rawmode, str) else None
+            rawmode = stored_mode(im)
             im.load()
             mode = im.mode
             arr = np.array(im)

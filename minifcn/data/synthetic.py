@@ -39,6 +39,7 @@ import numpy as np
 
 SHAPES = ("disc", "rectangle", "triangle", "ring", "cross")
 SPLITS = {"train": 0, "val": 1, "test": 2}
+MIN_SIZE = 8                    # the smallest image side the shapes are drawn on
 
 
 def _pair(value, name):
@@ -59,8 +60,9 @@ class SyntheticShapes:
         if not isinstance(num_images, numbers.Integral) or num_images < 1:
             raise ValueError(f"num_images must be a positive int, got {num_images!r}")
         h, w = _pair(size, "size")
-        if not (isinstance(h, numbers.Integral) and isinstance(w, numbers.Integral) and h >= 8 and w >= 8):
-            raise ValueError(f"size must be an int or (H, W) of ints >= 8, got {size!r}")
+        if not (isinstance(h, numbers.Integral) and isinstance(w, numbers.Integral)
+                and h >= MIN_SIZE and w >= MIN_SIZE):
+            raise ValueError(f"size must be an int or (H, W) of ints >= {MIN_SIZE}, got {size!r}")
         if not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         if not isinstance(num_classes, numbers.Integral) or not 2 <= num_classes <= len(SHAPES) + 1:

@@ -331,8 +331,6 @@ class Dropout(Layer):
             return xp.random.default_rng(seed)
 
     def forward(self, x):
-        if self.training and self.p > 0:
-            F.activation.check_dropout_input(x)
         rng = self._rng_for(x) if (self.training and self.p > 0) else None
         if rng is not None and self.inplace and _writable_host_float(x):
             self._mask = F.dropout_mask(x.shape, self.p, rng, x.dtype, np, self.channelwise)
