@@ -6,7 +6,10 @@ as in the FCN paper's Caffe solver)::
 
     g  = grad + lambda * w          (lambda = 0 for biases)
     v  = mu * v + g
-    w -= lr * v
+    w -= lr * v                     (lr * bias_lr_mult for biases)
+
+``bias_lr_mult`` (both optimisers; default 1) is Caffe's ``lr_mult: 2`` on biases, which
+the FCN solvers use and ``--recipe paper`` sets.
 
 This is torch's momentum form: ``v`` sums gradients and ``lr`` multiplies at the update.
 Caffe's solver keeps ``lr`` inside ``v`` (``v = mu v + lr g``, ``w -= v``); the two agree
@@ -43,12 +46,15 @@ class Optimizer:
 
     buffers = ()
 
-    def __init__(self, model, lr, weight_decay=0.0):
+    def __init__(self, model, lr, weight_decay=0.0, bias_lr_mult=1.0):
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr!r}")
-        if weight_decay < 0:
+        if not weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        if not bias_lr_mult > 0:
+            raise ValueError(f"bias_lr_mult must be positive, got {bias_lr_mult!r}")
         self.model, self.lr, self.weight_decay = model, float(lr), float(weight_decay)
+        self.bias_lr_mult = float(bias_lr_mult)
         self.state = {b: {} for b in self.buffers}     # buffer name -> param name -> array
         self.steps = 0                                  # calls of step()
         self.updates = {}                               # param name -> updates it has had
@@ -75,10 +81,11 @@ class Optimizer:
         the parameter, 8 MB for fc7 at full width. Element by element the arithmetic is
         the same, so the result is too.
         """
-        lr = self.lr if lr is None else float(lr)
+        base = self.lr if lr is None else float(lr)
         self.steps += 1
         for name, w, g in self._trainable():
-            wd = self.weight_decay if _decays(name) else 0.0
+            decays = _decays(name)
+            wd, lr = (self.weight_decay, base) if decays else (0.0, base * self.bias_lr_mult)
             t = self.updates[name] = self.updates.get(name, 0) + 1
             if get_array_module(w) is not np:      # one fused CUDA kernel per parameter
                 self._update_gpu(name, w, g, lr, wd, t)
@@ -133,8 +140,8 @@ class Optimizer:
 class SGD(Optimizer):
     buffers = ("momentum",)
 
-    def __init__(self, model, lr, momentum=0.9, weight_decay=0.0):
-        super().__init__(model, lr, weight_decay)
+    def __init__(self, model, lr, momentum=0.9, weight_decay=0.0, bias_lr_mult=1.0):
+        super().__init__(model, lr, weight_decay, bias_lr_mult)
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
@@ -159,9 +166,18 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     buffers = ("m", "v")
 
-    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(model, lr, weight_decay)
-        self.b1, self.b2 = map(float, betas)
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 bias_lr_mult=1.0):
+        super().__init__(model, lr, weight_decay, bias_lr_mult)
+        try:
+            self.b1, self.b2 = map(float, betas)
+        except (TypeError, ValueError):
+            raise ValueError(f"betas must be a pair of numbers, got {betas!r}") from None
+        for i, b in enumerate((self.b1, self.b2)):
+            if not 0 <= b < 1:     # b = 1: the bias correction 1 - b^t is 0
+                raise ValueError(f"betas[{i}] must be in [0, 1), got {b!r}")
+        if not eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {eps!r}")
         self.eps = float(eps)
 
     def _update_gpu(self, name, w, g, lr, wd, t):

@@ -63,16 +63,17 @@ class TrainConfig:
     learn_upsampling: bool = False  # learn the bilinear upsampling kernels too
     init: str = None               # start from weights: FCN state dict (.npz/.pth) or torchvision VGG16 .pth
     # -- optimisation
-    recipe: str = "normalized"     # 'normalized' (mean loss) | 'paper' (summed loss, SGD lr 1e-10, momentum 0.99)
+    recipe: str = "normalized"     # 'normalized' (mean loss) | 'paper' (Caffe's solver: summed loss, batch 1, SGD lr 1e-10, momentum 0.99, fixed lr, biases at 2x lr)
     optimizer: str = None          # 'sgd' | 'adam'; None: adam (normalized) / sgd (paper)
     lr: float = None               # None: 5e-3 adam, 1e-2 sgd (normalized); 1e-10 (paper)
     momentum: float = None         # SGD momentum; None: 0.9 (normalized), 0.99 (paper)
     weight_decay: float = None     # on weights, not biases; None: 0 (adam), 5e-4 (sgd)
-    schedule: str = "poly"         # 'fixed' | 'poly' (lr * (1 - it/iters)^0.9)
-    warmup: int = 200              # iterations of linear lr warm-up (0: none)
+    schedule: str = None           # 'fixed' | 'poly' (lr * (1 - it/iters)^0.9); None: poly (normalized), fixed (paper)
+    warmup: int = None             # iterations of linear lr warm-up (0: none); None: 200 (normalized), 0 (paper)
+    bias_lr_mult: float = None     # the biases' lr is this times --lr; None: 1 (normalized), 2 (paper: Caffe's lr_mult)
     iters: int = None              # iterations; None: from --epochs, else 1500
     epochs: float = None           # epochs over the training set (alternative to --iters)
-    batch_size: int = 16
+    batch_size: int = None         # images per iteration; None: 16 (normalized), 1 (paper, as its solver)
     # -- the run
     device: str = "cpu"            # 'cpu' (NumPy) | 'cuda' (CuPy)
     out: str = None                # run directory; None: runs/<date>-<time>
@@ -89,9 +90,17 @@ class TrainConfig:
         _check_choice("model", c.model, sorted(MODELS))
         _check_choice("geometry", c.geometry, GEOMETRIES)
         _check_choice("recipe", c.recipe, ("normalized", "paper"))
-        _check_choice("schedule", c.schedule, SCHEDULES)
         check_device(c.device)
         paper = c.recipe == "paper"
+        if c.schedule is None:
+            c.schedule = "fixed" if paper else "poly"
+        _check_choice("schedule", c.schedule, SCHEDULES)
+        if c.warmup is None:
+            c.warmup = 0 if paper else 200
+        if c.bias_lr_mult is None:
+            c.bias_lr_mult = 2.0 if paper else 1.0
+        if c.batch_size is None:
+            c.batch_size = 1 if paper else 16
         if c.optimizer is None:
             c.optimizer = "sgd" if paper else "adam"
         _check_choice("optimizer", c.optimizer, sorted(OPTIMIZERS))
@@ -125,6 +134,7 @@ class TrainConfig:
                 ("width", 0 < c.width < math.inf, "a positive finite number"),
                 ("dropout", 0 <= c.dropout < 1, "in [0, 1)"),
                 ("momentum", 0 <= c.momentum < 1, "in [0, 1)"),
+                ("bias_lr_mult", 0 < c.bias_lr_mult < math.inf, "a positive finite number"),
                 ("weight_decay", 0 <= c.weight_decay < math.inf, "a finite number >= 0"),
                 ("pictures", c.pictures >= 0, ">= 0")):
             if not ok:
@@ -258,7 +268,8 @@ class Run:
         self.model.to(c.device)
         opt_cls = OPTIMIZERS[c.optimizer]
         kwargs = {"momentum": c.momentum} if c.optimizer == "sgd" else {}
-        self.optimizer = opt_cls(self.model, c.lr, weight_decay=c.weight_decay, **kwargs)
+        self.optimizer = opt_cls(self.model, c.lr, weight_decay=c.weight_decay,
+                                 bias_lr_mult=c.bias_lr_mult, **kwargs)
         self.criterion = SoftmaxCrossEntropy(255, "sum" if c.recipe == "paper" else "mean")
         self.iteration = 0
         self.best_miou = -1.0
@@ -311,6 +322,7 @@ class Run:
             raise ValueError(f"{path}: unreadable ({e})") from None
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         saved = {k: v for k, v in saved.items() if k in known}
+        saved.setdefault("bias_lr_mult", 1.0)   # a run from before the setting: biases at 1x
         # a resumed run keeps its settings; only where it runs, and for how long, may change
         saved.update(resume=config.resume, out=config.resume, device=config.device,
                      progress=config.progress)

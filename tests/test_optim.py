@@ -47,12 +47,16 @@ def _torch_params(model):
     return {k: torch.tensor(v.copy(), requires_grad=True) for k, v in model.params.items()}
 
 
-def _torch_groups(tparams, frozen, weight_decay):
-    """Weights with weight decay, biases without; frozen parameters not given to torch."""
+def _torch_groups(tparams, frozen, weight_decay, bias_lr_mult=None):
+    """Weights with weight decay, biases without; frozen parameters not given to torch.
+    With ``bias_lr_mult``, the biases' group carries it as ``lr_mult``, which
+    :func:`_step_alongside_torch` multiplies into that group's lr (Caffe's ``lr_mult``)."""
     decay = [p for k, p in tparams.items() if k not in frozen and not k.endswith(".bias")]
     no_decay = [p for k, p in tparams.items() if k not in frozen and k.endswith(".bias")]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    biases = {"params": no_decay, "weight_decay": 0.0}
+    if bias_lr_mult is not None:
+        biases["lr_mult"] = bias_lr_mult
+    return [{"params": decay, "weight_decay": weight_decay}, biases]
 
 
 def _rel(a, b):
@@ -70,7 +74,7 @@ def _step_alongside_torch(model, opt, ref, tparams, seed, tol):
         _set_grads(model, grads)
         opt.step(lr)
         for group in ref.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         for k, p in tparams.items():
             p.grad = torch.tensor(grads[k])
         ref.step()
@@ -160,7 +164,7 @@ def test_adam_counts_each_parameters_own_updates_like_torch():
         before = model.params[late].copy()
         opt.step(lr)
         for group in ref.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         for k, p in tparams.items():
             p.grad = None if (k == late and step < 2) else torch.tensor(grads[k])
         ref.step()
@@ -249,6 +253,33 @@ def test_state_dict_that_does_not_fit_is_refused():
         Adam(_model(), 0.1).load_state_dict(opt.state_dict())     # SGD buffers into Adam
 
 
+@pytest.mark.parametrize("cls,kwargs", [(SGD, dict(momentum=0.99, weight_decay=5e-4)),
+                                        (Adam, dict(weight_decay=1e-2))])
+def test_bias_lr_mult_matches_torch_param_groups(cls, kwargs):
+    """``bias_lr_mult=2`` (Caffe's ``lr_mult: 2`` on biases, the paper recipe's): torch with
+    the biases in a param group of twice the lr; and the weights still at 1x."""
+    model = _model()
+    frozen = set(model.frozen)
+    tparams = _torch_params(model)
+    groups = _torch_groups(tparams, frozen, kwargs["weight_decay"], bias_lr_mult=2.0)
+    torch_kwargs = {k: v for k, v in kwargs.items() if k != "weight_decay"}
+    ref = (torch.optim.SGD if cls is SGD else torch.optim.Adam)(groups, lr=LRS[0], **torch_kwargs)
+    opt = cls(model, LRS[0], bias_lr_mult=2.0, **kwargs)
+    _step_alongside_torch(model, opt, ref, tparams, seed=7, tol=1e-10)
+
+
+def test_bias_lr_mult_by_hand():
+    """One plain SGD step: weights move by lr g, biases by 2 lr g."""
+    model = _model()
+    w0, b0 = model.params["conv.weight"].copy(), model.params["conv.bias"].copy()
+    grads = _grad_stream(model, 1)[0]
+    _set_grads(model, grads)
+    SGD(model, 0.1, momentum=0.0, bias_lr_mult=2.0).step()
+    np.testing.assert_allclose(model.params["conv.weight"], w0 - 0.1 * grads["conv.weight"],
+                               rtol=1e-13)
+    np.testing.assert_allclose(model.params["conv.bias"], b0 - 0.2 * grads["conv.bias"], rtol=1e-13)
+
+
 def test_optimizer_arguments_checked():
     model = _model()
     with pytest.raises(ValueError, match="lr"):
@@ -257,6 +288,25 @@ def test_optimizer_arguments_checked():
         SGD(model, 0.1, momentum=1.0)
     with pytest.raises(ValueError, match="weight_decay"):
         Adam(model, 0.1, weight_decay=-1)
+    with pytest.raises(ValueError, match="bias_lr_mult"):
+        SGD(model, 0.1, bias_lr_mult=0.0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(betas=(1.0, 0.999)), r"betas\[0\] must be in \[0, 1\)"),   # 1 - b1^t = 0: a division by 0
+    (dict(betas=(0.9, 1.0)), r"betas\[1\]"),                        # 1 - b2^t = 0: NaN weights
+    (dict(betas=(-0.5, 0.999)), r"betas\[0\]"),
+    (dict(betas=0.9), "betas must be a pair"),
+    (dict(eps=-1e-8), "eps"),
+    (dict(eps=float("nan")), "eps"),
+])
+def test_adam_arguments_checked_as_torch_does(kwargs, match):
+    """torch refuses these too (``Invalid beta parameter`` / ``Invalid epsilon value``, a
+    TypeError for a scalar ``betas``)."""
+    with pytest.raises((ValueError, TypeError)):
+        torch.optim.Adam([torch.zeros(1, requires_grad=True)], **kwargs)
+    with pytest.raises(ValueError, match=match):
+        Adam(_model(), 0.1, **kwargs)
 
 
 # -- learning-rate schedules, against values worked out by hand ---------------------------

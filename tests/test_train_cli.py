@@ -439,13 +439,22 @@ def test_synthetic_subprocess(tmp_path):
 # -- presets --------------------------------------------------------------------------------
 
 def test_paper_recipe_preset():
+    """The paper recipe is the Caffe solver of the FCN code (solver.prototxt and net.py):
+    SGD lr 1e-10 fixed (no warm-up), momentum 0.99, weight decay 5e-4, and biases at
+    ``lr_mult: 2``. Every part of it can be overridden."""
     c = TrainConfig(recipe="paper").resolved()
     assert (c.optimizer, c.lr, c.momentum, c.weight_decay) == ("sgd", 1e-10, 0.99, 5e-4)
+    assert (c.schedule, c.warmup, c.bias_lr_mult, c.batch_size) == ("fixed", 0, 2.0, 1)
     n = TrainConfig().resolved()
     assert (n.recipe, n.optimizer, n.lr) == ("normalized", "adam", 5e-3)
-    o = TrainConfig(recipe="paper", lr=1e-4, momentum=0.9, optimizer="adam",
-                    weight_decay=0.0).resolved()
+    assert (n.schedule, n.warmup, n.bias_lr_mult, n.batch_size) == ("poly", 200, 1.0, 16)
+    o = TrainConfig(recipe="paper", lr=1e-4, momentum=0.9, optimizer="adam", weight_decay=0.0,
+                    schedule="poly", warmup=5, bias_lr_mult=1.0, batch_size=4).resolved()
     assert (o.optimizer, o.lr, o.momentum, o.weight_decay) == ("adam", 1e-4, 0.9, 0.0)
+    assert (o.schedule, o.warmup, o.bias_lr_mult, o.batch_size) == ("poly", 5, 1.0, 4)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="--bias-lr-mult must be a positive finite number"):
+            TrainConfig(bias_lr_mult=bad).resolved()
 
 
 def test_paper_recipe_sums_the_loss(tmp_path, capsys):
@@ -458,8 +467,10 @@ def test_paper_recipe_sums_the_loss(tmp_path, capsys):
     assert rc == 0, err
     config = json.loads((run / "config.json").read_text())
     assert (config["optimizer"], config["lr"], config["momentum"]) == ("sgd", 1e-9, 0.99)
+    assert (config["schedule"], config["warmup"], config["bias_lr_mult"]) == ("fixed", 0, 2.0)
     _, rows = read_log(run)
     assert float(rows[0]["loss"]) == pytest.approx(2 * 32 * 32 * math.log(4), rel=1e-5)
+    assert float(rows[0]["lr"]) == 1e-9                  # fixed from the first iteration
 
 
 # -- resume ---------------------------------------------------------------------------------
@@ -548,6 +559,19 @@ def test_resume_of_a_run_started_with_epochs(tmp_path, capsys):
     rc, out, err = cli(train_main, ["--resume", run, "--no-progress"], capsys)
     assert rc == 0, err
     assert len(read_log(run)[1]) == 6
+
+
+def test_resume_of_a_run_from_before_bias_lr_mult_keeps_biases_at_1x(tmp_path, capsys):
+    """A paper-recipe run written before --bias-lr-mult existed trained its biases at the
+    plain lr; resumed, it goes on so (the preset's 2x is for new runs)."""
+    run = tmp_path / "run"
+    assert cli(train_main, [*SYN, "--recipe", "paper", "--iters", "2", "--val-every", "2",
+                            "--out", run], capsys)[0] == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config.pop("bias_lr_mult") == 2.0
+    (run / "config.json").write_text(json.dumps(config))
+    resumed = Run._config_to_resume(TrainConfig(resume=str(run), progress=False)).resolved()
+    assert (resumed.recipe, resumed.bias_lr_mult) == ("paper", 1.0)
 
 
 def test_resume_of_a_finished_run_keeps_its_files(tmp_path, capsys):
