@@ -408,3 +408,65 @@ def test_gradcheck_detects_a_wrong_backward():
     report = check_gradients(layer, distinct_input((1, 2, 4, 4)), tolerance=1e-7,
                              params=[])
     assert not report.ok
+
+
+# -- the wiring layers (Add, Crop, Scale, PadTo) keep the same contract ----------------------
+
+STRUCTURAL = {   # name -> (make the layer, its inputs)
+    "Add": (lambda: nn.Add(), [(2, 3, 4, 5), (2, 3, 4, 5)]),
+    "Crop": (lambda: nn.Crop((1, 2)), [(2, 3, 6, 9), (1, 1, 4, 5)]),
+    "Scale": (lambda: nn.Scale(0.01), [(2, 3, 4, 5)]),
+    "PadTo": (lambda: nn.PadTo(4), [(2, 3, 5, 7)]),
+}
+
+
+@pytest.mark.parametrize("name", list(STRUCTURAL))
+def test_wiring_layer_backward_checks_its_grad(name):
+    """Before forward: a clear error; after it, a grad of another shape than the output is
+    refused (Crop used to broadcast a (N, 1, H, W) or a smaller dy into its zero map and
+    return a wrong gradient without a word; Add passed any dy on)."""
+    make, shapes = STRUCTURAL[name]
+    layer = make()
+    with pytest.raises(RuntimeError, match="before forward"):
+        layer.backward(np.ones(shapes[0], np.float32))
+    y = layer.forward(*(distinct_input(s, seed=i) for i, s in enumerate(shapes)))
+    for bad in (y.shape[:3] + (y.shape[3] + 1,), y.shape[:1] + (1,) + y.shape[2:],
+                y.shape[:2] + (y.shape[2] - 1, y.shape[3])):
+        with pytest.raises(ValueError, match=f"{name}: backward got grad of shape"):
+            layer.backward(np.ones(bad))
+    layer.backward(np.ones(y.shape))                  # the right shape still goes through
+
+
+@pytest.mark.parametrize("geometry", ["notes", "paper"])
+def test_model_backward_refuses_a_grad_of_another_shape(geometry):
+    """A whole FCN's last node is a Crop: a dy with H and W swapped, or one channel, was
+    taken and gave gradients for every parameter."""
+    from minifcn.models import FCN8s
+    model = FCN8s(num_classes=4, width=1 / 32, geometry=geometry, seed=0)
+    y = model.forward(np.zeros((1, 3, 37, 50), np.float32))
+    assert y.shape == (1, 4, 37, 50)
+    for bad in [(1, 4, 50, 37), (1, 1, 37, 50), (1, 4, 10, 10)]:
+        with pytest.raises(ValueError, match="Crop: backward got grad"):
+            model.backward(np.ones(bad, np.float32))
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: nn.PadTo(0), "PadTo: multiple must be a positive int, got 0"),
+    (lambda: nn.PadTo(-32), "PadTo: multiple"),
+    (lambda: nn.PadTo(2.5), "PadTo: multiple"),
+    (lambda: nn.PadTo("x"), "PadTo: multiple"),
+    (lambda: nn.Crop(5), "Crop: offset must be a pair of non-negative ints, got 5"),
+    (lambda: nn.Crop((1, 2, 3)), "Crop: offset"),
+    (lambda: nn.Crop((-1, 0)), "Crop: offset"),
+    (lambda: nn.Crop((0.5, 0)), "Crop: offset"),
+    (lambda: nn.Scale("a"), "Scale: factor must be a finite number"),
+    (lambda: nn.Scale(float("nan")), "Scale: factor"),
+])
+def test_wiring_layer_arguments_checked(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_wiring_layers_take_numpy_integers():
+    assert nn.PadTo(np.int64(32)).multiple == 32
+    assert nn.Crop((np.int32(5), 9)).offset == (5, 9)

@@ -10,9 +10,12 @@ They have no weights, but each has a forward and a hand-written backward like an
 """
 from __future__ import annotations
 
+import math
+import numbers
 from fractions import Fraction
 
 from ..backend import get_array_module
+from .layers import _check_backward
 from .module import Layer
 
 
@@ -21,6 +24,10 @@ class Add(Layer):
 
     n_inputs = 2
 
+    def __init__(self):
+        super().__init__()
+        self._shape = None
+
     def forward(self, a, b):
         if a.shape != b.shape:
             raise ValueError(f"Add: the two inputs must have equal shapes, got {a.shape} and {b.shape}")
@@ -28,6 +35,7 @@ class Add(Layer):
         return a + b
 
     def backward(self, dy):
+        _check_backward("Add", dy, self._shape)
         return dy, dy
 
     def output_shape(self, a, b):
@@ -49,8 +57,15 @@ class Crop(Layer):
 
     def __init__(self, offset=(0, 0)):
         super().__init__()
-        self.offset = tuple(offset)
-        self._in_shape = None
+        try:
+            oh, ow = offset
+        except (TypeError, ValueError):
+            oh = ow = None
+        if not all(isinstance(o, numbers.Integral) and not isinstance(o, bool) and o >= 0
+                   for o in (oh, ow)):
+            raise ValueError(f"Crop: offset must be a pair of non-negative ints, got {offset!r}")
+        self.offset = (int(oh), int(ow))
+        self._in_shape = self._out_shape = None
 
     def forward(self, x, ref):
         oh, ow = self.offset
@@ -58,10 +73,11 @@ class Crop(Layer):
         if oh + h > x.shape[2] or ow + w > x.shape[3] or oh < 0 or ow < 0:
             raise ValueError(f"Crop: cannot take {h}x{w} at offset {self.offset} from a "
                              f"{x.shape[2]}x{x.shape[3]} map")
-        self._in_shape = x.shape
+        self._in_shape, self._out_shape = x.shape, x.shape[:2] + (h, w)
         return x[:, :, oh:oh + h, ow:ow + w]
 
     def backward(self, dy):
+        _check_backward("Crop", dy, self._out_shape)
         xp = get_array_module(dy)
         dx = xp.zeros(self._in_shape, dtype=dy.dtype)
         oh, ow = self.offset
@@ -87,12 +103,18 @@ class Scale(Layer):
 
     def __init__(self, factor):
         super().__init__()
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) \
+                or not math.isfinite(factor):
+            raise ValueError(f"Scale: factor must be a finite number, got {factor!r}")
         self.factor = float(factor)
+        self._shape = None
 
     def forward(self, x):
+        self._shape = x.shape
         return x * x.dtype.type(self.factor)
 
     def backward(self, dy):
+        _check_backward("Scale", dy, self._shape)
         return dy * dy.dtype.type(self.factor)
 
     def extra_repr(self):
@@ -109,7 +131,10 @@ class PadTo(Layer):
 
     def __init__(self, multiple):
         super().__init__()
+        if isinstance(multiple, bool) or not isinstance(multiple, numbers.Integral) or multiple < 1:
+            raise ValueError(f"PadTo: multiple must be a positive int, got {multiple!r}")
         self.multiple = int(multiple)
+        self._hw = self._out_shape = None
 
     def _target(self, h, w):
         m = self.multiple
@@ -118,7 +143,7 @@ class PadTo(Layer):
     def forward(self, x):
         h, w = x.shape[2:]
         th, tw = self._target(h, w)
-        self._hw = (h, w)
+        self._hw, self._out_shape = (h, w), x.shape[:2] + (th, tw)
         if (th, tw) == (h, w):
             return x
         xp = get_array_module(x)
@@ -127,6 +152,7 @@ class PadTo(Layer):
         return y
 
     def backward(self, dy):
+        _check_backward("PadTo", dy, self._out_shape)
         h, w = self._hw
         return dy[:, :, :h, :w]
 
