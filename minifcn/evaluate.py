@@ -6,7 +6,8 @@
 One confusion matrix is accumulated over the whole split (pixels labelled 255 ignored),
 then pixel accuracy, mean accuracy, mean IU and frequency-weighted IU are read off it.
 Weights without minifcn metadata (e.g. the PyTorch port's fcn8s_from_caffe.pth) need
---model, --num-classes, --geometry paper and --preprocess caffe.
+--model, --num-classes, --geometry paper and --width 1 (their preprocessing, --preprocess
+caffe, is the default for such files).
 """
 from __future__ import annotations
 

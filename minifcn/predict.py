@@ -39,6 +39,21 @@ def overlay(image, mask, alpha=0.5):
     return np.where(mask[..., None] == 0, image, np.clip(blend, 0, 255)).astype(np.uint8)
 
 
+def check_output_dir(path, flag):
+    """Can ``path`` be made (or used) as a directory to write into: it is not a file, and
+    the nearest folder that exists on its way is writable."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a file; give a directory for the outputs")
+    existing = os.path.abspath(path)
+    while not os.path.isdir(existing):
+        parent = os.path.dirname(existing)
+        if os.path.exists(existing) or parent == existing:       # a file on the way
+            raise ValueError(f"{flag} {path}: {existing} is not a directory")
+        existing = parent
+    if not os.access(existing, os.W_OK):
+        raise ValueError(f"{flag} {path}: the folder {existing} is not writable")
+
+
 def output_stems(paths):
     """One output name per input, all different: the file's stem (``a`` for ``d/a.png``);
     where two inputs share it, the name with its extension (``a_png``, ``a_jpg``); where
@@ -66,6 +81,7 @@ def main(argv=None):
     add_model_flags(p)
     args = p.parse_args(argv)
     check_device(args.device)
+    check_output_dir(args.out, "--out")                             # before the work, not after
     model, spec = load_checkpoint_model(args.checkpoint, args.device, **model_overrides(args))
     images = [(path, load_image(path)) for path in args.images]   # every image readable first
     os.makedirs(args.out, exist_ok=True)

@@ -3,8 +3,10 @@
     python -m minifcn.summary --model fcn8s --size 500x500 --geometry paper
 
 Shapes come from each layer's ``output_shape`` (no forward pass, so any input size costs
-nothing). Building the model still draws its random weights: a few seconds and about
-0.5 GB at full width (134 M float32 parameters), and that grows as width squared.
+nothing). Building the model still draws its random weights (in float64, then stored as
+float32): at full width a few seconds and a peak of about 1.4 GB in the paper geometry
+(134 M parameters, fc6's 7x7 alone 103 M) or 0.4 GB in the notes' (34 M); that grows as
+width squared.
 """
 from __future__ import annotations
 

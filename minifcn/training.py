@@ -336,16 +336,17 @@ class Run:
 
     def _load_init(self, path):
         weights = io.load(path)
-        if "features.0.weight" in weights:
-            self.model.load_vgg16(weights)
-            self.log(f"initialised the backbone from torchvision VGG16 weights {path}")
-        else:
-            weights = {k: v for k, v in weights.items() if not k.startswith(OPTIMIZER_PREFIX)}
-            try:
-                self.model.load_state_dict(weights)
-            except ValueError as e:
-                raise ValueError(f"--init {path}: {e}") from None
-            self.log(f"initialised the model from {path}")
+        vgg = "features.0.weight" in weights
+        try:
+            if vgg:
+                self.model.load_vgg16(weights)
+            else:
+                self.model.load_state_dict({k: v for k, v in weights.items()
+                                            if not k.startswith(OPTIMIZER_PREFIX)})
+        except ValueError as e:
+            raise ValueError(f"--init {path}: {e}") from None
+        self.log(f"initialised the backbone from torchvision VGG16 weights {path}" if vgg
+                 else f"initialised the model from {path}")
 
     def _resume(self):
         path = os.path.join(self.dir, "checkpoint.npz")

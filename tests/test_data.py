@@ -291,6 +291,20 @@ def test_synthetic_refuses_bad_arguments(kwargs):
         SyntheticShapes(**kwargs)
 
 
+def test_synthetic_scalar_arguments():
+    """A scalar stands for (v, v): a fraction for ``radius`` (0.3 used to be refused as
+    "must be a number"), an int for ``size`` and ``objects``, and the message says which."""
+    assert SyntheticShapes(2, radius=0.3).radius == (0.3, 0.3)
+    assert SyntheticShapes(2, size=np.int64(40), objects=2).size == (40, 40)
+    for kwargs, match in ((dict(size=64.0), "size must be an int or a pair, got 64.0"),
+                          (dict(objects=2.0), "objects must be an int or a pair"),
+                          (dict(radius="0.3"), "radius must be a number or a pair"),
+                          (dict(radius=("a", 0.4)), "radius must be fractions"),
+                          (dict(radius=True), "radius must be a number or a pair")):
+        with pytest.raises(ValueError, match=match):
+            SyntheticShapes(2, **kwargs)
+
+
 def test_open_dataset_synthetic():
     train = open_dataset("synthetic", "train", num_images=5, image_size=(32, 32), noise=5.0)
     val = open_dataset("synthetic", "val", num_images=5, image_size=(32, 32))

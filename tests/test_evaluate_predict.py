@@ -331,3 +331,31 @@ def test_predict_bad_inputs(trained, tmp_path, capsys):
     rc, _, err = cli(predict_main, ["--checkpoint", best, good, "--out", out,
                                     "--num-classes", 3], capsys)
     assert_one_line_error(rc, err, best, "does not fit")
+
+
+def test_predict_checks_its_out_directory_before_predicting(trained, tmp_path, capsys,
+                                                            monkeypatch):
+    """An --out that is a file, or lies under one, is refused at the start with the flag
+    named (it used to be a bare "[Errno 17] File exists" after loading every image); a
+    missing --out is made."""
+    import minifcn.predict as predict_module
+    data, run = trained
+    best = run / "best.npz"
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((20, 30, 3), 128, np.uint8)).save(good)
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    loaded = []
+    real = predict_module.load_checkpoint_model
+    monkeypatch.setattr(predict_module, "load_checkpoint_model",
+                        lambda *a, **k: loaded.append(1) or real(*a, **k))
+    for target, why in ((afile, "is a file; give a directory"),
+                        (afile / "sub", "is not a directory")):
+        rc, out, err = cli(predict_main, ["--checkpoint", best, good, "--out", target], capsys)
+        assert_one_line_error(rc, err, f"--out {target}", why)
+        assert loaded == [] and out == ""
+        assert afile.read_text() == "keep me"
+    nested = tmp_path / "new" / "masks"
+    rc, out, err = cli(predict_main, ["--checkpoint", best, good, "--out", nested], capsys)
+    assert rc == 0, err
+    assert sorted(os.listdir(nested)) == ["good_mask.png", "good_overlay.png"]

@@ -4,6 +4,8 @@ The torch reference below is built from torch.nn layers with the crop offsets ty
 from the paper (19; 5, 27; 5, 9, 31) — minifcn derives them from the layer geometry, so
 agreement checks the derivation too.
 """
+import re
+
 import numpy as np
 import pytest
 
@@ -228,6 +230,23 @@ def test_state_dict_replaces_parameters():
     a.eval(), b.eval()
     np.testing.assert_array_equal(a.forward(x), b.forward(x))
     assert all(a.params[k] is not b.params[k] for k in a.params)
+
+
+@pytest.mark.parametrize("key,shape", [("classifier.0.weight", (4096, 25000)),
+                                       ("classifier.0.bias", (1000,)),
+                                       ("classifier.3.weight", (1000, 4096)),
+                                       ("classifier.3.bias", (4096, 1))])
+def test_vgg16_classifier_of_another_shape_is_named(key, shape):
+    """Each classifier tensor's shape is checked and named (classifier.3.weight of another
+    shape was a bare NumPy reshape error). Zero-stride arrays: no 400 MB allocations."""
+    from minifcn.models.vgg import vgg16_from_torchvision
+    good = {"classifier.0.weight": (4096, 25088), "classifier.0.bias": (4096,),
+            "classifier.3.weight": (4096, 4096), "classifier.3.bias": (4096,)}
+    state = {f"features.{i}.{p}": np.zeros(1) for i in range(29) for p in ("weight", "bias")}
+    state.update({k: np.broadcast_to(np.float32(0), v) for k, v in good.items()})
+    state[key] = np.broadcast_to(np.float32(0), shape)
+    with pytest.raises(ValueError, match=re.escape(f"{key} has shape {shape}, expected {good[key]}")):
+        vgg16_from_torchvision(state, (4096, 512, 7, 7))
 
 
 def test_fc_layers_are_convolutions():

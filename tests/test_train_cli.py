@@ -715,6 +715,14 @@ def test_init_checkpoint_that_does_not_fit(tmp_path, capsys):
     rc, out, err = cli(train_main, [*SYN, "--iters", "1", "--init", classes, "--out", tmp_path / "c"],
                        capsys)
     assert_one_line_error(rc, err, classes, "score_fr.weight")
+    vgg = tmp_path / "vgg.npz"                        # a torchvision VGG16 layout that does not fit
+    state = {f"features.{i}.{p}": np.zeros(2, np.float32) for i in range(29) for p in ("weight", "bias")}
+    state.update({f"classifier.{i}.{p}": np.zeros(2, np.float32) for i in (0, 3)
+                  for p in ("weight", "bias")})
+    io.save(vgg, state)
+    rc, out, err = cli(train_main, [*SYN, "--iters", "1", "--init", vgg, "--out", tmp_path / "d"],
+                       capsys)
+    assert_one_line_error(rc, err, vgg, "classifier.0.weight has shape")   # the path was missing
 
 
 def test_out_directory_that_holds_files_is_refused(tmp_path, capsys):

@@ -42,12 +42,14 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 MIN_SIZE = 8                    # the smallest image side the shapes are drawn on
 
 
-def _pair(value, name):
-    if isinstance(value, numbers.Integral):
-        return int(value), int(value)
+def _pair(value, name, kind=numbers.Integral):
+    """``value`` as ``(lo, hi)``: a scalar of ``kind`` is both; a pair is itself."""
+    if isinstance(value, kind) and not isinstance(value, bool):
+        return value, value
     if isinstance(value, (tuple, list)) and len(value) == 2:
         return value[0], value[1]
-    raise ValueError(f"{name} must be a number or a pair, got {value!r}")
+    what = "an int" if kind is numbers.Integral else "a number"
+    raise ValueError(f"{name} must be {what} or a pair, got {value!r}")
 
 
 class SyntheticShapes:
@@ -72,8 +74,9 @@ class SyntheticShapes:
             raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
         if not noise >= 0 or not texture >= 0:
             raise ValueError(f"noise and texture must be >= 0, got noise={noise!r}, texture={texture!r}")
-        r_lo, r_hi = _pair(radius, "radius")
-        if not 0 < r_lo <= r_hi <= 1:
+        r_lo, r_hi = _pair(radius, "radius", numbers.Real)
+        if not (all(isinstance(r, numbers.Real) and not isinstance(r, bool) for r in (r_lo, r_hi))
+                and 0 < r_lo <= r_hi <= 1):
             raise ValueError(f"radius must be fractions 0 < lo <= hi <= 1 of the shorter side, got {radius!r}")
         n_lo, n_hi = _pair(objects, "objects")
         if not (isinstance(n_lo, numbers.Integral) and isinstance(n_hi, numbers.Integral) and 1 <= n_lo <= n_hi):

@@ -19,8 +19,9 @@ Two geometries (``geometry=``):
   (PadTo), so every pool halves exactly and every skip lines up, and the logits are
   cropped back to the input's size.
 - ``'paper'`` — the original Caffe network: conv1_1 padded by 100, ceil-mode pools, fc6 a
-  7x7 conv, un-padded upsamplers, and a crop after each upscore at offsets derived from
-  the layer geometry (:mod:`minifcn.models.geometry`). **Any input size**: the padding of
+  7x7 conv, un-padded upsamplers, and crops at offsets derived from the layer geometry
+  (:mod:`minifcn.models.geometry`): each skip's score map is cropped to the upsampled
+  map it joins, and the last upscore's output to the input. **Any input size**: the padding of
   100 makes even a 1x1 input leave pool5 at least 7x7 for fc6, and the final crop takes
   exactly the input's size (tested for every size from 1 to 600).
 
@@ -29,9 +30,11 @@ Parameter names follow the widely used PyTorch port of FCN: ``conv1_1.weight`` .
 the bias-free upsamplers ``upscore`` (32s), ``upscore2``, ``upscore16`` (16s),
 ``upscore_pool4``, ``upscore8`` (8s).
 
-Initialisation as the paper: upsampling kernels bilinear on the channel diagonal (frozen
-unless ``learn_upsampling=True``), score layers zero, and the backbone He-initialised
-(for training from scratch; load VGG16 or FCN weights to fine-tune).
+Initialisation as the reference Caffe nets: upsampling kernels bilinear on the channel
+diagonal and frozen (``learn_upsampling=True`` learns them), score layers zero, and the
+backbone He-initialised (for training from scratch; load VGG16 or FCN weights to
+fine-tune). The CVPR paper itself learned the intermediate 2x upsamplers from their
+bilinear start and kept only the last one fixed; the released nets freeze them all.
 """
 from __future__ import annotations
 

@@ -37,9 +37,11 @@ def he_init(layer, rng):
     """He (Kaiming) normal init, std = sqrt(2 / fan_in), zero bias: keeps the activation
     scale constant through a deep ReLU stack (the torch default shrinks it layer by layer,
     which stalls training from scratch)."""
-    w = layer.params["weight"]
-    fan_in = w.shape[1] * w.shape[2] * w.shape[3]
-    layer.params["weight"] = (rng.standard_normal(w.shape) * np.sqrt(2.0 / fan_in)).astype(w.dtype)
+    shape, dtype = layer.params["weight"].shape, layer.params["weight"].dtype
+    layer.params["weight"] = None                       # freed first, and the draw scaled in
+    draw = rng.standard_normal(shape)                   # place: fc6 at full width is 0.8 GB
+    draw *= np.sqrt(2.0 / (shape[1] * shape[2] * shape[3]))
+    layer.params["weight"] = draw.astype(dtype)
     if "bias" in layer.params:
         layer.params["bias"] = np.zeros_like(layer.params["bias"])
 
@@ -93,13 +95,15 @@ def vgg16_from_torchvision(state, fc6_shape):
     for name, i in zip(conv_names(), TORCHVISION_CONV_INDICES):
         out[f"{name}.weight"] = np.asarray(state[f"features.{i}.weight"])
         out[f"{name}.bias"] = np.asarray(state[f"features.{i}.bias"])
-    w6 = np.asarray(state["classifier.0.weight"])
-    if w6.shape != (4096, 512 * 7 * 7):
-        raise ValueError(f"classifier.0.weight has shape {w6.shape}, expected (4096, 25088)")
-    w6 = w6.reshape(4096, 512, 7, 7)
+    classifier = {key: np.asarray(state[key]) for key in need if key.startswith("classifier.")}
+    for key, shape in (("classifier.0.weight", (4096, 512 * 7 * 7)), ("classifier.0.bias", (4096,)),
+                       ("classifier.3.weight", (4096, 4096)), ("classifier.3.bias", (4096,))):
+        if classifier[key].shape != shape:
+            raise ValueError(f"{key} has shape {classifier[key].shape}, expected {shape}")
+    w6 = classifier["classifier.0.weight"].reshape(4096, 512, 7, 7)
     if tuple(fc6_shape[2:]) == (1, 1):
         w6 = w6.sum(axis=(2, 3), keepdims=True)
-    out["fc6.weight"], out["fc6.bias"] = w6, np.asarray(state["classifier.0.bias"])
-    out["fc7.weight"] = np.asarray(state["classifier.3.weight"]).reshape(4096, 4096, 1, 1)
-    out["fc7.bias"] = np.asarray(state["classifier.3.bias"])
+    out["fc6.weight"], out["fc6.bias"] = w6, classifier["classifier.0.bias"]
+    out["fc7.weight"] = classifier["classifier.3.weight"].reshape(4096, 4096, 1, 1)
+    out["fc7.bias"] = classifier["classifier.3.bias"]
     return out

@@ -101,7 +101,8 @@ class Conv2d(_ConvBase):
     """``Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
     groups=1, bias=True)``; weight (O, C/groups, kh, kw).  See :func:`minifcn.functional.conv2d`.
 
-    ``need_input_grad=False`` (set by a model on its first layer) skips computing dx.
+    ``need_input_grad=False`` skips computing dx (the trainer sets it on a model, which
+    passes it to its first layer: nothing upstream of conv1_1 to train).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
