@@ -1,7 +1,8 @@
 """col2im kernel variants, validated then timed, on the FCN's transposed-convolution shapes.
 
-    python -m benchmarks.col2im_kernels --device cuda --json col2im.json
-    python -m benchmarks.col2im_kernels --device emulate      # CPU: validate only
+    python -m benchmarks.col2im_kernels --device cuda         # writes col2im_kernels_cuda.json
+    python -m benchmarks.col2im_kernels --device emulate      # CPU: validate the CUDA source only
+    python -m benchmarks.col2im_kernels --device cpu          # the NumPy strategies vs torch's fold
 
 The variants live in ``benchmarks/kernels/col2im_v*.cu``, numbered in the order they were
 tried (the way llm.c develops its CUDA kernels):
@@ -20,6 +21,14 @@ GB/s counts the bytes an ideal col2im must move — read col once, write the ima
 the same for every variant, so the column compares speed, not traffic.
 With torch on the GPU, ``torch.nn.functional.fold`` (ATen's col2im) is timed beside them.
 
+On the CPU (``--device cpu``) the same is done for the package's NumPy col2im strategies
+(``minifcn.functional.col2im``'s ``method``): ``'taps'`` (one strided add per kernel tap)
+and ``'blocks'`` (the taps grouped by stride block), plus ``'auto'`` (the package's pick),
+beside ``torch.nn.functional.fold`` on the CPU. Their reference is torch's fold in float64
+(independent of the code under test); the contenders are timed interleaved, round by
+round, and the ratio to fold is the median of the per-round ratios
+(``benchmarks/common.py``).
+
 The shapes are those of FCN's upsampling layers, seen as col2im: a transposed convolution
 ``C_in -> C_out`` with kernel k, stride s, padding p on an ``H x W`` input computes
 ``col = W^T @ x`` of shape ``(N, C_out, k, k, H, W)`` and col2im's it onto the
@@ -29,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import sys
 from dataclasses import dataclass
@@ -39,7 +47,8 @@ import numpy as np
 
 from minifcn.functional.im2col import _col2im, conv_output_size
 
-from .common import require_device
+from .common import (Timer, add_json_flag, command_line, json_path, machine, paired_ratio,
+                     positive_int, rel_error, require_device, validated, write_json)
 
 KERNELS = Path(__file__).resolve().parent / "kernels"
 
@@ -205,15 +214,22 @@ def to_numpy(a):
     return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
-def measure(shape_name, candidates, ref, timer, tol, nbytes):
+def measure(shape_name, candidates, ref, timer, tol, nbytes, poison=None):
     """Validate each candidate ``(label, name, fn)`` against ``ref``; time only those that
-    pass. Returns one row per candidate; a failed one has no 'ms'."""
+    pass. Returns one row per candidate; a failed one has no 'ms'. ``poison()``, if given,
+    runs before each validation call: it fills the output buffer the candidates share with
+    NaN, so that a kernel that leaves pixels unwritten cannot pass on the values an
+    earlier candidate wrote there."""
     rows = []
     scale = max(float(np.abs(ref).max()), 1.0)
     for label, name, fn in candidates:
+        if poison is not None:
+            poison()
         got = to_numpy(fn())
         err = (float(np.abs(got.astype(np.float64) - ref).max()) / scale
                if got.shape == ref.shape else float("inf"))
+        if not np.isfinite(err):            # NaN (an unwritten pixel) must not pass as <= tol
+            err = float("inf")
         row = dict(shape=shape_name, variant=label, name=name, bytes=nbytes,
                    max_rel_error=err, valid=bool(err <= tol))
         if row["valid"]:
@@ -223,7 +239,7 @@ def measure(shape_name, candidates, ref, timer, tol, nbytes):
     return rows
 
 
-def run_cuda(args, variants, shapes):
+def run_cuda(args, variants, shapes, save):
     import cupy
     from minifcn.kernels.runtime import CupyRuntime
     rt = CupyRuntime()
@@ -259,17 +275,19 @@ def run_cuda(args, variants, shapes):
         fold = torch_fold(shape) if args.torch else None
         if fold is not None:
             candidates.append(("torch", "torch.nn.functional.fold", lambda: fold(col)))
-        shape_rows = measure(shape.name, candidates, ref, timer, tol, col.nbytes + out.nbytes)
+        shape_rows = measure(shape.name, candidates, ref, timer, tol, col.nbytes + out.nbytes,
+                             poison=lambda: out.fill(np.nan))
         shape_rows += [dict(shape=shape.name, variant=f"v{n}", name=VARIANTS[n].name,
                             valid=False, max_rel_error=None) for n in sorted(broken)]
         for row in shape_rows:
             row.update(dtype=dtype.name, col_shape=list(shape.col_shape()),
                        image=[shape.hout, shape.hout])
         rows += shape_rows
-        del col, out
+        col = out = None                    # the next shape's arrays replace these
         cupy.get_default_memory_pool().free_all_blocks()
+        save(dict(device=device, cupy=cupy.__version__, rows=rows, complete=False))  # as it goes
     print_table(rows)
-    return dict(device=device, cupy=cupy.__version__, rows=rows), not broken
+    return dict(device=device, cupy=cupy.__version__, rows=rows), all(r["valid"] for r in rows)
 
 
 def run_emulate(args, variants):
@@ -299,50 +317,122 @@ def run_emulate(args, variants):
     return dict(device="emulate", rows=rows), not bad
 
 
-def print_table(rows):
+CPU_METHODS = ("taps", "blocks", "auto")
+
+
+def run_cpu(args, shapes, save):
+    """The NumPy col2im strategies against torch's fold on the CPU: validated against fold
+    in float64, then timed interleaved (:meth:`benchmarks.common.Timer.rounds`)."""
+    import torch
+    import torch.nn.functional as TF
+    from minifcn.functional.im2col import col2im
+    dtype = np.dtype(args.dtype)
+    timer = Timer("cpu")
+    print(f"CPU: {machine('cpu')['cpu']}, torch {torch.__version__} ({torch.get_num_threads()} "
+          f"threads); {dtype.name}; median of {args.repeats} interleaved rounds")
+    rows = []
+    for shape in shapes:
+        shape.check()
+        n, c, k, _, hin, _ = shape.col_shape()
+        col_np = np.random.default_rng(1).standard_normal(shape.col_shape()).astype(dtype)
+        col_t = torch.from_numpy(col_np).reshape(n, c * k * k, hin * hin)
+
+        def fold(t=col_t):
+            return TF.fold(t, (shape.hout, shape.hout), k, stride=shape.s, padding=shape.p)
+        ref = fold(col_t.double()).numpy()                     # the independent reference
+        contenders = {f"numpy {m}": (lambda m=m: col2im(col_np, (shape.hout, shape.hout),
+                                                        shape.s, shape.p, method=m))
+                      for m in CPU_METHODS}
+        contenders["torch fold"] = fold
+        nbytes = col_np.nbytes + n * c * shape.hout ** 2 * dtype.itemsize
+        shape_rows, timed = [], {}
+        for label, fn in contenders.items():
+            err = rel_error(to_numpy(fn()), ref)
+            row = dict(shape=shape.name, variant=label, bytes=nbytes, max_rel_error=err,
+                       valid=validated([err], 1e-5 if dtype == np.float32 else 1e-12))
+            if row["valid"]:
+                timed[label] = fn
+            shape_rows.append(row)
+        times = timer.rounds(timed, args.repeats) if timed else {}
+        for row in shape_rows:
+            if row["variant"] in times:
+                ms = float(np.median(times[row["variant"]]))
+                row.update(ms=ms, gbps=nbytes / ms / 1e6)
+                if "torch fold" in times and row["variant"] != "torch fold":
+                    row["vs_fold"] = paired_ratio(times[row["variant"]], times["torch fold"])
+            row.update(dtype=dtype.name, col_shape=list(shape.col_shape()),
+                       image=[shape.hout, shape.hout])
+        rows += shape_rows
+        print(f"[{len(rows) // len(contenders)}/{len(shapes)}] {shape.name}: " + ", ".join(
+            f"{r['variant']} {r['ms']:.3g} ms" if "ms" in r else f"{r['variant']} FAILED"
+            for r in shape_rows), flush=True)
+        save(dict(device="cpu", rows=rows, complete=False))
+    print_table(rows, base_variant="torch fold", base_label="vs fold")
+    print("'vs fold': the median of per-round time ratios to torch.nn.functional.fold; "
+          "'auto' picks 'blocks' from stride 4 (dilation 1), else 'taps'")
+    return dict(device="cpu", rows=rows), all(r["valid"] for r in rows)
+
+
+def print_table(rows, base_variant="v2", base_label="vs v2"):
     width = max(len(r["shape"]) for r in rows)
-    print(f"\n{'shape':{width}}  {'variant':7}  {'ms':>9}  {'GB/s':>7}  {'vs v2':>6}  {'rel. err':>8}")
-    base = {r["shape"]: r.get("ms") for r in rows if r["variant"] == "v2"}
+    vw = max(7, *(len(r["variant"]) for r in rows))
+    print(f"\n{'shape':{width}}  {'variant':{vw}}  {'ms':>9}  {'GB/s':>7}  {base_label:>7}  "
+          f"{'rel. err':>8}")
+    base = {r["shape"]: r.get("ms") for r in rows if r["variant"] == base_variant}
     for r in rows:
         if r.get("ms") is None:
-            print(f"{r['shape']:{width}}  {r['variant']:7}  {'FAILED validation, not timed':>36}")
+            print(f"{r['shape']:{width}}  {r['variant']:{vw}}  {'FAILED validation, not timed':>36}")
             continue
-        ratio = f"{r['ms'] / base[r['shape']]:.2f}x" if base.get(r["shape"]) else "-"
-        print(f"{r['shape']:{width}}  {r['variant']:7}  {r['ms']:9.4f}  {r['gbps']:7.1f}  "
-              f"{ratio:>6}  {r['max_rel_error']:8.1e}")
-    print("GB/s: (col bytes + image bytes) / time; 'vs v2': time relative to the per-pixel gather")
+        if "vs_fold" in r:
+            ratio = f"{r['vs_fold']:.2f}x"
+        else:
+            ratio = f"{r['ms'] / base[r['shape']]:.2f}x" if base.get(r["shape"]) else "-"
+        print(f"{r['shape']:{width}}  {r['variant']:{vw}}  {r['ms']:9.4f}  {r['gbps']:7.1f}  "
+              f"{ratio:>7}  {r['max_rel_error']:8.1e}")
+    print(f"GB/s: (col bytes + image bytes) / time; '{base_label}': time relative to "
+          f"{base_variant}")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", choices=["cuda", "emulate"], default="cuda",
-                    help="cuda: validate and time on the GPU; emulate: validate on the CPU")
+    ap.add_argument("--device", choices=["cuda", "emulate", "cpu"], default="cuda",
+                    help="cuda: validate and time the CUDA variants on the GPU; emulate: "
+                         "validate them on the CPU; cpu: validate and time the NumPy strategies")
     ap.add_argument("--variants", default=",".join(map(str, VARIANTS)),
                     help="comma-separated variant numbers (default: all)")
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=100)
+    ap.add_argument("--warmup", type=positive_int, default=10)
+    ap.add_argument("--repeats", type=positive_int,
+                    help="timed calls per variant (default: 100 on the GPU, 10 on the CPU)")
     ap.add_argument("--no-torch", dest="torch", action="store_false",
                     help="do not time torch.nn.functional.fold beside the variants")
-    ap.add_argument("--json", help="write the results here")
+    add_json_flag(ap, "col2im_kernels")
     args = ap.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 10 if args.device == "cpu" else 100
     try:
         variants = [VARIANTS[int(v)] for v in args.variants.split(",")]
     except (KeyError, ValueError):
         ap.error(f"--variants: choose from {sorted(VARIANTS)}, got {args.variants!r}")
 
     require_device(ap, args.device)
-    ok = True
+    path = json_path(ap, args, "col2im_kernels")
+    about = dict(command=command_line("benchmarks.col2im_kernels", argv),
+                 date=datetime.datetime.now().isoformat(timespec="seconds"),
+                 host=platform.node(), python=platform.python_version(), repeats=args.repeats)
+
+    def save(result, quiet=True):
+        write_json(path, {**result, **about}, quiet=quiet)
+
     if args.device == "emulate":
         result, ok = run_emulate(args, variants)
+    elif args.device == "cpu":
+        result, ok = run_cpu(args, FCN_SHAPES, save)
     else:
-        result, ok = run_cuda(args, variants, FCN_SHAPES)
-    result.update(command="python -m benchmarks.col2im_kernels " + " ".join(sys.argv[1:] if argv is None else argv),
-                  date=datetime.datetime.now().isoformat(timespec="seconds"),
-                  host=platform.node(), python=platform.python_version())
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+        result, ok = run_cuda(args, variants, FCN_SHAPES, save)
+    save({**result, "complete": True}, quiet=False)
+    if not ok:
+        print("some variant FAILED validation (see above): exit status 1")
     return 0 if ok else 1
 
 

@@ -11,6 +11,7 @@ instead of whichever ran during it.
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -32,7 +33,7 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-def machine(device):
+def machine(device, command=None):
     info = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
             "numpy": np.__version__, "cpu": cpu_name(), "cores": os.cpu_count()}
     try:
@@ -41,6 +42,8 @@ def machine(device):
         info["torch_threads"] = torch.get_num_threads()
     except ImportError:
         pass
+    if command:
+        info["command"] = command
     if device == "cuda":
         import cupy
         props = cupy.cuda.runtime.getDeviceProperties(0)
@@ -151,9 +154,82 @@ def ceilings(device, timer):
             "matmul_GFLOPs": 2 * n_mm ** 3 / mm_ms / 1e6}
 
 
+VALIDATION_TOL = 1e-4     # float32 results against torch: the largest relative error allowed
+
+
 def rel_error(got, ref):
+    """max |got - ref| / max |ref|; ``inf`` where ``got`` has another shape or any value
+    that is not finite (a NaN would compare as 'not above the tolerance' and pass)."""
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+    if got.shape != ref.shape or not np.isfinite(got).all():
+        return float("inf")
+    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)) if ref.size else 0.0
+
+
+def validated(errors, tol=VALIDATION_TOL):
+    """Every error within ``tol`` (and a number: NaN fails)."""
+    return all(e <= tol for e in errors)
+
+
+# -- command-line arguments, checked before anything is measured ------------------------------
+
+def positive_int(text):
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text}")
+    return value
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def check_json_path(parser, path, flag="--json"):
+    """Stop with a usage error now, not after minutes of measuring, when the JSON cannot be
+    written at ``path`` (a folder, or in a folder that is missing or read-only)."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        parser.error(f"{flag} {path} is a directory; give a file name")
+    if not os.path.isdir(folder):
+        parser.error(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        parser.error(f"{flag} {path}: the folder {folder} is not writable")
+
+
+def add_json_flag(parser, name):
+    """``--json PATH``; without it ``<name>_<device>.json`` in the current folder
+    (:func:`json_path`), and ``--json ''`` writes none."""
+    parser.add_argument("--json", metavar="PATH",
+                        help=f"write the results here, as they come (default: {name}_<device>.json "
+                             "in the current folder; '' for none)")
+
+
+def json_path(parser, args, name):
+    """The ``--json`` path the run writes (see :func:`add_json_flag`), checked now."""
+    path = f"{name}_{args.device}.json" if args.json is None else args.json
+    check_json_path(parser, path)
+    return path
+
+
+def command_line(prog, argv):
+    """How the benchmark was run, for the JSON (``argv`` None: this process's)."""
+    import shlex
+    import sys
+    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    return " ".join(["python -m", prog, *map(shlex.quote, args)])
 
 
 def table(rows, columns):

@@ -1,6 +1,6 @@
 """Transposed convolution, minifcn against torch (oneDNN on the CPU, cuDNN on the GPU).
 
-    python -m benchmarks.deconv --device cpu --json deconv_cpu.json
+    python -m benchmarks.deconv --device cpu                 # writes deconv_cpu.json
     python -m benchmarks.deconv --device cuda --sweep --json deconv_cuda.json
 
 For each shape: forward, and backward (input + weight gradients together, as a training
@@ -28,7 +28,8 @@ import numpy as np
 from minifcn.functional import conv_transpose2d, conv_transpose2d_backward
 from minifcn.functional.conv import _geometry, _pick_algorithm
 
-from .common import (Timer, ceilings, machine, paired_ratio, rel_error, require_device, table,
+from .common import (Timer, add_json_flag, ceilings, command_line, json_path, machine,
+                     paired_ratio, positive_int, rel_error, require_device, table, validated,
                      write_json)
 
 # (name, N, C_in, C_out, H, W, k, s, p): FCN's upsampling layers and a decoder layer
@@ -101,7 +102,7 @@ def run_shape(shape, device, timer, repeats, torch):
             return conv_transpose2d_backward(dyd, xd, wd, s, p, need_bias_grad=False, algorithm=alg)
         got = [fwd(), *bwd()[:2]]
         errors = [rel_error(_host(g), r) for g, r in zip(got, refs)]
-        if max(errors) > 1e-4:                  # refuse to time a variant that is wrong
+        if not validated(errors):               # refuse to time a variant that is wrong
             rows.append({**base, "impl": f"minifcn {alg}", "note": f"FAILED validation {errors}"})
             continue
         fwd_fns[f"minifcn {alg}"], bwd_fns[f"minifcn {alg}"] = fwd, bwd
@@ -111,11 +112,10 @@ def run_shape(shape, device, timer, repeats, torch):
         f_ms, b_ms = statistics.median(tf[impl]), statistics.median(tb[impl])
         row = {**base, "impl": impl, "fwd_ms": f_ms, "bwd_ms": b_ms,
                "fwd_GFLOPs": flops / f_ms / 1e6, "bwd_GFLOPs": 2 * flops / b_ms / 1e6,
-               "fwd_GBps": fwd_bytes / f_ms / 1e6}
+               "fwd_GBps": fwd_bytes / f_ms / 1e6, "bwd_GBps": bwd_bytes / b_ms / 1e6}
         if impl != "torch":
             row.update(fwd_ratio=paired_ratio(tf[impl], tf["torch"]),
-                       bwd_ratio=paired_ratio(tb[impl], tb["torch"]),
-                       bwd_GBps=bwd_bytes / b_ms / 1e6, max_rel_err=errs[impl])
+                       bwd_ratio=paired_ratio(tb[impl], tb["torch"]), max_rel_err=errs[impl])
         rows.append(row)
     return rows
 
@@ -128,10 +128,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.deconv", description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--sweep", action="store_true", help="also the sweep over channels, kernel, batch")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--json")
+    p.add_argument("--repeats", type=positive_int, default=10)
+    add_json_flag(p, "deconv")
     args = p.parse_args(argv)
     require_device(p, args.device)
+    args.json = json_path(p, args, "deconv")
     import torch
     if args.device == "cuda":
         torch.backends.cudnn.enabled = True
@@ -139,14 +140,15 @@ def main(argv=None):
         torch.backends.cudnn.allow_tf32 = False          # float32 against float32
         torch.backends.cuda.matmul.allow_tf32 = False
     timer = Timer(args.device)
-    info = machine(args.device)
+    info = machine(args.device, command_line("benchmarks.deconv", argv))
+    info["repeats"] = args.repeats
     info["ceilings"] = ceilings(args.device, timer)
     print(f"{info.get('gpu', info['cpu'])}: copy {info['ceilings']['copy_GBps']:.0f} GB/s, "
           f"float32 matmul {info['ceilings']['matmul_GFLOPs']:.0f} GFLOP/s")
     shapes = FCN_SHAPES + (sweep_shapes() if args.sweep else [])
     rows = []
     cols = ["shape", "impl", "fwd_ms", "fwd_ratio", "bwd_ms", "bwd_ratio", "fwd_GFLOPs",
-            "bwd_GFLOPs", "fwd_GBps", "note"]
+            "bwd_GFLOPs", "fwd_GBps", "bwd_GBps", "note"]
     for i, shape in enumerate(shapes):
         new = run_shape(shape, args.device, timer, args.repeats, torch)
         rows += new

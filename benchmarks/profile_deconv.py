@@ -28,6 +28,8 @@ import numpy as np
 from minifcn.functional import conv_transpose2d, conv_transpose2d_backward
 from minifcn.functional.conv import ALGORITHMS
 
+from .common import positive_int, rel_error, validated
+
 # (label, function name as pstats writes it) of the steps reported
 STEPS = [
     ("sub-pixel weight", "_subpixel_weight_t"),
@@ -52,20 +54,13 @@ STEPS = [
 ]
 
 
-def _positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {text}")
-    return value
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile_deconv",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--shape", type=int, nargs=8, default=[8, 256, 128, 32, 32, 4, 2, 1],
                    metavar=("N", "C_IN", "C_OUT", "H", "W", "K", "S", "P"))
     p.add_argument("--algorithm", default="auto", choices=ALGORITHMS)
-    p.add_argument("--repeats", type=_positive, default=15)
+    p.add_argument("--repeats", type=positive_int, default=15)
     p.add_argument("--backward", action="store_true",
                    help="profile the backward (input and weight gradients) instead")
     args = p.parse_args(argv)
@@ -102,8 +97,9 @@ def main(argv=None):
                                                        [1, 1], True, [0, 0], 1,
                                                        [True, True, False])
         got, ref = ours()[:2], [r.numpy() for r in theirs()[:2]]
-    err = max(float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)) for a, b in zip(got, ref))
-    if err > 1e-4:
+    errors = [rel_error(a, b) for a, b in zip(got, ref)]
+    err = max(errors)
+    if not validated(errors):
         print(f"minifcn disagrees with torch (relative error {err:.2e}): not profiled")
         return 1
     for _ in range(2):                       # warm-up: allocations, BLAS threads

@@ -1,7 +1,7 @@
 """One training step of FCN-8s (VGG16, full width, the notes' geometry): minifcn vs torch.
 
-    python -m benchmarks.step --device cpu --sizes 224 --json step_cpu.json
-    python -m benchmarks.step --device cuda --sizes 224 320 --json step_cuda.json
+    python -m benchmarks.step --device cpu                  # 224 and 320; writes step_cpu.json
+    python -m benchmarks.step --device cuda --json step_cuda.json
 
 A step is forward + softmax cross-entropy + backward + SGD (momentum 0.9), batch 1, both
 frameworks starting from the same weights (copied through the state dict), with the
@@ -10,9 +10,11 @@ tests' reference twin, has none; minifcn's FCN8s had its default 0.5 here until 
 eighth session, 3 ms of ~900 at 224). Reported: median ms per step, the ratio
 minifcn / torch (the two timed interleaved, step by step; the median of the per-round
 ratios), and peak memory — on the GPU CuPy's pool (bytes handed out, tracked
-by a memory hook) against ``torch.cuda.max_memory_allocated``; on the CPU the growth of
-the process's peak RSS over one step (after a first step has made the optimizer's
-buffers), each framework in a fresh subprocess.
+by a memory hook) against ``torch.cuda.max_memory_allocated``; on the CPU the peak RSS of
+a fresh subprocess that builds only that framework's network and runs two steps, less
+its RSS before the network was built (the libraries imported alike by both, and started
+on a tiny network first): weights, gradients, momentum buffers, activations and
+workspace, as the GPU figures count them. The median of ``--memory-runs`` subprocesses.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ import sys
 
 import numpy as np
 
-from .common import Timer, machine, paired_ratio, require_device, table, write_json
+from .common import (Timer, add_json_flag, command_line, json_path, machine, paired_ratio,
+                     positive_float, positive_int, require_device, table, write_json)
 
 
 def _models(size, device, width):
@@ -50,8 +53,9 @@ def _steps(b):
     return ours_step, torch_step
 
 
-def _build(size, device, width):
-    """The two networks with equal weights, their inputs, losses and optimizers."""
+def _build(size, device, width, frameworks=("minifcn", "torch")):
+    """The two networks with equal weights, their inputs, losses and optimizers (or only
+    those of ``frameworks``; the parts of the other are None)."""
     import types
 
     import torch
@@ -60,22 +64,35 @@ def _build(size, device, width):
     from minifcn.optim import SGD
     from tests.test_models import TorchFCN
 
-    ours = FCN8s(num_classes=21, width=width, dropout=0.0)    # the torch twin has no dropout
-    ours.need_input_grad = False
-    ref = TorchFCN("8s", "notes", 21, width)
-    ref.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
+    ours = ref = crit = opt = topt = None
+    if "minifcn" in frameworks:
+        ours = FCN8s(num_classes=21, width=width, dropout=0.0)    # the torch twin has no dropout
+        ours.need_input_grad = False
+    if "torch" in frameworks:
+        ref = TorchFCN("8s", "notes", 21, width)
+        if ours is not None:
+            ref.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
     # random score layers, so that every layer gets a gradient (the zero init hides them)
     rng = np.random.default_rng(0)
     for name in ("score_fr", "score_pool4", "score_pool3"):
-        w = rng.standard_normal(ours.params[f"{name}.weight"].shape).astype(np.float32) * 1e-2
-        ours.layers[name].params["weight"] = w
-        getattr(ref, name).weight.data = torch.tensor(w)
-    for n, p in ref.named_parameters():
-        if n.startswith("upscore"):
-            p.requires_grad_(False)
+        shape = (ours.params[f"{name}.weight"].shape if ours is not None
+                 else tuple(getattr(ref, name).weight.shape))
+        w = rng.standard_normal(shape).astype(np.float32) * 1e-2
+        if ours is not None:
+            ours.layers[name].params["weight"] = w
+        if ref is not None:
+            getattr(ref, name).weight.data = torch.tensor(w)
     tdev = "cuda" if device == "cuda" else "cpu"
-    ref = ref.to(tdev).train()
-    ours.to(device).train()
+    if ref is not None:
+        for n, p in ref.named_parameters():
+            if n.startswith("upscore"):
+                p.requires_grad_(False)
+        ref = ref.to(tdev).train()
+        topt = torch.optim.SGD([p for p in ref.parameters() if p.requires_grad], 1e-4, momentum=0.9)
+    if ours is not None:
+        ours.to(device).train()
+        crit = SoftmaxCrossEntropy()
+        opt = SGD(ours, 1e-4, momentum=0.9)
     x = rng.standard_normal((1, 3, size, size), dtype=np.float32)
     y = rng.integers(0, 21, (1, size, size))
     if device == "cuda":
@@ -85,25 +102,32 @@ def _build(size, device, width):
         xd, yd = x, y
     xt = torch.tensor(x, device=tdev)
     yt = torch.tensor(y, device=tdev)
-    crit = SoftmaxCrossEntropy()
-    opt = SGD(ours, 1e-4, momentum=0.9)
-    topt = torch.optim.SGD([p for p in ref.parameters() if p.requires_grad], 1e-4, momentum=0.9)
     return types.SimpleNamespace(ours=ours, crit=crit, opt=opt, x=xd, y=yd, torch=torch,
                                  ref=ref, topt=topt, xt=xt, yt=yt)
 
 
-def _cpu_peak_rss(framework, size, width):
-    """Peak RSS growth (MB) over two steps, measured in a fresh process."""
-    code = (f"import benchmarks.step as s\n"
-            f"o, t = s._models({size}, 'cpu', {width})\n"
-            f"f = o if {framework!r} == 'minifcn' else t\n"
-            f"f()\n"                                   # first step allocates momentum buffers
+def _cpu_peak_rss(framework, size, width, runs=1):
+    """The median over ``runs`` fresh processes of: peak RSS (MB) over building
+    ``framework``'s network alone and two steps of it, less the RSS before the build."""
+    which = 0 if framework == "minifcn" else 1
+    code = (f"import gc, benchmarks.step as s, minifcn.models, torch, tests.test_models\n"
+            # the libraries' own lazy start-up (thread pools, torch's autograd engine and
+            # oneDNN, OpenBLAS's buffers) on a tiny network first: not the step's memory
+            f"w = s._build(32, 'cpu', 1 / 32, ({framework!r},)); g = s._steps(w)[{which}]\n"
+            f"g(); g(); del w, g; gc.collect()\n"
             f"base = s._rss_kb('VmRSS')\n"
-            f"open('/proc/self/clear_refs', 'w').write('5')\n"   # reset the peak (VmHWM)
-            f"f()\n"
+            f"open('/proc/self/clear_refs', 'w').write('5')\n"   # VmHWM from here
+            f"b = s._build({size}, 'cpu', {width}, ({framework!r},))\n"
+            f"f = s._steps(b)[{which}]\n"
+            f"f(); f()\n"                              # the first makes the momentum buffers
             f"print((s._rss_kb('VmHWM') - base) / 1024)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    values = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"the {framework} memory run failed:\n{out.stderr.strip()}")
+        values.append(float(out.stdout.strip().splitlines()[-1]))
+    return statistics.median(values)
 
 
 def _rss_kb(field):
@@ -149,20 +173,24 @@ def _gpu_peaks(ours_step, torch_step):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.step", description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--sizes", type=int, nargs="+", default=[224])
-    p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--sizes", type=positive_int, nargs="+", default=[224, 320])
+    p.add_argument("--width", type=positive_float, default=1.0)
+    p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--no-memory", action="store_true")
-    p.add_argument("--json")
+    p.add_argument("--memory-runs", type=positive_int, default=3,
+                   help="CPU: fresh processes per framework and size for the peak memory (median)")
+    add_json_flag(p, "step")
     args = p.parse_args(argv)
     require_device(p, args.device)
+    args.json = json_path(p, args, "step")
     import torch
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     timer = Timer(args.device)
-    info = machine(args.device)
+    info = machine(args.device, command_line("benchmarks.step", argv))
+    info["repeats"] = args.repeats
     rows = []
     for i, size in enumerate(args.sizes):
         ours_step, torch_step = _models(size, args.device, args.width)
@@ -174,8 +202,8 @@ def main(argv=None):
             if args.device == "cuda":
                 m_ours, m_torch = _gpu_peaks(ours_step, torch_step)
             else:
-                m_ours = _cpu_peak_rss("minifcn", size, args.width)
-                m_torch = _cpu_peak_rss("torch", size, args.width)
+                m_ours = _cpu_peak_rss("minifcn", size, args.width, args.memory_runs)
+                m_torch = _cpu_peak_rss("torch", size, args.width, args.memory_runs)
             row.update(minifcn_peak_MB=m_ours, torch_peak_MB=m_torch, memory_ratio=m_ours / m_torch)
         rows.append(row)
         del ours_step, torch_step

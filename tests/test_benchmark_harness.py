@@ -100,19 +100,145 @@ def test_auto_check_names_the_fastest_algorithm_and_what_auto_lost():
                      "auto_bwd": "col2im", "best_bwd": "implicit"}
 
 
-def test_deconv_refuses_to_time_a_variant_that_fails_validation(monkeypatch):
+@pytest.mark.parametrize("wrong", ["off by one", "NaN", "one NaN", "shape"])
+def test_deconv_refuses_to_time_a_variant_that_fails_validation(monkeypatch, wrong):
+    """Wrong values, NaN (whose error, NaN, is not 'above the tolerance' either: it used to
+    pass and be timed), or another shape: reported, not timed."""
     import torch
     real = deconv.conv_transpose2d
 
     def broken(x, w, b, s, p, algorithm="auto"):
         y = real(x, w, b, s, p, algorithm=algorithm)
-        return y + 1 if algorithm == "col2im" else y     # one wrong variant
+        if algorithm != "col2im":
+            return y
+        if wrong == "off by one":
+            return y + 1
+        if wrong == "NaN":
+            return np.full_like(y, np.nan)
+        if wrong == "one NaN":
+            y = y.copy()
+            y.flat[3] = np.nan
+            return y
+        return y[..., :-1]
 
     monkeypatch.setattr(deconv, "conv_transpose2d", broken)
     rows = {r["impl"]: r for r in deconv.run_shape(SMALL, "cpu", Timer("cpu"), 2, torch)}
     bad = rows["minifcn col2im"]
     assert "FAILED validation" in bad["note"] and "fwd_ms" not in bad
     assert np.isfinite(rows["minifcn subpixel"]["fwd_ms"])
+
+
+def test_rel_error_and_validated():
+    from benchmarks.common import rel_error, validated
+    ref = np.array([1.0, -2.0, 4.0])
+    assert rel_error(ref + 0.04, ref) == pytest.approx(0.01)
+    for got in (np.array([1.0, np.nan, 4.0]), np.array([np.inf, -2.0, 4.0]), ref[:2]):
+        assert rel_error(got, ref) == float("inf")
+    assert validated([0.0, 1e-5]) and not validated([0.0, 1e-3])
+    assert not validated([float("nan")])
+
+
+def test_col2im_kernels_measure_poisons_the_shared_output():
+    """Candidates share one output buffer on the GPU: a kernel that writes nothing must not
+    pass on the image the previous candidate left there (poisoned with NaN first)."""
+    import benchmarks.col2im_kernels as ck
+    ref = np.arange(6.0).reshape(2, 3)
+    out = np.empty_like(ref)
+
+    def good():
+        out[...] = ref
+        return out
+
+    def writes_nothing():
+        return out
+
+    def timer(fn):
+        return 1.0
+    rows = ck.measure("s", [("v1", "good", good), ("v2", "lazy", writes_nothing)], ref, timer,
+                      1e-5, 1, poison=lambda: out.fill(np.nan))
+    assert [(r["variant"], r["valid"], "ms" in r) for r in rows] == [("v1", True, True),
+                                                                    ("v2", False, False)]
+    unpoisoned = ck.measure("s", [("v1", "good", good), ("v2", "lazy", writes_nothing)], ref,
+                            timer, 1e-5, 1)
+    assert unpoisoned[1]["valid"]         # what the poison is for
+
+
+def test_col2im_kernels_on_the_cpu_validates_and_times_the_numpy_strategies(tmp_path,
+                                                                           monkeypatch, capsys):
+    """``--device cpu``: taps, blocks and auto against torch's fold (validated against fold
+    in float64, then timed), a JSON row each; a strategy made wrong is refused, exit 1."""
+    import json
+    import benchmarks.col2im_kernels as ck
+    small = [ck.Shape("k4 s2 p1", 1, 3, 4, 2, 1, 5), ck.Shape("k16 s8 p4", 1, 2, 16, 8, 4, 3)]
+    monkeypatch.setattr(ck, "FCN_SHAPES", small)
+    path = tmp_path / "c.json"
+    assert ck.main(["--device", "cpu", "--repeats", "2", "--json", str(path)]) == 0
+    saved = json.loads(path.read_text())
+    assert saved["complete"] is True and saved["repeats"] == 2
+    assert "--device cpu" in saved["command"]
+    rows = saved["rows"]
+    assert [(r["shape"], r["variant"]) for r in rows] == [
+        (s.name, v) for s in small for v in ("numpy taps", "numpy blocks", "numpy auto", "torch fold")]
+    for r in rows:
+        assert r["valid"] and r["max_rel_error"] <= 1e-5 and r["ms"] > 0
+        assert r["vs_fold"] > 0 if r["variant"] != "torch fold" else "vs_fold" not in r
+    assert "vs fold" in capsys.readouterr().out
+
+    import importlib
+    im2col_module = importlib.import_module("minifcn.functional.im2col")
+    real = im2col_module.col2im
+    monkeypatch.setattr(im2col_module, "col2im",
+                        lambda col, *a, method="auto", **k: real(col, *a, method=method, **k)
+                        * (2 if method == "blocks" else 1))
+    assert ck.main(["--device", "cpu", "--repeats", "1", "--json", str(path)]) == 1
+    rows = json.loads(path.read_text())["rows"]
+    blocks = [r for r in rows if r["variant"] == "numpy blocks"]
+    assert blocks and all(not r["valid"] and "ms" not in r for r in blocks)
+    assert "FAILED validation" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module,argv,flag", [
+    ("deconv", ["--repeats", "0"], "--repeats"),
+    ("step", ["--repeats", "0"], "--repeats"),
+    ("step", ["--sizes", "0"], "--sizes"),
+    ("step", ["--sizes", "-5"], "--sizes"),
+    ("step", ["--width", "nan"], "--width"),
+    ("step", ["--width", "0"], "--width"),
+    ("col2im_kernels", ["--device", "cpu", "--repeats", "0"], "--repeats"),
+    ("col2im_kernels", ["--device", "cpu", "--warmup", "x"], "--warmup"),
+])
+def test_benchmark_flags_are_checked_before_measuring(module, argv, flag, capsys):
+    import importlib
+    cli = importlib.import_module(f"benchmarks.{module}")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module,extra", [("deconv", []), ("step", []),
+                                          ("col2im_kernels", ["--device", "cpu"])])
+def test_benchmark_json_path_is_checked_before_measuring(module, extra, tmp_path, capsys,
+                                                         monkeypatch):
+    """A --json that cannot be written stops the run at once (it used to be a traceback
+    after all the measuring); without --json, the run writes <name>_<device>.json here."""
+    import importlib
+    cli = importlib.import_module(f"benchmarks.{module}")
+    for target, why in ((tmp_path / "no" / "x.json", "does not exist"),
+                        (tmp_path, "is a directory")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main([*extra, "--json", str(target)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--json {target}" in err and why in err
+    monkeypatch.chdir(tmp_path)
+    import argparse
+    p = argparse.ArgumentParser()
+    from benchmarks.common import add_json_flag, json_path
+    add_json_flag(p, module)
+    p.add_argument("--device", default="cpu")
+    assert json_path(p, p.parse_args([]), module) == f"{module}_cpu.json"
+    assert json_path(p, p.parse_args(["--json", ""]), module) == ""
 
 
 def test_profile_deconv_names_the_steps_of_each_algorithm(capsys):

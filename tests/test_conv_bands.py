@@ -276,7 +276,6 @@ def test_conv2d_input_gradient_alone_runs_implicit_on_mid_sized_maps(monkeypatch
     dx runs as the implicit transposed convolution of dy: held to torch, the path taken
     (and not taken for dW alone, or below the bound)."""
     import torch
-    from minifcn.functional import implicit
     from minifcn.functional.blas import uses_cblas
     if not uses_cblas(dtype):
         pytest.skip("NumPy's BLAS is not reachable here")

@@ -7,8 +7,6 @@ outputs.
 test_math.py and test_gradcheck.py, which loop over every algorithm.)"""
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 import torch

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 tnn = torch.nn
 TF = torch.nn.functional
 
-from minifcn.models import FCN8s, FCN8sAtOnce, FCN16s, FCN32s, MODELS, bilinear_weight  # noqa: E402
+from minifcn.models import FCN8s, FCN16s, FCN32s, MODELS, bilinear_weight  # noqa: E402
 from minifcn.models.vgg import STAGES, scaled  # noqa: E402
 
 PAPER_OFFSETS = {"32s": {"score": 19}, "16s": {"pool4": 5, "score": 27},
