@@ -114,9 +114,10 @@ def col2im(col, image_size, stride=1, padding=0, dilation=1, method="auto"):
 
     ``'auto'`` picks ``'blocks'`` for dilation 1 and strides of 4 or more (where a block
     holds at least 4x4 taps), else ``'taps'`` — at stride 2 the blocks' 6-D transposed
-    views have inner runs of 2 elements, and 16 plain strided adds are 4x faster
-    (``benchmarks/RESULTS.md``). There is no ``np.add.at``: each ``+=`` touches every
-    element of its target once.
+    views have inner runs of 2 elements, and 16 plain strided adds are 3-4x faster.
+    ``python -m benchmarks.col2im_kernels --device cpu`` measures both against torch's
+    ``fold`` (``benchmarks/RESULTS.md``). There is no ``np.add.at``: each ``+=`` touches
+    every element of its target once.
     """
     if getattr(col, "ndim", None) != 6:
         raise ValueError("col must be a 6-D array (N, C, kh, kw, Ho, Wo), "
@@ -181,23 +182,45 @@ def _col2im(col, h, w, sh, sw, ph, pw, dh, dw, method="auto"):
         return gpu_col2im(col, h, w, sh, sw, ph, pw, dh, dw)
     if method == "auto":       # measured: blocks pay from stride 4 on; below, taps are faster
         method = "blocks" if (dh, dw) == (1, 1) and min(sh, sw) >= 4 else "taps"
-    if method == "blocks":
-        out = _col2im_blocks(col, h + 2 * ph, w + 2 * pw, sh, sw)
-    else:
-        out = _col2im_taps(col, h + 2 * ph, w + 2 * pw, sh, sw, dh, dw)
+    if method == "taps":
+        return _col2im_taps(col, h, w, sh, sw, ph, pw, dh, dw)
+    out = _col2im_blocks(col, h + 2 * ph, w + 2 * pw, sh, sw)
     return np.ascontiguousarray(out[:, :, ph:ph + h, pw:pw + w])
 
 
-def _col2im_taps(col, hp, wp, sh, sw, dh, dw):
-    """Padded image (N, C, >=hp, >=wp): one strided += per kernel tap."""
+def _col2im_taps(col, h, w, sh, sw, ph, pw, dh, dw):
+    """The (N, C, h, w) image: one strided ``+=`` per kernel tap, each clipped to the image
+    (:func:`_tap_span`), so no padded image is made and cropped.
+
+    Where no two taps of a window meet (dilation 1 and kernel <= stride: the pixel
+    shuffle's case) each ``+=`` is a plain copy, and when the windows also tile the
+    whole image (kernel = stride) nothing needs zeroing first."""
     n, c, kh, kw, ho, wo = col.shape
-    out = np.zeros((n, c, max(hp, (ho - 1) * sh + (kh - 1) * dh + 1),
-                    max(wp, (wo - 1) * sw + (kw - 1) * dw + 1)), dtype=col.dtype)
+    disjoint = dh == dw == 1 and kh <= sh and kw <= sw
+    tiled = disjoint and kh == sh and kw == sw and ph + h <= ho * sh and pw + w <= wo * sw
+    out = (np.empty if tiled else np.zeros)((n, c, h, w), dtype=col.dtype)
     for i in range(kh):
+        m0, m1, r0 = _tap_span(i * dh - ph, sh, ho, h)
         for j in range(kw):
-            out[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh,
-                j * dw:j * dw + sw * (wo - 1) + 1:sw] += col[:, :, i, j]
+            q0, q1, c0 = _tap_span(j * dw - pw, sw, wo, w)
+            if m1 <= m0 or q1 <= q0:                  # this tap lands only on padding
+                continue
+            dst = out[:, :, r0:r0 + sh * (m1 - m0 - 1) + 1:sh, c0:c0 + sw * (q1 - q0 - 1) + 1:sw]
+            src = col[:, :, i, j, m0:m1, q0:q1]
+            if disjoint:
+                dst[...] = src
+            else:
+                dst += src
     return out
+
+
+def _tap_span(offset, stride, windows, size):
+    """``(m0, m1, first)``: the windows ``m0 .. m1-1`` whose tap lands on image row
+    ``offset + stride*m`` inside ``0 .. size-1``, and that row for ``m0`` (``m1 <= m0``:
+    none does). ``m0 = ceil(-offset / stride)``, ``m1 = floor((size-1-offset) / stride) + 1``."""
+    m0 = max(0, -(offset // stride))
+    m1 = min(windows, (size - 1 - offset) // stride + 1)
+    return m0, m1, offset + stride * m0
 
 
 def _col2im_blocks(col, hp, wp, sh, sw):
