@@ -14,8 +14,9 @@ inputs; one that disagrees is reported and not timed.
 Columns: median ms; ratio = minifcn / torch, the median of per-round ratios (all
 variants and torch are timed interleaved, round by round; below 1: minifcn faster); GFLOP/s of the
 useful arithmetic (2 * N * C_in * C_out * kh * kw * H * W per pass, twice that for
-backward); GB/s of the least traffic (inputs and outputs once) — beside the measured
-ceilings of the machine (a large copy, a large matmul).
+backward; it includes the taps that the padding crops away, 6% for k64 s32 p16, the same
+count for both sides); GB/s of the least traffic (inputs and outputs once) — beside the
+measured ceilings of the machine (a large copy, a large matmul).
 """
 from __future__ import annotations
 
