@@ -47,8 +47,9 @@ import numpy as np
 
 from minifcn.functional.im2col import _col2im, conv_output_size
 
-from .common import (Timer, add_json_flag, command_line, json_path, machine, paired_ratio,
-                     positive_int, rel_error, require_device, validated, write_json)
+from .common import (Timer, add_json_flag, command_line, json_path, machine, non_negative_int,
+                     paired_ratio, positive_int, rel_error, require_device, validated,
+                     write_json)
 
 KERNELS = Path(__file__).resolve().parent / "kernels"
 
@@ -353,7 +354,7 @@ def run_cpu(args, shapes, save):
             if row["valid"]:
                 timed[label] = fn
             shape_rows.append(row)
-        times = timer.rounds(timed, args.repeats) if timed else {}
+        times = timer.rounds(timed, args.repeats, warmup=args.warmup) if timed else {}
         for row in shape_rows:
             if row["variant"] in times:
                 ms = float(np.median(times[row["variant"]]))
@@ -394,22 +395,33 @@ def print_table(rows, base_variant="v2", base_label="vs v2"):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.col2im_kernels",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cuda", "emulate", "cpu"], default="cuda",
                     help="cuda: validate and time the CUDA variants on the GPU; emulate: "
                          "validate them on the CPU; cpu: validate and time the NumPy strategies")
-    ap.add_argument("--variants", default=",".join(map(str, VARIANTS)),
-                    help="comma-separated variant numbers (default: all)")
+    ap.add_argument("--variants",
+                    help="CUDA variants only: comma-separated numbers (default: all)")
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    ap.add_argument("--warmup", type=positive_int, default=10)
+    ap.add_argument("--warmup", type=non_negative_int,
+                    help="untimed calls (GPU) or rounds (CPU) first (default: 10 on the GPU, "
+                         "2 on the CPU)")
     ap.add_argument("--repeats", type=positive_int,
                     help="timed calls per variant (default: 100 on the GPU, 10 on the CPU)")
     ap.add_argument("--no-torch", dest="torch", action="store_false",
-                    help="do not time torch.nn.functional.fold beside the variants")
+                    help="GPU only: do not time torch.nn.functional.fold beside the variants "
+                         "(on the CPU fold is the reference, always run)")
     add_json_flag(ap, "col2im_kernels")
     args = ap.parse_args(argv)
     if args.repeats is None:
         args.repeats = 10 if args.device == "cpu" else 100
+    if args.warmup is None:
+        args.warmup = 2 if args.device == "cpu" else 10
+    if args.device == "cpu" and (args.variants is not None or not args.torch):
+        ap.error("--variants and --no-torch choose among the CUDA variants; --device cpu "
+                 "times the NumPy strategies against torch's fold")
+    if args.variants is None:
+        args.variants = ",".join(map(str, VARIANTS))
     try:
         variants = [VARIANTS[int(v)] for v in args.variants.split(",")]
     except (KeyError, ValueError):

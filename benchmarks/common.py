@@ -184,6 +184,17 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    """argparse type: an int >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}")
+    return value
+
+
 def positive_float(text):
     """argparse type: a finite number > 0."""
     try:

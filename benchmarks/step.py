@@ -173,10 +173,13 @@ def _gpu_peaks(ours_step, torch_step):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.step", description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--sizes", type=positive_int, nargs="+", default=[224, 320])
-    p.add_argument("--width", type=positive_float, default=1.0)
-    p.add_argument("--repeats", type=positive_int, default=5)
-    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--sizes", type=positive_int, nargs="+", default=[224, 320],
+                   help="input sizes (square), one row each (default: 224 320)")
+    p.add_argument("--width", type=positive_float, default=1.0,
+                   help="channel multiplier of the VGG16 backbone (default: 1, full width)")
+    p.add_argument("--repeats", type=positive_int, default=5,
+                   help="interleaved timed rounds per size (default: 5)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--memory-runs", type=positive_int, default=3,
                    help="CPU: fresh processes per framework and size for the peak memory (median)")
     add_json_flag(p, "step")

@@ -42,6 +42,8 @@ def overlay(image, mask, alpha=0.5):
 def check_output_dir(path, flag):
     """Can ``path`` be made (or used) as a directory to write into: it is not a file, and
     the nearest folder that exists on its way is writable."""
+    if not path:
+        raise ValueError(f"{flag} is empty; give a directory for the outputs")
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{flag} {path} is a file; give a directory for the outputs")
     existing = os.path.abspath(path)

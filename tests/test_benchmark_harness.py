@@ -206,6 +206,9 @@ def test_col2im_kernels_on_the_cpu_validates_and_times_the_numpy_strategies(tmp_
     ("step", ["--width", "0"], "--width"),
     ("col2im_kernels", ["--device", "cpu", "--repeats", "0"], "--repeats"),
     ("col2im_kernels", ["--device", "cpu", "--warmup", "x"], "--warmup"),
+    ("col2im_kernels", ["--device", "cpu", "--warmup", "-1"], "--warmup"),
+    ("col2im_kernels", ["--device", "cpu", "--no-torch"], "--no-torch"),
+    ("col2im_kernels", ["--device", "cpu", "--variants", "1"], "--variants"),
 ])
 def test_benchmark_flags_are_checked_before_measuring(module, argv, flag, capsys):
     import importlib
@@ -330,3 +333,21 @@ def test_profile_step_cpu_shows_both_frameworks_by_layer(capsys):
     with pytest.raises(SystemExit) as exc:
         profile.main(["--device", "cpu", "--steps", "0"])
     assert exc.value.code == 2
+
+
+def test_col2im_kernels_cpu_takes_warmup_zero(monkeypatch, tmp_path):
+    import benchmarks.col2im_kernels as ck
+    monkeypatch.setattr(ck, "FCN_SHAPES", [ck.Shape("k2 s2", 1, 2, 2, 2, 0, 3)])
+    assert ck.main(["--device", "cpu", "--repeats", "1", "--warmup", "0", "--json", ""]) == 0
+
+
+@pytest.mark.parametrize("framework", ["minifcn", "torch"])
+def test_step_memory_run_builds_one_framework_and_measures_it(framework):
+    """The CPU peak memory runs one framework alone in a fresh process: its network is
+    built without the other's, its step runs, and the peak over the build is positive."""
+    import benchmarks.step as step
+    b = step._build(32, "cpu", 1 / 32, (framework,))
+    assert (b.ours is None) == (framework == "torch") and (b.ref is None) == (framework == "minifcn")
+    loss = step._steps(b)[0 if framework == "minifcn" else 1]()
+    assert np.isfinite(float(loss.detach() if hasattr(loss, "detach") else loss))
+    assert step._cpu_peak_rss(framework, 32, 1 / 32) > 0

@@ -350,7 +350,8 @@ def test_predict_checks_its_out_directory_before_predicting(trained, tmp_path, c
     monkeypatch.setattr(predict_module, "load_checkpoint_model",
                         lambda *a, **k: loaded.append(1) or real(*a, **k))
     for target, why in ((afile, "is a file; give a directory"),
-                        (afile / "sub", "is not a directory")):
+                        (afile / "sub", "is not a directory"),
+                        ("", "--out is empty")):
         rc, out, err = cli(predict_main, ["--checkpoint", best, good, "--out", target], capsys)
         assert_one_line_error(rc, err, f"--out {target}", why)
         assert loaded == [] and out == ""

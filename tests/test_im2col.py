@@ -163,6 +163,20 @@ def test_col2im_taps_without_overlaps_fill_every_pixel(monkeypatch, kernel, stri
     np.testing.assert_array_equal(got, naive_col2im(c, h, w, *stride, *padding, 1, 1))
 
 
+def test_col2im_taps_with_negative_padding_zeroes_what_no_window_reaches(monkeypatch):
+    """The unchecked core takes a negative padding (a band that starts inside the image, as
+    _im2col allows): windows then tile only part of the image, and the rest must be 0,
+    not whatever np.empty held."""
+    from minifcn.functional.im2col import _col2im
+    real_empty = np.empty
+    monkeypatch.setattr(np, "empty", lambda *a, **k: np.full_like(real_empty(*a, **k), np.nan))
+    col = np.ones((1, 1, 2, 2, 3, 3))
+    got = _col2im(col, 4, 4, 2, 2, -1, -1, 1, 1, "taps")
+    expected = np.zeros((4, 4))
+    expected[1:, 1:] = 1.0              # image rows/cols 1..6 of the windows, cropped to 3
+    np.testing.assert_array_equal(got[0, 0], expected)
+
+
 def test_col2im_fcn32_upsampler_geometry(xp):
     """The FCN-32s upsampler: kernel 64, stride 32, padding 16 — the 'blocks' method's
     reason to exist — against the taps method and a naive loop on a small batch."""

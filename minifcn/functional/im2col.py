@@ -197,7 +197,8 @@ def _col2im_taps(col, h, w, sh, sw, ph, pw, dh, dw):
     whole image (kernel = stride) nothing needs zeroing first."""
     n, c, kh, kw, ho, wo = col.shape
     disjoint = dh == dw == 1 and kh <= sh and kw <= sw
-    tiled = disjoint and kh == sh and kw == sw and ph + h <= ho * sh and pw + w <= wo * sw
+    tiled = (disjoint and kh == sh and kw == sw and 0 <= ph and ph + h <= ho * sh
+             and 0 <= pw and pw + w <= wo * sw)
     out = (np.empty if tiled else np.zeros)((n, c, h, w), dtype=col.dtype)
     for i in range(kh):
         m0, m1, r0 = _tap_span(i * dh - ph, sh, ho, h)
