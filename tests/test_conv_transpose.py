@@ -408,3 +408,82 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(algorithm)
                                            algorithm=algorithm)
     assert dx.shape == x.shape and dw.shape == wt.shape and db.shape == (128,)
     assert not dw.any() and not db.any()
+
+
+@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused", "implicit", "auto"])
+@pytest.mark.parametrize("cin,cout", [(0, 3), (2, 0)])
+def test_zero_channels_give_zeros_plus_bias(algorithm, cin, cout):
+    """No input channels: the output is the bias alone; no output channels: an empty map.
+    'subpixel' (and 'auto' picking it) died in a reshape of the empty arrays."""
+    x = np.zeros((2, cin, 4, 4))
+    wt = np.zeros((cin, cout, 4, 4))
+    bias = np.arange(cout, dtype=np.float64)
+    y = conv_transpose2d(x, wt, bias, 2, 1, algorithm=algorithm)
+    assert y.shape == (2, cout, 8, 8)
+    np.testing.assert_array_equal(y, np.broadcast_to(bias[None, :, None, None], y.shape))
+
+
+# Where the sub-pixel and implicit algorithms pad with zeros (the phases' zero taps when s
+# does not divide k, the padded input and the zero border of the un-shuffled dy), an inf
+# or NaN meeting such a zero gave NaN where torch, forming only the terms that exist,
+# gives 0 or inf. These shapes put one inf where that happened.
+NON_FINITE_CASES = [
+    # (x shape, k, s, p, where the inf goes: "x" or "dy", its index)
+    ((1, 1, 3, 3), 3, 2, 1, "x", (1, 1)),       # k3 s2: a padded tap per phase row/column
+    ((1, 1, 3, 3), 1, 3, 0, "x", (1, 1)),
+    ((1, 1, 3, 3), 3, 2, 1, "dy", (2, 2)),
+    ((1, 1, 2, 2), 8, 4, 2, "dy", (1, 1)),      # k = 2s ('auto' takes subpixel): dW
+    ((1, 2, 4, 4), 4, 2, 1, "dy", (0, 0)),      # k4 s2 p1 (implicit's grid): dW
+    ((1, 2, 4, 4), 4, 2, 1, "x", (3, 3)),
+]
+
+
+@pytest.mark.parametrize("case", NON_FINITE_CASES)
+@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "implicit", "auto"])
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_non_finite_values_reach_only_where_torch_puts_them(case, algorithm):
+    import torch
+    shape, k, s, p, where, index = case
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    wt = rng.standard_normal((shape[1], 2, k, k))
+    y_shape = conv_transpose2d(np.zeros(shape), wt, None, s, p).shape
+    dy = rng.standard_normal(y_shape)
+    (x if where == "x" else dy)[(0, 0, *index)] = np.inf
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(wt, requires_grad=True)
+    ty = TF.conv_transpose2d(tx, tw, stride=s, padding=p)
+    ty.backward(torch.tensor(dy))
+    got_y = conv_transpose2d(x, wt, None, s, p, algorithm=algorithm)
+    got_dx, got_dw, _ = conv_transpose2d_backward(dy, x, wt, s, p, algorithm=algorithm)
+    for name, got, ref in (("y", got_y, ty.detach().numpy()), ("dx", got_dx, tx.grad.numpy()),
+                           ("dW", got_dw, tw.grad.numpy())):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref), err_msg=f"{name}: NaN")
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(ref), err_msg=f"{name}: inf")
+        finite = np.isfinite(ref)
+        np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-10, atol=1e-12,
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused", "implicit", "auto"])
+def test_backward_gradients_take_the_dtype_of_all_three(algorithm):
+    """dx and dW come in result_type(dy, x, W) whatever the path: 'implicit' narrowed a
+    float64 dy to float32, and conv2d_backward's row bands kept dy's dtype."""
+    rng = np.random.default_rng(0)
+    x, wt = rng.standard_normal((1, 128, 6, 6), np.float32), rng.standard_normal((128, 128, 4, 4), np.float32)
+    dy = rng.standard_normal((1, 128, 12, 12))                               # float64
+    dx, dw, db = conv_transpose2d_backward(dy, x, wt, 2, 1, algorithm=algorithm)
+    assert (dx.dtype, dw.dtype) == (np.float64, np.float64)
+
+
+def test_conv2d_backward_dtype_does_not_depend_on_the_image_size(monkeypatch):
+    import minifcn.functional.conv as conv
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 4, 3, 3))                                    # float64
+    x = rng.standard_normal((1, 4, 16, 16)).astype(np.float32)
+    dy = rng.standard_normal((1, 4, 16, 16)).astype(np.float32)
+    dtypes = set()
+    for budget in (1 << 30, 64):                                             # one band, many
+        monkeypatch.setattr(conv, "CPU_BAND_BYTES", budget)
+        dx, dw, _ = conv2d_backward(dy, x, w, 1, 1)
+        dtypes.add((dx.dtype, dw.dtype))
+    assert dtypes == {(np.dtype(np.float64), np.dtype(np.float64))}

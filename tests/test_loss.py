@@ -246,3 +246,11 @@ def test_loss_does_not_modify_inputs(xp):
     softmax_cross_entropy_backward(zl, tl)
     np.testing.assert_array_equal(to_np(zl), logits)
     np.testing.assert_array_equal(to_np(tl), labels)
+
+
+def test_zero_classes_is_a_clear_error():
+    """No classes at all: a ValueError naming the class axis (it was NumPy's 'zero-size
+    array to reduction operation maximum')."""
+    from minifcn.functional import softmax_cross_entropy
+    with pytest.raises(ValueError, match="at least one class"):
+        softmax_cross_entropy(np.zeros((1, 0, 2, 2)), np.full((1, 2, 2), 255))

@@ -12,12 +12,16 @@ import numpy as np
 
 
 def all_finite(a) -> bool:
-    """Is every element of the NumPy array ``a`` finite? For float32/float64 one BLAS pass:
-    ``a . a`` is finite exactly when no element is NaN or inf, unless the sum overflows
-    (then this says False, which only costs the caller the slower select). Narrower types
-    (float16, whose sum would overflow past 65504) are tested element by element."""
+    """Is every element of the array ``a`` finite? For float32/float64 NumPy arrays one
+    BLAS pass: ``a . a`` is finite exactly when no element is NaN or inf, unless the sum
+    overflows (then this says False, which only costs the caller a slower exact path).
+    Narrower types (float16, whose sum would overflow past 65504) are tested element by
+    element; so are CuPy arrays (one reduction and a wait for its answer)."""
     if a.size == 0:
         return True
+    if not isinstance(a, np.ndarray):
+        from ..backend import get_array_module
+        return bool(get_array_module(a).isfinite(a).all())
     if a.dtype.itemsize < 4:
         return bool(np.isfinite(a).all())
     return bool(np.isfinite(np.vdot(a, a)))

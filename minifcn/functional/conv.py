@@ -32,6 +32,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ._checks import check_4d, check_float, check_positive_size, pair
+from ._select import all_finite
 from .blas import gemm, uses_cblas
 from .implicit import conv_transpose2d_implicit, conv_transpose2d_implicit_backward
 from .im2col import (_block_pieces, _col2im, _im2col, _pixel_shuffle,
@@ -367,6 +368,16 @@ def _geometry(op, x, weight, bias, stride, padding, dilation, groups, output_pad
     return g
 
 
+def _one_dtype(g, dy, x, weight):
+    """``dy, x, weight`` in one dtype, ``result_type`` of the three (and ``g.dtype`` set to
+    it), so that every path of a backward returns gradients of that dtype: the row bands,
+    the implicit paths and the plain GEMMs chose differently when ``dy`` came in another
+    dtype than the forward's output."""
+    check_float(dy, "grad_output")
+    g.dtype = np.result_type(g.dtype, dy.dtype)
+    return tuple(a.astype(g.dtype, copy=False) for a in (dy, x, weight))
+
+
 def _check_grad_shape(op, dy, g):
     want = (g.n, g.o, g.ho, g.wo)
     if tuple(getattr(dy, "shape", ())) != want:
@@ -506,6 +517,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
     """
     g = _geometry("conv2d_backward", x, weight, None, stride, padding, dilation, groups)
     _check_grad_shape("conv2d_backward", dy, g)
+    dy, x, weight = _one_dtype(g, dy, x, weight)
     dw = dx = None
     if _implicit_conv2d(g):
         # dx: the transposed convolution's own adjoint, implicit (no col, no col2im).
@@ -628,6 +640,13 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     g = _geometry("conv_transpose2d", x, weight, bias, stride, padding, dilation, groups,
                   output_padding)
     algorithm = _pick_algorithm(algorithm, g)
+    if 0 in (g.n, g.c, g.o):                       # an empty batch or channel axis: no stamps
+        y = get_array_module(x).zeros((g.n, g.o, g.ho, g.wo), dtype=g.dtype)
+        return y if bias is None else _add_bias(y, bias)
+    if algorithm == "subpixel" and _padded_taps(g) and not all_finite(x):
+        # the phases' zero taps would meet an inf or NaN of x: 0 * inf = NaN at pixels that
+        # input never reaches. torch (and 'col2im') form only the terms that exist.
+        algorithm = "col2im"
     if algorithm == "fused":
         return _conv_transpose2d_fused(x, weight, bias, g)
     if algorithm == "implicit":
@@ -713,7 +732,11 @@ def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding
     g = _geometry("conv_transpose2d_backward", x, weight, None, stride, padding, dilation,
                   groups, output_padding)
     _check_grad_shape("conv_transpose2d_backward", dy, g)
+    dy, x, weight = _one_dtype(g, dy, x, weight)
     algorithm = _pick_algorithm(algorithm, g, backward=True)
+    if algorithm in ("subpixel", "implicit") and _phase_zeros_meet(
+            algorithm, g, dy, x, need_input_grad, need_weight_grad):
+        algorithm = "col2im"
     if algorithm == "implicit":
         dx, dw = conv_transpose2d_implicit_backward(dy, x, weight, g, need_input_grad,
                                                     need_weight_grad)
@@ -877,6 +900,25 @@ def _pick_algorithm(algorithm, g, backward=False):
     if algorithm == "subpixel":
         g.ah, g.aw = -(-g.kh // g.sh), -(-g.kw // g.sw)          # taps per phase, ceil(k/s)
     return algorithm
+
+
+def _padded_taps(g):
+    """Does the sub-pixel split pad the kernel with zero taps (``s`` not dividing ``k``)?"""
+    return (g.ah * g.sh, g.aw * g.sw) != (g.kh, g.kw)
+
+
+def _phase_zeros_meet(algorithm, g, dy, x, need_dx, need_dw):
+    """Would the phase algorithms multiply an inf or NaN by a zero that stands for no term?
+
+    Their phase grids are padded: 'subpixel' pads ``x`` (and un-shuffles ``dy`` with a zero
+    border), 'implicit' lays ``x`` out with zero padding and ``dy`` on a grid with zeros
+    where no output is. The weight gradient pairs those zeros with the other array, so an
+    inf or NaN there gives NaN in taps torch leaves finite; 'subpixel''s dx meets the
+    kernel's zero taps when ``s`` does not divide ``k``. The exact sums are 'col2im''s
+    (checked only for what is asked: a frozen upsampler costs no check)."""
+    if need_dw and not (all_finite(dy) and all_finite(x)):
+        return True
+    return need_dx and algorithm == "subpixel" and _padded_taps(g) and not all_finite(dy)
 
 
 def _subpixel_phases(weight, g):

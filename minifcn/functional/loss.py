@@ -31,6 +31,8 @@ def _check(logits, labels, ignore_index, reduction):
     if logits.dtype.kind != "f":
         raise ValueError(f"logits must be floating-point, got dtype {logits.dtype}")
     n, k, h, w = logits.shape
+    if k < 1:
+        raise ValueError(f"logits must have at least one class (axis 1), got shape {tuple(logits.shape)}")
     if getattr(labels, "shape", None) != (n, h, w):
         raise ValueError(f"labels must have shape (N, H, W) = {(n, h, w)} to match logits "
                          f"{tuple(logits.shape)}, got {getattr(labels, 'shape', None)}")
