@@ -78,7 +78,7 @@ class TrainConfig:
     device: str = "cpu"            # 'cpu' (NumPy) | 'cuda' (CuPy)
     out: str = None                # run directory; None: runs/<date>-<time>
     resume: str = None             # continue the run in this directory
-    seed: int = 0
+    seed: int = 0                  # seeds the weights, the synthetic data, the batch order, flips and dropout
     val_every: int = 250           # validate (and checkpoint) every this many iterations
     pictures: int = 4              # validation samples drawn into val_samples.png
     progress: bool = True          # show a progress bar
