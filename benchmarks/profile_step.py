@@ -30,8 +30,9 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=320)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--batch", type=int, default=1, help="images per step (default: 1)")
     args = p.parse_args(argv)
-    for name, value in (("--size", args.size), ("--steps", args.steps)):
+    for name, value in (("--size", args.size), ("--steps", args.steps), ("--batch", args.batch)):
         if value < 1:
             p.error(f"{name} must be at least 1, got {value}")
     if not args.width > 0:
@@ -44,7 +45,7 @@ def main(argv=None):
 
 def _profile_cpu(args):
     from torch.profiler import ProfilerActivity, profile
-    b = _build(args.size, "cpu", args.width)
+    b = _build(args.size, "cpu", args.width, batch=args.batch)
     times = collections.defaultdict(float)            # (pass, node name) -> seconds
 
     def timed_step():
@@ -95,7 +96,7 @@ def _profile_cpu(args):
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     torch_total = sum(e.self_cpu_time_total for e in events) / args.steps / 1e3
 
-    print(f"FCN-8s step at {args.size}x{args.size} (width {args.width:g}, batch 1), CPU, "
+    print(f"FCN-8s step at {args.size}x{args.size} (width {args.width:g}, batch {args.batch}), CPU, "
           f"mean of {args.steps} steps")
     print(f"minifcn {ours_total:.1f} ms per step, torch {torch_total:.1f} ms "
           f"(ratio {ours_total / torch_total:.2f})\n")
@@ -115,7 +116,7 @@ def _profile_cpu(args):
 def _profile_cuda(args):
     import cupy
     from torch.profiler import ProfilerActivity, profile
-    ours_step, _ = _models(args.size, "cuda", args.width)
+    ours_step, _ = _models(args.size, "cuda", args.width, args.batch)
     for _ in range(3):
         ours_step()
     cupy.cuda.Device().synchronize()

@@ -29,9 +29,9 @@ from .common import (Timer, add_json_flag, command_line, json_path, machine, pai
                      positive_float, positive_int, require_device, table, write_json)
 
 
-def _models(size, device, width):
+def _models(size, device, width, batch=1):
     """``(ours_step, torch_step)``: one training step of each, as closures."""
-    return _steps(_build(size, device, width))
+    return _steps(_build(size, device, width, batch=batch))
 
 
 def _steps(b):
@@ -53,7 +53,7 @@ def _steps(b):
     return ours_step, torch_step
 
 
-def _build(size, device, width, frameworks=("minifcn", "torch")):
+def _build(size, device, width, frameworks=("minifcn", "torch"), batch=1):
     """The two networks with equal weights, their inputs, losses and optimizers (or only
     those of ``frameworks``; the parts of the other are None)."""
     import types
@@ -93,8 +93,8 @@ def _build(size, device, width, frameworks=("minifcn", "torch")):
         ours.to(device).train()
         crit = SoftmaxCrossEntropy()
         opt = SGD(ours, 1e-4, momentum=0.9)
-    x = rng.standard_normal((1, 3, size, size), dtype=np.float32)
-    y = rng.integers(0, 21, (1, size, size))
+    x = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
+    y = rng.integers(0, 21, (batch, size, size))
     if device == "cuda":
         import cupy
         xd, yd = cupy.asarray(x), cupy.asarray(y)
@@ -106,7 +106,7 @@ def _build(size, device, width, frameworks=("minifcn", "torch")):
                                  ref=ref, topt=topt, xt=xt, yt=yt)
 
 
-def _cpu_peak_rss(framework, size, width, runs=1):
+def _cpu_peak_rss(framework, size, width, runs=1, batch=1):
     """The median over ``runs`` fresh processes of: peak RSS (MB) over building
     ``framework``'s network alone and two steps of it, less the RSS before the build."""
     which = 0 if framework == "minifcn" else 1
@@ -117,7 +117,7 @@ def _cpu_peak_rss(framework, size, width, runs=1):
             f"g(); g(); del w, g; gc.collect()\n"
             f"base = s._rss_kb('VmRSS')\n"
             f"open('/proc/self/clear_refs', 'w').write('5')\n"   # VmHWM from here
-            f"b = s._build({size}, 'cpu', {width}, ({framework!r},))\n"
+            f"b = s._build({size}, 'cpu', {width}, ({framework!r},), batch={batch})\n"
             f"f = s._steps(b)[{which}]\n"
             f"f(); f()\n"                              # the first makes the momentum buffers
             f"print((s._rss_kb('VmHWM') - base) / 1024)\n")
@@ -177,6 +177,9 @@ def main(argv=None):
                    help="input sizes (square), one row each (default: 224 320)")
     p.add_argument("--width", type=positive_float, default=1.0,
                    help="channel multiplier of the VGG16 backbone (default: 1, full width)")
+    p.add_argument("--batch", type=positive_int, default=1,
+                   help="images per step (default: 1, as the FCN paper trains; "
+                        "python -m minifcn.train's default run: --sizes 64 --width 0.125 --batch 16)")
     p.add_argument("--repeats", type=positive_int, default=5,
                    help="interleaved timed rounds per size (default: 5)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
@@ -196,7 +199,7 @@ def main(argv=None):
     info["repeats"] = args.repeats
     rows = []
     for i, size in enumerate(args.sizes):
-        ours_step, torch_step = _models(size, args.device, args.width)
+        ours_step, torch_step = _models(size, args.device, args.width, args.batch)
         times = timer.rounds({"minifcn": ours_step, "torch": torch_step}, args.repeats)
         row = {"size": f"{size}x{size}", "minifcn_ms": statistics.median(times["minifcn"]),
                "torch_ms": statistics.median(times["torch"]),
@@ -205,8 +208,8 @@ def main(argv=None):
             if args.device == "cuda":
                 m_ours, m_torch = _gpu_peaks(ours_step, torch_step)
             else:
-                m_ours = _cpu_peak_rss("minifcn", size, args.width, args.memory_runs)
-                m_torch = _cpu_peak_rss("torch", size, args.width, args.memory_runs)
+                m_ours = _cpu_peak_rss("minifcn", size, args.width, args.memory_runs, args.batch)
+                m_torch = _cpu_peak_rss("torch", size, args.width, args.memory_runs, args.batch)
             row.update(minifcn_peak_MB=m_ours, torch_peak_MB=m_torch, memory_ratio=m_ours / m_torch)
         rows.append(row)
         del ours_step, torch_step
@@ -214,8 +217,9 @@ def main(argv=None):
         if not last:                       # as it goes: a run cut short keeps what it measured
             print(table([row], COLUMNS), flush=True)
         write_json(args.json, {"machine": info, "device": args.device, "width": args.width,
+                               "batch": args.batch,
                                "rows": rows, "complete": last}, quiet=not last)
-    print(f"FCN-8s step (width {args.width:g}, batch 1) on {info.get('gpu', info['cpu'])}")
+    print(f"FCN-8s step (width {args.width:g}, batch {args.batch}) on {info.get('gpu', info['cpu'])}")
     print(table(rows, COLUMNS))
     return 0
 

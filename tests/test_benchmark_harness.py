@@ -351,3 +351,13 @@ def test_step_memory_run_builds_one_framework_and_measures_it(framework):
     loss = step._steps(b)[0 if framework == "minifcn" else 1]()
     assert np.isfinite(float(loss.detach() if hasattr(loss, "detach") else loss))
     assert step._cpu_peak_rss(framework, 32, 1 / 32) > 0
+
+
+def test_step_twins_agree_at_a_batch_of_three():
+    """``--batch``: both networks take the same batch, and from equal weights their first
+    losses agree (the two sides time the same work)."""
+    import benchmarks.step as step
+    b = step._build(32, "cpu", 1 / 32, batch=3)
+    assert b.x.shape == (3, 3, 32, 32) and b.yt.shape == (3, 32, 32)
+    ours, theirs = step._steps(b)
+    assert float(ours()) == pytest.approx(float(theirs().detach()), rel=1e-5)
