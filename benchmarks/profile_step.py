@@ -132,8 +132,8 @@ def _profile_cuda(args):
         cupy.cuda.Device().synchronize()
     events = prof.key_averages()
     total = sum(e.device_time_total for e in events) / args.steps / 1e3
-    print(f"size {args.size}: wall {wall:.2f} ms/step, GPU kernels {total:.2f} ms/step "
-          f"(host loop {cpu_side:.2f} ms)")
+    print(f"size {args.size}, batch {args.batch}: wall {wall:.2f} ms/step, "
+          f"GPU kernels {total:.2f} ms/step (host loop {cpu_side:.2f} ms)")
     print(events.table(sort_by="device_time_total", row_limit=22, max_name_column_width=60))
     return 0
 

@@ -3,7 +3,8 @@
     python -m benchmarks.step --device cpu                  # 224 and 320; writes step_cpu.json
     python -m benchmarks.step --device cuda --json step_cuda.json
 
-A step is forward + softmax cross-entropy + backward + SGD (momentum 0.9), batch 1, both
+A step is forward + softmax cross-entropy + backward + SGD (momentum 0.9), batch 1
+(``--batch``), 21 classes, both
 frameworks starting from the same weights (copied through the state dict), with the
 bilinear upsamplers frozen in both, and no dropout in either (the torch network, the
 tests' reference twin, has none; minifcn's FCN8s had its default 0.5 here until the

@@ -425,8 +425,10 @@ def test_zero_channels_give_zeros_plus_bias(algorithm, cin, cout):
 
 # Where the sub-pixel and implicit algorithms pad with zeros (the phases' zero taps when s
 # does not divide k, the padded input and the zero border of the un-shuffled dy), an inf
-# or NaN meeting such a zero gave NaN where torch, forming only the terms that exist,
-# gives 0 or inf. These shapes put one inf where that happened.
+# or NaN meeting such a zero gave NaN where 'col2im' and torch's float64 reference path
+# give 0 or inf. These shapes put one inf where that happened. (torch's float32 oneDNN
+# kernels, taken from batch 2 on, form fewer zero products still: an inf of x meeting
+# the zero padding of dy in dW is NaN in float64 and in 'col2im', not there.)
 NON_FINITE_CASES = [
     # (x shape, k, s, p, where the inf goes: "x" or "dy", its index)
     ((1, 1, 3, 3), 3, 2, 1, "x", (1, 1)),       # k3 s2: a padded tap per phase row/column
@@ -435,6 +437,9 @@ NON_FINITE_CASES = [
     ((1, 1, 2, 2), 8, 4, 2, "dy", (1, 1)),      # k = 2s ('auto' takes subpixel): dW
     ((1, 2, 4, 4), 4, 2, 1, "dy", (0, 0)),      # k4 s2 p1 (implicit's grid): dW
     ((1, 2, 4, 4), 4, 2, 1, "x", (3, 3)),
+    ((1, 1, 2, 2), 4, 2, 1, "w", (0, 0)),       # an inf tap meets the zero border of x
+    ((1, 2, 4, 4), 4, 2, 1, "w", (1, 2)),
+    ((1, 1, 3, 3), 3, 2, 1, "w", (2, 0)),
 ]
 
 
@@ -449,7 +454,7 @@ def test_non_finite_values_reach_only_where_torch_puts_them(case, algorithm):
     wt = rng.standard_normal((shape[1], 2, k, k))
     y_shape = conv_transpose2d(np.zeros(shape), wt, None, s, p).shape
     dy = rng.standard_normal(y_shape)
-    (x if where == "x" else dy)[(0, 0, *index)] = np.inf
+    {"x": x, "dy": dy, "w": wt}[where][(0, 0, *index)] = np.inf
     tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(wt, requires_grad=True)
     ty = TF.conv_transpose2d(tx, tw, stride=s, padding=p)
     ty.backward(torch.tensor(dy))

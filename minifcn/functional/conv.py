@@ -643,9 +643,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     if 0 in (g.n, g.c, g.o):                       # an empty batch or channel axis: no stamps
         y = get_array_module(x).zeros((g.n, g.o, g.ho, g.wo), dtype=g.dtype)
         return y if bias is None else _add_bias(y, bias)
-    if algorithm == "subpixel" and _padded_taps(g) and not all_finite(x):
-        # the phases' zero taps would meet an inf or NaN of x: 0 * inf = NaN at pixels that
-        # input never reaches. torch (and 'col2im') form only the terms that exist.
+    if algorithm in ("subpixel", "implicit") and _phase_zeros_meet_forward(algorithm, g, x, weight):
         algorithm = "col2im"
     if algorithm == "fused":
         return _conv_transpose2d_fused(x, weight, bias, g)
@@ -735,7 +733,7 @@ def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding
     dy, x, weight = _one_dtype(g, dy, x, weight)
     algorithm = _pick_algorithm(algorithm, g, backward=True)
     if algorithm in ("subpixel", "implicit") and _phase_zeros_meet(
-            algorithm, g, dy, x, need_input_grad, need_weight_grad):
+            algorithm, g, dy, x, weight, need_input_grad, need_weight_grad):
         algorithm = "col2im"
     if algorithm == "implicit":
         dx, dw = conv_transpose2d_implicit_backward(dy, x, weight, g, need_input_grad,
@@ -907,18 +905,36 @@ def _padded_taps(g):
     return (g.ah * g.sh, g.aw * g.sw) != (g.kh, g.kw)
 
 
-def _phase_zeros_meet(algorithm, g, dy, x, need_dx, need_dw):
-    """Would the phase algorithms multiply an inf or NaN by a zero that stands for no term?
+def _phase_zeros_meet_forward(algorithm, g, x, weight):
+    """Would the forward of a phase algorithm multiply an inf or NaN by one of its own
+    zeros (see :func:`_phase_zeros_meet`)? The zero border around ``x`` meets every weight;
+    'subpixel''s zero taps (``s`` not dividing ``k``) meet every pixel of ``x``. The
+    weight is small, so it is always checked; ``x`` only where zero taps exist."""
+    if not all_finite(weight):
+        return True
+    return algorithm == "subpixel" and _padded_taps(g) and not all_finite(x)
 
-    Their phase grids are padded: 'subpixel' pads ``x`` (and un-shuffles ``dy`` with a zero
+
+def _phase_zeros_meet(algorithm, g, dy, x, weight, need_dx, need_dw):
+    """Would a phase algorithm's backward multiply an inf or NaN by a zero that stands
+    for no term of the transposed convolution?
+
+    The phase grids are padded: 'subpixel' pads ``x`` (and un-shuffles ``dy`` with a zero
     border), 'implicit' lays ``x`` out with zero padding and ``dy`` on a grid with zeros
-    where no output is. The weight gradient pairs those zeros with the other array, so an
-    inf or NaN there gives NaN in taps torch leaves finite; 'subpixel''s dx meets the
-    kernel's zero taps when ``s`` does not divide ``k``. The exact sums are 'col2im''s
-    (checked only for what is asked: a frozen upsampler costs no check)."""
+    where no output is. The weight gradient pairs those zeros with the other array, and
+    the input gradient pairs the grid's zeros with the weight (and 'subpixel''s zero taps,
+    when ``s`` does not divide ``k``, with ``dy``): 0 * inf = NaN where 'col2im' gives 0
+    or inf. So these cases run 'col2im', whose results are also torch's on its reference
+    path (float64; torch's float32 oneDNN kernels form fewer such products, and differ
+    from both where an inf of ``x`` meets the zero padding of ``dy``). Checked only for
+    the gradients asked for: a frozen upsampler costs no check of ``dy`` or ``x``."""
     if need_dw and not (all_finite(dy) and all_finite(x)):
         return True
-    return need_dx and algorithm == "subpixel" and _padded_taps(g) and not all_finite(dy)
+    if not need_dx:
+        return False
+    if not all_finite(weight):
+        return True
+    return algorithm == "subpixel" and _padded_taps(g) and not all_finite(dy)
 
 
 def _subpixel_phases(weight, g):
