@@ -456,20 +456,37 @@ def _unpickle(path, unpickler):
         raise _fail(path, f"invalid pickle: {e}") from None
     except (EOFError, struct.error) as e:
         raise _fail(path, f"truncated pickle ({type(e).__name__}: {e})") from None
-    except (MemoryError, RecursionError):
-        raise
+    except MemoryError:
+        raise _fail(path, "corrupt pickle: it claims an object larger than memory allows "
+                          "(a length field that the file cannot hold)") from None
+    except RecursionError:
+        raise _fail(path, "corrupt pickle: nested too deeply") from None
     except Exception as e:  # a malformed stream: TypeError, KeyError, UnicodeDecodeError, ...
         raise _fail(path, f"corrupt pickle ({type(e).__name__}: {e})") from None
 
 
 # --------------------------------------------------------------------------- materialise
 
+MAX_DIMS = 32                   # a tensor with more dimensions than this is refused
+MAX_BROADCAST_BYTES = 64 << 20  # a view may copy out to more than its storage only this far
+
+
 def _materialize(path, name, ref, buf, byteorder):
-    """Copy tensor ``ref`` out of its root storage bytes ``buf`` (bounds-checked)."""
+    """Copy tensor ``ref`` out of its root storage bytes ``buf`` (bounds-checked; any
+    NumPy error on the way, e.g. a size NumPy cannot represent, is the file's fault)."""
+    try:
+        return _materialize_checked(path, name, ref, buf, byteorder)
+    except WeightFileError:
+        raise
+    except (MemoryError, ValueError, OverflowError, TypeError) as e:
+        raise _fail(path, f"tensor {name!r} cannot be built ({type(e).__name__}: {e})") from None
+
+
+def _materialize_checked(path, name, ref, buf, byteorder):
     st, dt = ref.storage, ref.dtype
     if not (isinstance(st, _StorageRef) and _is_int(ref.offset) and ref.offset >= 0
-            and len(ref.size) == len(ref.stride)
-            and all(_is_int(n) and n >= 0 for n in ref.size + ref.stride)):
+            and len(ref.size) == len(ref.stride) and len(ref.size) <= MAX_DIMS
+            and all(_is_int(n) and 0 <= n < 1 << 62 for n in ref.size + ref.stride + (ref.offset,))):
         raise _fail(path, f"tensor {name!r} has an invalid layout")
     if not isinstance(dt, _DType):
         raise _fail(path, f"tensor {name!r} has no element type")
@@ -488,6 +505,12 @@ def _materialize(path, name, ref, buf, byteorder):
         raise _fail(path, f"tensor {name!r} (offset {ref.offset}, size {ref.size}, stride "
                           f"{ref.stride}) reaches beyond its storage {st.key!r} "
                           f"({max(hi - lo, 0)} bytes of {dt!r}); the file is corrupt or truncated")
+    # a view that repeats its storage (stride 0: torch's expand) is copied out in full;
+    # a few bytes of storage must not turn into gigabytes of copy
+    if count * native.itemsize > max(16 * (hi - lo), MAX_BROADCAST_BYTES):
+        raise _fail(path, f"tensor {name!r} (size {ref.size}, stride {ref.stride}) would copy "
+                          f"{count * native.itemsize} bytes out of a storage of {hi - lo}: "
+                          "an expanded view this large is refused")
     base = np.frombuffer(buf, dtype=dt.file_dtype(byteorder), count=(hi - lo) // itemsize,
                          offset=lo)
     view = np.lib.stride_tricks.as_strided(
@@ -531,34 +554,38 @@ def _json_scalar(v):
 
 
 def _select(path, obj):
-    """Pick the state dict out of the unpickled object; return (leaves, meta)."""
+    """Pick the state dict out of the unpickled object; return (leaves, meta). Read
+    through ``dict``'s own methods: a pickle can set attributes on an OrderedDict (BUILD),
+    ``get`` or ``items`` among them."""
     if not isinstance(obj, dict):
         raise _fail(path, f"holds a {type(obj).__name__}, not a dict of tensors (a state dict)")
     meta = {}
     for _ in range(8):
-        inner = next((k for k in STATE_DICT_KEYS if isinstance(obj.get(k), dict)), None)
+        inner = next((k for k in STATE_DICT_KEYS if isinstance(dict.get(obj, k), dict)), None)
         if inner is None:
             break
-        for k, v in obj.items():
+        for k, v in dict.items(obj):
             v = _json_scalar(v)
             plain = v is None or isinstance(v, (str, bool, int, float))
             if k != inner and isinstance(k, str) and plain:
                 meta[k] = v
-        obj = obj[inner]
+        obj = dict.__getitem__(obj, inner)
     refs, scalars = {}, {}
-    for k, v in obj.items():
+    for k, v in dict.items(obj):
         if not isinstance(k, str):
             continue
         if isinstance(v, _TensorRef):
             refs[k] = v
         elif isinstance(v, (numbers.Number, np.generic)) and not isinstance(v, _Marker):
-            scalars[k] = np.asarray(v)
+            a = np.asarray(v)
+            if a.dtype != object:           # an int past int64 has no array dtype: dropped
+                scalars[k] = a
     if not refs and not scalars:
-        keys = ", ".join(f"{k!r}: {type(v).__name__}" for k, v in list(obj.items())[:10])
+        keys = ", ".join(f"{k!r}: {type(v).__name__}" for k, v in list(dict.items(obj))[:10])
         raise _fail(path, f"holds no tensors at the top level (entries: {keys or 'none'}); "
                           f"expected a state dict, or a checkpoint with one of the keys "
                           f"{', '.join(STATE_DICT_KEYS)}")
-    return refs, scalars, meta, list(obj)
+    return refs, scalars, meta, list(dict.keys(obj))
 
 
 def _assemble(order, tensors, scalars):
@@ -593,6 +620,12 @@ def _load_torch_zip(path, zf, names, arrays_wanted=True):
             info = zf.getinfo(member)
         except KeyError:
             raise _fail(path, f"storage {member!r} is missing from the archive") from None
+        # the declared size is allocated below: it must be one the file can hold
+        # (stored: the bytes themselves; deflated: at most ~1032x, deflate's limit)
+        limit = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else 1032)
+        if info.compress_size > archive_size or info.file_size > limit:
+            raise _fail(path, f"storage {member!r} claims {info.file_size} bytes, more than "
+                              f"its {info.compress_size} stored bytes can hold: corrupt archive")
         buf = bytearray(info.file_size)
         with zf.open(info) as fh:
             view, got = memoryview(buf), 0
@@ -606,6 +639,7 @@ def _load_torch_zip(path, zf, names, arrays_wanted=True):
             raise _fail(path, f"storage {member!r} is truncated")
         return buf
 
+    archive_size = os.fstat(zf.fp.fileno()).st_size if hasattr(zf.fp, "fileno") else float("inf")
     needed = {r.storage.key for r in refs.values()}
     tensors = _fill(path, refs, read_root, byteorder, [k for k in roots if k in needed])
     return _assemble(order, tensors, scalars), meta
@@ -630,9 +664,12 @@ def _load_torch_legacy(path, f, arrays_wanted=True):
     roots = {}
     obj = _unpickle(path, _TorchUnpickler(f, path, roots, legacy=True))
     keys = plain()
-    if not isinstance(keys, list) or not all(isinstance(_decode(k), str) for k in keys):
+    try:
+        keys = [_decode(k) for k in keys] if isinstance(keys, list) else None
+    except UnicodeDecodeError:
+        keys = None
+    if keys is None or not all(isinstance(k, str) for k in keys):
         raise _fail(path, "corrupt storage key list")
-    keys = [_decode(k) for k in keys]
     refs, scalars, meta, order = _select(path, obj)
     if not arrays_wanted:
         return None, meta
@@ -668,13 +705,39 @@ def _npz_meta(path, zf, names):
     member = META_KEY + ".npy"
     if member not in names:
         return {}
-    with zf.open(member) as fh:
-        raw = np.lib.format.read_array(fh, allow_pickle=False)
     try:
+        raw = _read_npy_member(path, zf, member)
         meta = json.loads(raw.astype(np.uint8).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise _fail(path, f"corrupt {META_KEY} entry: {e}") from None
+    except WeightFileError:
+        raise
+    except (UnicodeDecodeError, ValueError, TypeError, RecursionError) as e:
+        raise _fail(path, f"corrupt {META_KEY} entry ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict):
+        raise _fail(path, f"corrupt {META_KEY} entry: a JSON {type(meta).__name__}, not an object")
     return meta
+
+
+def _read_npy_member(path, zf, member):
+    """One ``.npy`` member of an ``.npz``, its header checked against the member's size
+    first (NumPy allocates the array the header describes before reading a byte)."""
+    info = zf.getinfo(member)
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:                               # 3.0 (a UTF-8 header): NumPy's reader checks it
+            shape, dtype = (), np.dtype(np.uint8)
+        count = 1
+        for n in shape:
+            count *= n
+        if not dtype.hasobject and count * dtype.itemsize > info.file_size:
+            raise _fail(path, f"entry {member[:-len('.npy')]!r} claims shape {shape} of {dtype} "
+                              f"({count * dtype.itemsize} bytes) in a member of "
+                              f"{info.file_size} bytes: corrupt archive")
+    with zf.open(info) as fh:
+        return np.lib.format.read_array(fh, allow_pickle=False)
 
 
 def _load_npz(path, zf, names, arrays_wanted=True):
@@ -690,15 +753,18 @@ def _load_npz(path, zf, names, arrays_wanted=True):
         key = n[: -len(".npy")]
         if key == META_KEY:
             continue
-        with zf.open(n) as fh:
-            try:
-                out[key] = np.lib.format.read_array(fh, allow_pickle=False)
-            except ValueError as e:
-                if "allow_pickle" in str(e) or "Object arrays" in str(e):
-                    raise UnsafePickleError(
-                        f"{path}: entry {key!r} is an object array, which only pickle can "
-                        f"load; refused (nothing from the file was run)") from None
-                raise _fail(path, f"entry {key!r}: {e}") from None
+        try:
+            out[key] = _read_npy_member(path, zf, n)
+        except WeightFileError:
+            raise
+        except ValueError as e:
+            if "allow_pickle" in str(e) or "Object arrays" in str(e):
+                raise UnsafePickleError(
+                    f"{path}: entry {key!r} is an object array, which only pickle can "
+                    f"load; refused (nothing from the file was run)") from None
+            raise _fail(path, f"entry {key!r}: {e}") from None
+        except MemoryError:
+            raise _fail(path, f"entry {key!r} is larger than memory allows") from None
     return out, meta
 
 
@@ -723,7 +789,8 @@ def _read(path, arrays_wanted):
                     return _load_npz(path, zf, names, arrays_wanted)
             except zipfile.BadZipFile as e:
                 raise _fail(path, f"truncated or corrupt zip archive ({e})") from None
-            except (EOFError, OSError, zipfile.LargeZipFile, zlib.error, NotImplementedError) as e:
+            except (EOFError, OSError, zipfile.LargeZipFile, zlib.error, NotImplementedError,
+                    RuntimeError, UnicodeDecodeError) as e:   # encrypted; bad member names
                 if isinstance(e, FileNotFoundError):
                     raise
                 raise _fail(path, "truncated or corrupt zip archive "
@@ -773,6 +840,21 @@ def _json_default(o):
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
+def _umask():
+    """The process's umask, read without changing it where the system tells it (Linux);
+    elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def save(path, arrays, *, meta=None, compress=False):
     """Write ``arrays`` (name -> NumPy/CuPy array or number) to ``path`` as ``.npz``, atomically.
 
@@ -788,13 +870,21 @@ def save(path, arrays, *, meta=None, compress=False):
     an existing ``path`` is left untouched.
     """
     path = os.fspath(path)
+    if not isinstance(path, str):
+        raise ValueError(f"save: path must be a str or os.PathLike of str, got {path!r}")
     if not isinstance(arrays, Mapping):
         raise ValueError(f"save({path!r}): arrays must be a dict of name -> array, "
                          f"got {type(arrays).__name__}")
     prepared = {}
     for k, v in arrays.items():
-        if not isinstance(k, str) or not k:
-            raise ValueError(f"save({path!r}): array names must be non-empty strings, got {k!r}")
+        if not isinstance(k, str) or not k or "\0" in k:
+            raise ValueError(f"save({path!r}): array names must be non-empty strings without "
+                             f"NUL characters, got {k!r}")
+        try:
+            k.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"save({path!r}): array name {k!r} is not valid Unicode "
+                             "(a lone surrogate)") from None
         if k == META_KEY:
             raise ValueError(f"save({path!r}): {META_KEY!r} is reserved for metadata; "
                              "pass meta=... instead")
@@ -812,8 +902,9 @@ def save(path, arrays, *, meta=None, compress=False):
             raise ValueError(f"save({path!r}): meta is not JSON-serialisable: {e}") from None
         prepared[META_KEY + ".npy"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+    path = os.path.realpath(path)      # through a symlink: replace its target, keep the link
+    folder = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path)[:100] + ".", suffix=".tmp",
                                dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -825,7 +916,11 @@ def save(path, arrays, *, meta=None, compress=False):
             f.flush()
             os.fsync(f.fileno())
         try:
-            os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644)
+            if os.path.exists(path):
+                mode = os.stat(path).st_mode & 0o7777
+            else:                       # what open() would give a new file: 0o666 less umask
+                mode = 0o666 & ~_umask()
+            os.chmod(tmp, mode)
         except OSError:
             pass
         os.replace(tmp, path)

@@ -164,9 +164,9 @@ def _preprocess_for(init):
     the Caffe FCN and its PyTorch port -> 'caffe'; training from scratch -> 'simple'."""
     if init is None:
         return "simple"
-    meta = io.load_meta(init)
-    if "model" in meta and "preprocess" in meta["model"]:
-        return meta["model"]["preprocess"]
+    model = io.load_meta(init).get("model")
+    if isinstance(model, dict) and isinstance(model.get("preprocess"), str):
+        return model["preprocess"]
     names = set(io.load(init))
     return "imagenet" if "features.0.weight" in names else "caffe"
 
@@ -194,7 +194,9 @@ def load_checkpoint_model(path, device="cpu", **overrides):
     its weights. Returns ``(model, spec)``. ``overrides`` fill in or replace spec entries
     (needed for weights without minifcn metadata, e.g. a PyTorch-port ``.pth``)."""
     arrays, meta = io.load(path, with_meta=True)
-    spec = dict(meta.get("model", {}))
+    # a torch checkpoint's scalar entries are its metadata too: a 'model' there that is not
+    # minifcn's model description (a dict) is not one
+    spec = dict(meta["model"]) if isinstance(meta.get("model"), dict) else {}
     spec.update({k: v for k, v in overrides.items() if v is not None})
     missing = [k for k in ("name", "num_classes", "geometry", "width") if k not in spec]
     if missing:
@@ -358,13 +360,15 @@ class Run:
             self.model.load_state_dict(weights)
             self.optimizer.load_state_dict({k[len(OPTIMIZER_PREFIX):]: v for k, v in arrays.items()
                                             if k.startswith(OPTIMIZER_PREFIX)})
-        except ValueError as e:
+            self.loader.load_state_dict(meta["loader"])
+            for name, layer in _dropout_layers(self.model).items():
+                layer.rng.bit_generator.state = meta["dropout_rng"][name]
+            self.iteration = int(meta["iteration"])
+            self.best_miou = float(meta.get("best_mean_iou", -1.0))
+        except KeyError as e:
+            raise ValueError(f"{path}: incomplete checkpoint (no {e} in it)") from None
+        except (ValueError, TypeError) as e:
             raise ValueError(f"{path}: {e}") from None
-        self.loader.load_state_dict(meta["loader"])
-        for name, layer in _dropout_layers(self.model).items():
-            layer.rng.bit_generator.state = meta["dropout_rng"][name]
-        self.iteration = int(meta["iteration"])
-        self.best_miou = float(meta.get("best_mean_iou", -1.0))
         self.log(f"resuming {self.dir} at iteration {self.iteration}")
 
     def _open_log(self):

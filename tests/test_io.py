@@ -616,3 +616,168 @@ def test_old_rebuild_tensor_v1(tmp_path, legacy):
     got = mio.load(path)
     np.testing.assert_array_equal(got["w"], data[1:].reshape(3, 3))
     _assert_same(got, torch.load(path, weights_only=True))
+
+
+# -- a few bytes must not ask for gigabytes; every malformed file is one named error ----------
+
+def _npz_with(path, members):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _npy(a):
+    b = io.BytesIO()
+    np.save(b, a)
+    return b.getvalue()
+
+
+def _npy_header(shape):
+    b = io.BytesIO()
+    np.lib.format.write_array_header_1_0(b, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return b.getvalue()
+
+
+def _claim_size(path, member, size):
+    """Rewrite ``member``'s uncompressed size in both zip headers: a lying archive."""
+    import struct
+    d = bytearray(open(path, "rb").read())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(member)
+    struct.pack_into("<I", d, info.header_offset + 22, size)
+    i = d.find(b"PK\x01\x02")
+    while i != -1:
+        if d[i + 46:i + 46 + len(member)] == member.encode():
+            struct.pack_into("<I", d, i + 24, size)
+        i = d.find(b"PK\x01\x02", i + 1)
+    open(path, "wb").write(bytes(d))
+    return path
+
+
+def _malformed(tmp_path, which):
+    """The file for each case of test_malformed_files_are_one_named_error."""
+    p = tmp_path / f"{which}.pth"
+    if which == "expanded 2**40":        # 1.5 KB; torch.load gives a stride-0 view of 4 TiB
+        torch.save({"a": torch.ones(1).expand(2 ** 40)}, p)
+    elif which == "expanded 2**26":      # 256 MB from 4 bytes
+        torch.save({"a": torch.ones(1).expand(2 ** 26)}, p)
+    elif which == "stride 2**70":
+        _write_zip(p, {"a": _Tensor(_Storage("0", 1), 0, (1,), (2 ** 70,))}, {"0": b"\0" * 4})
+    elif which == "70 dimensions":
+        _write_zip(p, {"a": _Tensor(_Storage("0", 1), 0, (1,) * 70, (1,) * 70)}, {"0": b"\0" * 4})
+    elif which == "empty but huge":
+        _write_zip(p, {"a": _Tensor(_Storage("0", 1), 0, (0, 2 ** 40, 2 ** 40), (1, 1, 1))},
+                   {"0": b"\0" * 4})
+    elif which == "member claims 4 GB":
+        with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("archive/data.pkl", _pickle_bytes({"a": _Tensor(_Storage("0", 1), 0, (1,), (1,))}))
+            zf.writestr("archive/byteorder", "little")
+            zf.writestr("archive/data/0", b"\0" * 4)
+        _claim_size(p, "archive/data/0", 0xFFFFFFF0)
+    elif which == "pickle length 2**40":
+        import struct
+        with zipfile.ZipFile(p, "w") as zf:
+            zf.writestr("archive/data.pkl", b"\x80\x04\x8e" + struct.pack("<Q", 2 ** 40) + b"abc")
+            zf.writestr("archive/byteorder", "little")
+    elif which == "npz shape 2**40":
+        p = _npz_with(tmp_path / "shape.npz", {"a.npy": _npy_header((2 ** 40,)) + b"\0" * 16})
+    elif which == "encrypted flag":
+        torch.save({"a": torch.ones(2)}, p)
+        d = bytearray(open(p, "rb").read())
+        for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+            i = d.find(sig)
+            while i != -1:
+                d[i + off] |= 1
+                i = d.find(sig, i + 1)
+        open(p, "wb").write(bytes(d))
+    elif which == "member name not UTF-8":
+        p = _npz_with(tmp_path / "name.npz", {"\u00e9.npy": _npy(np.ones(2))})
+        data = open(p, "rb").read().replace("\u00e9".encode(), b"\xff\xff")
+        open(p, "wb").write(data)
+    elif which == "corrupt __meta__":
+        p = _npz_with(tmp_path / "meta.npz", {"w.npy": _npy(np.ones(2)), "__meta__.npy": b"garbage"})
+    elif which == "deep __meta__":
+        p = _npz_with(tmp_path / "deep.npz", {"w.npy": _npy(np.ones(2)), "__meta__.npy": _npy(
+            np.frombuffer(b"[" * 100000 + b"]" * 100000, np.uint8))})
+    elif which == "__meta__ a list":
+        p = _npz_with(tmp_path / "list.npz", {"w.npy": _npy(np.ones(2)),
+                                              "__meta__.npy": _npy(np.frombuffer(b"[1, 2]", np.uint8))})
+    return p
+
+
+@pytest.mark.parametrize("which,match", [
+    ("expanded 2**40", "expanded view this large is refused"),
+    ("expanded 2**26", "expanded view this large is refused"),
+    ("stride 2**70", "invalid layout"),
+    ("70 dimensions", "invalid layout"),
+    ("empty but huge", "cannot be built"),
+    ("member claims 4 GB", "claims 4294967280 bytes"),
+    ("pickle length 2**40", "corrupt pickle"),
+    ("npz shape 2**40", "claims shape"),
+    ("encrypted flag", "corrupt zip archive"),
+    ("member name not UTF-8", "corrupt zip archive"),
+    ("corrupt __meta__", "corrupt __meta__ entry"),
+    ("deep __meta__", "corrupt __meta__ entry"),
+    ("__meta__ a list", "not an object"),
+])
+def test_malformed_files_are_one_named_error(tmp_path, which, match):
+    """Each of these was a MemoryError (or allocated the size a few bytes claimed), an
+    OverflowError, a RuntimeError, or an error without the path. Now: a WeightFileError
+    that names the file, before anything large is allocated."""
+    import resource
+    path = _malformed(tmp_path, which)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, hard))     # a regression fails fast
+    try:
+        with pytest.raises(mio.WeightFileError, match=match) as e:
+            mio.load(path)
+        with pytest.raises(mio.WeightFileError):
+            mio.load_meta(path) if "meta" in which else mio.load(path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert str(path) in str(e.value)
+
+
+def test_small_expanded_view_still_loads(tmp_path):
+    torch.save({"a": torch.arange(3.0).expand(1000, 3)}, tmp_path / "e.pth")
+    np.testing.assert_array_equal(mio.load(tmp_path / "e.pth")["a"], np.tile(np.arange(3.0), (1000, 1)))
+
+
+def test_ordered_dict_whose_methods_a_pickle_replaced(tmp_path):
+    """BUILD on an OrderedDict can set attributes named ``get`` or ``items``; the reader
+    uses dict's own methods, so such a file is read like any other (here: empty)."""
+    p = tmp_path / "od.pth"
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("archive/data.pkl",
+                    b"\x80\x02ccollections\nOrderedDict\n)R}X\x03\x00\x00\x00getctorch\nTensor\nsb.")
+        zf.writestr("archive/byteorder", "little")
+    with pytest.raises(mio.WeightFileError, match="holds no tensors"):
+        mio.load(p)
+
+
+def test_save_through_a_symlink_keeps_the_link(tmp_path):
+    real, link = tmp_path / "real.npz", tmp_path / "link.npz"
+    mio.save(real, {"a": np.zeros(1)})
+    os.symlink(real, link)
+    mio.save(link, {"a": np.full(1, 7.0)})
+    assert link.is_symlink()
+    assert mio.load(real)["a"][0] == 7.0
+
+
+def test_save_honours_the_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        mio.save(tmp_path / "private.npz", {"a": np.ones(1)})
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "private.npz").st_mode & 0o777 == 0o600
+
+
+def test_save_with_a_long_name_and_refused_names(tmp_path):
+    long = tmp_path / ("x" * 240 + ".npz")
+    mio.save(long, {"a": np.ones(1)})                   # the temporary name is truncated
+    assert mio.load(long)["a"][0] == 1.0
+    for bad in ("a\0b", "\ud800"):
+        with pytest.raises(ValueError, match="NUL|Unicode"):
+            mio.save(tmp_path / "n.npz", {bad: np.ones(1)})

@@ -889,3 +889,34 @@ def test_overfits_two_images(tmp_path, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["pixel_acc"] >= 0.95, metrics
     assert metrics["mean_iou"] >= 0.8, metrics
+
+
+def test_a_torch_checkpoints_model_entry_that_is_not_a_description(tmp_path, capsys):
+    """A torch checkpoint's scalar entries become metadata: a string or None under 'model'
+    is not minifcn's model description, so the flags fill it in (it was a TypeError
+    traceback, or a message without the file)."""
+    import torch
+    from minifcn.evaluate import main as evaluate_main
+    model = FCN8s(num_classes=4, width=0.03125)
+    sd = {k: torch.tensor(v) for k, v in model.state_dict().items()}
+    for value in ("fcn8s", None):
+        path = tmp_path / f"ck_{value}.pth"
+        torch.save({"state_dict": sd, "model": value}, path)
+        rc, out, err = cli(evaluate_main, ["--checkpoint", path, "--data", "synthetic",
+                                           "--image-size", "32", "--num-images", "2",
+                                           "--model", "fcn8s", "--num-classes", "4",
+                                           "--geometry", "notes", "--width", "0.03125",
+                                           "--preprocess", "simple"], capsys)
+        assert rc == 0, err
+        rc, out, err = cli(evaluate_main, ["--checkpoint", path, "--data", "synthetic"], capsys)
+        assert_one_line_error(rc, err, path, "no model description")
+
+
+def test_resume_from_an_incomplete_checkpoint_names_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(train_main, [*SYN, "--iters", "2", "--val-every", "2", "--out", run], capsys)[0] == 0
+    arrays, meta = io.load(run / "checkpoint.npz", with_meta=True)
+    del meta["loader"]
+    io.save(run / "checkpoint.npz", arrays, meta=meta)
+    rc, out, err = cli(train_main, ["--resume", run, "--iters", "4", "--no-progress"], capsys)
+    assert_one_line_error(rc, err, run / "checkpoint.npz", "incomplete checkpoint")
