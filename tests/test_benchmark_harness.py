@@ -354,10 +354,14 @@ def test_step_memory_run_builds_one_framework_and_measures_it(framework):
 
 
 def test_step_twins_agree_at_a_batch_of_three():
-    """``--batch``: both networks take the same batch, and from equal weights their first
-    losses agree (the two sides time the same work)."""
+    """``--batch``: both networks take the same batch, and from equal weights their logits
+    agree (the two sides time the same work). The logits, not the loss: with score
+    weights of 1e-2 the first loss is within 1e-5 of ln 21 whatever the network computes."""
     import benchmarks.step as step
     b = step._build(32, "cpu", 1 / 32, batch=3)
     assert b.x.shape == (3, 3, 32, 32) and b.yt.shape == (3, 32, 32)
-    ours, theirs = step._steps(b)
-    assert float(ours()) == pytest.approx(float(theirs().detach()), rel=1e-5)
+    ours = b.ours.forward(b.x)
+    theirs = b.ref(b.xt).detach().numpy()
+    assert ours.shape == theirs.shape == (3, 21, 32, 32)
+    assert np.abs(theirs).max() > 1e-3 and np.abs(theirs - theirs.mean()).max() > 1e-4
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * np.abs(theirs).max())

@@ -538,6 +538,7 @@ def test_pad_multiple_rounds_the_batch_size_up():
 def test_random_crop_of_large_images_is_a_window():
     items = coordinate_items([(20, 30), (25, 12)])
     loader = BatchLoader(ListDataset(items), 2, crop_size=(8, 10), shuffle=False, seed=5)
+    starts = set()                                   # the first image's window corners
     for _ in range(4):
         x, y = loader.next_batch()
         assert x.shape == (2, 3, 8, 10)
@@ -553,6 +554,9 @@ def test_random_crop_of_large_images_is_a_window():
             np.testing.assert_array_equal(y[k][valid], (rows[valid] + cols[valid]) % 7)
         assert (y[0] != 255).all()                   # 20x30 covers the whole 8x10 window
         assert (y[1] != 255).sum() == 8 * 10         # so does 25x12
+        starts.add((int(deprocess(x[0], "simple")[0, 0, 0]), int(deprocess(x[0], "simple")[0, 0, 1])))
+    assert len(starts) > 1                           # the windows are drawn, not fixed
+    assert all(0 <= r0 <= 20 - 8 and 0 <= c0 <= 30 - 10 for r0, c0 in starts)
 
 
 def test_crop_larger_than_image_pads_with_255():

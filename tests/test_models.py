@@ -224,12 +224,24 @@ def test_load_state_dict_mismatch_lists_names_and_shapes():
 
 
 def test_state_dict_replaces_parameters():
+    """Every parameter takes the loaded values (copies, not shared), and the network then
+    computes what the source computes. The score layers start at zero, which would make
+    both outputs 0 whatever was loaded: they are made random first."""
     a, b = FCN32s(num_classes=2, width=1 / 32, seed=1), FCN32s(num_classes=2, width=1 / 32, seed=2)
+    rng = np.random.default_rng(3)
+    a.layers["score_fr"].params["weight"] = rng.standard_normal(
+        a.params["score_fr.weight"].shape).astype(np.float32)
+    differed = [k for k in a.params if not np.array_equal(a.params[k], b.params[k])]
+    assert "conv1_1.weight" in differed and "score_fr.weight" in differed
     b.load_state_dict(a.state_dict())
-    x = np.random.default_rng(0).standard_normal((1, 3, 40, 40)).astype(np.float32)
+    for k in a.params:
+        np.testing.assert_array_equal(b.params[k], a.params[k], err_msg=k)
+        assert a.params[k] is not b.params[k]
+    x = rng.standard_normal((1, 3, 40, 40)).astype(np.float32)
     a.eval(), b.eval()
-    np.testing.assert_array_equal(a.forward(x), b.forward(x))
-    assert all(a.params[k] is not b.params[k] for k in a.params)
+    y = a.forward(x)
+    assert np.abs(y).max() > 0
+    np.testing.assert_array_equal(y, b.forward(x))
 
 
 @pytest.mark.parametrize("key,shape", [("classifier.0.weight", (4096, 25000)),

@@ -920,3 +920,24 @@ def test_resume_from_an_incomplete_checkpoint_names_it(tmp_path, capsys):
     io.save(run / "checkpoint.npz", arrays, meta=meta)
     rc, out, err = cli(train_main, ["--resume", run, "--iters", "4", "--no-progress"], capsys)
     assert_one_line_error(rc, err, run / "checkpoint.npz", "incomplete checkpoint")
+
+
+def test_best_npz_holds_the_first_best_validation(tmp_path):
+    """best.npz is written when the validation mean IU beats every earlier one, and only
+    then: here it peaks at iteration 3 and ties it afterwards, so best.npz is iteration
+    3's weights, not the last ones (saving at every validation, or never raising the
+    best, would both leave iteration 8's)."""
+    run = tmp_path / "run"
+    config = TrainConfig(data="synthetic", image_size=32, train_images=6, val_images=2,
+                         width=0.03125, batch_size=2, iters=8, val_every=1, lr=0.02, warmup=0,
+                         pictures=0, progress=False, out=str(run))
+    Run(config, log=lambda m: None).train()
+    _, rows = read_log(run)
+    scores = [float(r["mean_iou"]) for r in rows]
+    first_best = scores.index(max(scores)) + 1
+    assert 1 < first_best < len(scores)                  # the case that tells them apart
+    best, meta = io.load(run / "best.npz", with_meta=True)
+    assert meta["iteration"] == first_best
+    assert meta["metrics"]["mean_iou"] == pytest.approx(max(scores), abs=1e-6)
+    last = io.load(run / "checkpoint.npz")
+    assert any(not np.array_equal(best[k], last[k]) for k in best)
