@@ -19,15 +19,20 @@ def _losses(run_dir):
 
 
 def test_gpu_run_matches_cpu_run_at_the_start(tmp_path):
-    assert train_main(ARGS + ["--iters", "6", "--device", "cuda", "--out", str(tmp_path / "gpu")]) == 0
-    assert train_main(ARGS + ["--iters", "6", "--device", "cpu", "--out", str(tmp_path / "cpu")]) == 0
+    """Six iterations of the same run on CuPy and on NumPy give the same losses. The first
+    loss is ln 4 whatever the network computes (the score layers start at zero), so the
+    run has no warm-up and an lr that moves the loss clearly (1.386 -> ~1.25 on the CPU,
+    smoothly: a larger lr makes it chaotic, and float32 differences would then grow)."""
+    args = ARGS + ["--iters", "6", "--warmup", "0", "--lr", "0.002"]
+    assert train_main(args + ["--device", "cuda", "--out", str(tmp_path / "gpu")]) == 0
+    assert train_main(args + ["--device", "cpu", "--out", str(tmp_path / "cpu")]) == 0
     for name in ("config.json", "log.csv", "checkpoint.npz", "best.npz", "metrics.json",
                  "val_samples.png"):
         assert (tmp_path / "gpu" / name).is_file(), name
     gpu, cpu = _losses(tmp_path / "gpu"), _losses(tmp_path / "cpu")
     assert len(gpu) == len(cpu) == 6
-    assert gpu[0] == pytest.approx(cpu[0], rel=1e-4)      # same weights, same first batch
-    assert gpu[1] == pytest.approx(cpu[1], rel=1e-2)
+    assert cpu[-1] < cpu[0] - 0.05                         # the losses carry information
+    assert gpu == pytest.approx(cpu, rel=1e-3)
 
 
 def test_gpu_resume_continues_the_log(tmp_path):
