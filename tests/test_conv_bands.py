@@ -12,7 +12,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import minifcn.functional.conv as conv
@@ -80,14 +80,29 @@ def test_banded_conv2d_groups(xp, band_budget, dtype, cin, cout, groups):
 @settings(max_examples=40, deadline=None)
 @given(cfg=conv_configs(), rows=st.integers(1, 4), seed=st.integers(0, 2**31 - 1))
 def test_banded_conv2d_random_configs(xp, cfg, rows, seed):
-    old = conv.CPU_BAND_BYTES, conv.GPU_BAND_BYTES
+    """Random geometries with a budget of ``rows`` output rows (of the real output width):
+    each case must really be cut (more than one row band, or image batches of one), and
+    still agree with torch."""
+    from minifcn.functional import conv_output_size
     kh, kw = cfg["kernel"]
+    ho = conv_output_size(cfg["h"], kh, cfg["stride"][0], cfg["padding"][0], cfg["dilation"][0])
+    wo = conv_output_size(cfg["w"], kw, cfg["stride"][1], cfg["padding"][1], cfg["dilation"][1])
+    assume(ho > rows)
+    old = conv.CPU_BAND_BYTES, conv.GPU_BAND_BYTES, conv._row_bands
+    cuts = []
+
+    def counting_row_bands(*args, **kwargs):
+        bands = old[2](*args, **kwargs)
+        cuts.append(len(bands))
+        return bands
     conv.CPU_BAND_BYTES = conv.GPU_BAND_BYTES = _budget_for_rows(
-        rows, cfg["n"], cfg["cin"], kh, kw, 12, np.float64)
+        rows, 1, cfg["cin"], kh, kw, wo, np.float64)
+    conv._row_bands = counting_row_bands
     try:
         check_conv2d(xp, np.float64, seed=seed, **cfg)
     finally:
-        conv.CPU_BAND_BYTES, conv.GPU_BAND_BYTES = old
+        conv.CPU_BAND_BYTES, conv.GPU_BAND_BYTES, conv._row_bands = old
+    assert max(cuts, default=0) > 1, cuts
 
 
 def test_banded_transposed_convolution(xp, band_budget):

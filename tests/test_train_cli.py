@@ -25,7 +25,7 @@ from PIL import Image
 
 from minifcn import io
 from minifcn.cli import run_main
-from minifcn.data import SyntheticShapes, save_mask_png
+from minifcn.data import BatchLoader, SyntheticShapes, save_mask_png
 from minifcn.models import FCN8s
 from minifcn.train import main as train_main
 from minifcn.training import Run, TrainConfig, diagnose_nonfinite
@@ -941,3 +941,34 @@ def test_best_npz_holds_the_first_best_validation(tmp_path):
     assert meta["metrics"]["mean_iou"] == pytest.approx(max(scores), abs=1e-6)
     last = io.load(run / "checkpoint.npz")
     assert any(not np.array_equal(best[k], last[k]) for k in best)
+
+
+@pytest.mark.parametrize("flags,flip,crop", [([], True, None), (["--no-flip"], False, None),
+                                             (["--crop-size", "24"], True, (24, 24))])
+def test_flip_and_crop_flags_reach_the_batches(tmp_path, capsys, flags, flip, crop):
+    """--no-flip and --crop-size are the loader's settings, and a --crop-size run trains on
+    batches of that size (an inverted flip, or a dropped crop, passed every other test)."""
+    shapes = []
+    real = BatchLoader.next_batch
+
+    def next_batch(self):
+        x, y = real(self)
+        shapes.append(x.shape)
+        return x, y
+    import minifcn.data.loader as loader_module
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(loader_module.BatchLoader, "next_batch", next_batch)
+    try:
+        rc, out, err = cli(train_main, [*SYN, *flags, "--iters", "1", "--out", tmp_path / "r"], capsys)
+    finally:
+        monkey.undo()
+    assert rc == 0, err
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["flip"] is flip
+    assert shapes and shapes[0][2:] == (crop or (32, 32))
+    run = Run(TrainConfig(data="synthetic", image_size=32, train_images=6, val_images=2,
+                          width=0.03125, batch_size=2, iters=1, progress=False,
+                          flip=flip, crop_size=crop[0] if crop else None, out=str(tmp_path / "s")),
+              log=lambda m: None)
+    assert run.loader.flip is flip
+    assert run.loader.crop_size in (crop, crop[0] if crop else None)
