@@ -325,8 +325,34 @@ def _codecs_encode(text, encoding="utf-8"):
     return text.encode("latin1")
 
 
+def _inert(kind, *allowed_types):
+    """A stand-in for a harmless constructor torch's ``weights_only`` loader allows (a set,
+    a ``torch.device``, a bytearray): checks its arguments' types and returns an inert
+    marker, which :func:`_select` drops like any other non-tensor entry."""
+    def make(*args):
+        if not all(isinstance(a, allowed_types) and not isinstance(a, bool) for a in args):
+            raise pickle.UnpicklingError(f"{kind}() of {args!r:.100}")
+        return _Marker("value", kind, kind)
+    return make
+
+
+def _complex(real=0.0, imag=0.0):
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (real, imag)):
+        raise pickle.UnpicklingError("complex() of something that is not a number")
+    return complex(real, imag)
+
+
 def _allowed_globals():
-    g = {
+    inert = {
+        # a bytearray is built from bytes or (str, encoding), never from an int (a size)
+        "bytearray": _inert("bytearray", bytes, str),
+        "set": _inert("set", list, tuple),
+        "frozenset": _inert("frozenset", list, tuple),
+        "complex": _complex,
+    }
+    g = {f"{module}.{name}": fn for name, fn in inert.items() for module in ("builtins", "__builtin__")}
+    g["torch.device"] = _inert("torch.device", str, int)
+    g.update({
         "collections.OrderedDict": collections.OrderedDict,
         "torch._utils._rebuild_tensor": _rebuild_tensor,
         "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
@@ -342,7 +368,7 @@ def _allowed_globals():
         "numpy.core.multiarray.scalar": _numpy_scalar,
         "numpy._core.multiarray.scalar": _numpy_scalar,
         "_codecs.encode": _codecs_encode,
-    }
+    })
     g = {k: _Safe(v) if callable(v) and not isinstance(v, (type, _Marker)) else v
          for k, v in g.items()}
     for cls, dname in _STORAGE_DTYPE.items():

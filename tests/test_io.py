@@ -786,3 +786,35 @@ def test_save_with_a_long_name_and_refused_names(tmp_path):
     for bad in ("a\0b", "\ud800"):
         with pytest.raises(ValueError, match="NUL|Unicode"):
             mio.save(tmp_path / "n.npz", {bad: np.ones(1)})
+
+
+@LEGACY
+@pytest.mark.parametrize("extra", [{1, 2}, torch.device("cpu"), 1 + 2j, bytearray(b"x")],
+                         ids=["set", "device", "complex", "bytearray"])
+def test_checkpoint_with_harmless_extras_loads_like_torch(tmp_path, legacy, extra):
+    """torch.load(weights_only=True) reads these beside a state dict; so does minifcn (they
+    were refused as unsafe), dropping them like any entry that is not a tensor."""
+    sd = {"w": torch.arange(4.0).reshape(2, 2)}
+    path = _save_torch({"state_dict": sd, "x": extra}, tmp_path / "ck.pth", legacy)
+    assert torch.load(path, weights_only=True)["x"] == extra
+    arrays, meta = mio.load(path, with_meta=True)
+    _assert_same(arrays, sd)
+    assert "x" not in meta
+
+
+class _Reduce:
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def test_bytearray_of_a_size_is_refused(tmp_path):
+    """bytearray(10**12) would allocate a terabyte: only bytes or text are accepted."""
+    p = tmp_path / "big.pth"
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps(_Reduce(bytearray, (10 ** 12,)), protocol=2))
+        zf.writestr("archive/byteorder", "little")
+    with pytest.raises(mio.WeightFileError, match="bytearray"):
+        mio.load(p)
