@@ -802,6 +802,8 @@ def _read(path, arrays_wanted):
         raise FileNotFoundError(2, "weight file not found", path)
     if os.path.isdir(path):
         raise _fail(path, "is a directory, not a weight file")
+    if not os.path.isfile(path):        # a FIFO or a device would block or never end
+        raise _fail(path, "is not a regular file")
     with open(path, "rb") as f:
         head = f.read(512)
         if not head:

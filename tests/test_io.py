@@ -818,3 +818,10 @@ def test_bytearray_of_a_size_is_refused(tmp_path):
         zf.writestr("archive/byteorder", "little")
     with pytest.raises(mio.WeightFileError, match="bytearray"):
         mio.load(p)
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(mio.WeightFileError, match="not a regular file"):
+        mio.load(fifo)

@@ -284,3 +284,17 @@ def test_fc_layers_are_convolutions():
             window = torch.tensor(pool5[:, :, i:i + 7, j:j + 7]).reshape(1, -1)   # flatten as VGG does
             ref = lin7(torch.relu(lin6(window))).detach().numpy()[0]
             np.testing.assert_allclose(out[0, :, i, j], ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [lambda w: w.astype(np.complex64) + 1j,
+                                 lambda w: w.astype("datetime64[s]"),
+                                 lambda w: w.astype(str)])
+def test_state_dict_of_a_non_number_type_is_refused(bad):
+    """A complex array lost its imaginary part and dates or strings became weights."""
+    model = FCN32s(num_classes=2, width=1 / 32)
+    state = model.state_dict()
+    before = state["conv1_1.weight"].copy()
+    state["conv1_1.weight"] = bad(np.round(before * 100))
+    with pytest.raises(ValueError, match=r"conv1_1.weight: dtype .* is not a real number type"):
+        model.load_state_dict(state)
+    np.testing.assert_array_equal(model.params["conv1_1.weight"], before)   # nothing changed

@@ -158,6 +158,11 @@ class Graph(Layer):
         unexpected = sorted(set(state) - set(own))
         wrong = [f"{k}: file {tuple(np.shape(state[k]))} vs model {tuple(own[k].shape)}"
                  for k in own if k in state and tuple(np.shape(state[k])) != tuple(own[k].shape)]
+        # numbers only: a complex array would lose its imaginary part, and dates or strings
+        # would be cast to weights without a word
+        wrong += [f"{k}: dtype {getattr(state[k], 'dtype', type(state[k]).__name__)} is not a "
+                  "real number type (type mismatch)" for k in own if k in state
+                  and getattr(getattr(state[k], "dtype", None), "kind", "f") not in "fiub"]
         if wrong or (strict and (missing or unexpected)):
             parts = []
             if missing:
