@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from minifcn.evaluate import check_output_file
+
 
 def cpu_name():
     try:
@@ -173,51 +175,31 @@ def validated(errors, tol=VALIDATION_TOL):
 
 # -- command-line arguments, checked before anything is measured ------------------------------
 
-def positive_int(text):
-    """argparse type: an int >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {text}")
-    return value
+def _int_at_least(minimum, what):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    parse.__name__ = f"int_at_least_{minimum}"      # argparse names the type in its errors
+    return parse
 
 
-def non_negative_int(text):
-    """argparse type: an int >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}")
-    return value
-
-
-def positive_float(text):
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
+positive_int = _int_at_least(1, "a positive int")          # argparse types
+non_negative_int = _int_at_least(0, "an int >= 0")
 
 
 def check_json_path(parser, path, flag="--json"):
     """Stop with a usage error now, not after minutes of measuring, when the JSON cannot be
-    written at ``path`` (a folder, or in a folder that is missing or read-only)."""
-    if not path:
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        parser.error(f"{flag} {path} is a directory; give a file name")
-    if not os.path.isdir(folder):
-        parser.error(f"{flag} {path}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        parser.error(f"{flag} {path}: the folder {folder} is not writable")
+    written at ``path`` (:func:`minifcn.evaluate.check_output_file`'s checks)."""
+    if path:
+        try:
+            check_output_file(path, flag)
+        except ValueError as e:
+            parser.error(str(e))
 
 
 def add_json_flag(parser, name):

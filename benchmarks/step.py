@@ -26,8 +26,10 @@ import sys
 
 import numpy as np
 
+from minifcn.cli import positive_float
+
 from .common import (Timer, add_json_flag, command_line, json_path, machine, paired_ratio,
-                     positive_float, positive_int, require_device, table, write_json)
+                     positive_int, require_device, table, write_json)
 
 
 def _models(size, device, width, batch=1):
