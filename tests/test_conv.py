@@ -120,6 +120,131 @@ def test_conv2d_as_an_implicit_transposed_convolution(monkeypatch, dtype, kernel
     assert bool(used) == uses_cblas(dtype)          # the implicit path ran (where it applies)
 
 
+# -- the CPU's shifted rows (stride-1 convolutions with few channels) ------------------------
+
+SHIFTED_CASES = [((3, 3), 1), ((3, 3), 0), ((2, 3), (1, 2)), ((1, 3), (0, 1)), ((3, 2), 0),
+                 ((5, 5), 2), ((4, 4), (3, 1))]
+
+
+def _spy_shifted(monkeypatch):
+    """Record which of the shifted-rows functions run: 'rows' (a forward or an input
+    gradient, :func:`_conv2d_shifted_rows`) and 'dW'."""
+    import minifcn.functional.conv as conv
+    calls = []
+    rows, dw = conv._conv2d_shifted_rows, conv._weight_grad_shifted_rows
+    monkeypatch.setattr(conv, "_conv2d_shifted_rows",
+                        lambda *a: calls.append("rows") or rows(*a))
+    monkeypatch.setattr(conv, "_weight_grad_shifted_rows",
+                        lambda *a: calls.append("dW") or dw(*a))
+    return calls
+
+
+@pytest.mark.parametrize("band_bytes", [None, 1], ids=["one band", "a band per output row"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("kernel,padding", SHIFTED_CASES)
+def test_conv2d_on_shifted_rows(monkeypatch, dtype, kernel, padding, band_bytes):
+    """The path the CPU takes for stride-1 convolutions with few channels: the forward and
+    the input gradient as convolutions on shifted rows (the input gradient with the kernel
+    flipped and padding k-1-p), the weight gradient from the same layout. Padding 0 to
+    kernel-1, square and rectangular; with the waste bound lifted so that the 9x7 images
+    take it, and a 1-byte budget for bands of one output row (of the stacked batch, so
+    bands that straddle two images). Held to torch, and the path checked."""
+    import minifcn.functional.conv as conv
+    from minifcn.functional.blas import uses_cblas
+    monkeypatch.setattr(conv, "CPU_SHIFTED_CONV2D_MAX_WASTE", 100.0)
+    if band_bytes is not None:
+        monkeypatch.setattr(conv, "CPU_BAND_BYTES", band_bytes)
+    calls = _spy_shifted(monkeypatch)
+    check_conv2d(np, dtype, n=3, cin=4, cout=5, h=H, w=W, kernel=kernel, stride=1,
+                 padding=padding, dilation=1, groups=1, bias=True)
+    # conv2d, then conv2d_backward with dx and dW, then with dW alone
+    want = ["rows", "rows", "dW", "dW"] if uses_cblas(dtype) else []
+    assert calls == want
+
+
+def test_which_convolutions_take_shifted_rows():
+    """The rule, on the default training run's layers (width 1/8, 64x64, batch 16) and on
+    the cases it leaves to the other paths."""
+    import minifcn.functional.conv as conv
+    from minifcn.functional.blas import uses_cblas
+    if not uses_cblas(np.float32):
+        pytest.skip("NumPy's BLAS is not reachable here")
+
+    def takes(n, c, o, h, k=3, p=1, s=1, d=1, groups=1, dtype=np.float32):
+        g = conv._geometry("conv2d", np.zeros((n, c, h, h), dtype),
+                           np.zeros((o, c // groups, k, k), dtype), None, s, p, d, groups)
+        return conv._shifted_conv2d(g) and not conv._implicit_conv2d(g)
+
+    for c, o, h in [(3, 8, 64), (8, 8, 64), (8, 16, 32), (16, 32, 16), (32, 64, 8), (64, 64, 4)]:
+        assert takes(16, c, o, h), (c, o, h)
+    assert takes(1, 128, 128, 28)
+    assert not takes(1, 256, 256, 56)            # many channels: im2col / implicit
+    assert not takes(1, 64, 64, 224)             # VGG's conv1 at full width: implicit
+    assert not takes(16, 64, 21, 4, k=1, p=0)    # 1x1: no windows to gather
+    assert not takes(16, 64, 512, 2, k=7, p=3)   # fc6 on 2x2: 6.25 windows per window kept
+    assert not takes(16, 8, 8, 64, s=2)
+    assert not takes(16, 8, 8, 64, d=2, p=2)
+    assert not takes(16, 8, 8, 64, groups=2)
+    assert not takes(16, 8, 8, 64, dtype=np.float16)
+    assert not takes(16, 8, 8, 2)                # 3x3 on 2x2: 2.25 windows per window kept
+
+
+@pytest.mark.parametrize("cin,cout,want", [(3, 8, ["rows"]), (8, 3, ["rows", "rows"]),
+                                           (4, 4, ["rows", "rows", "dW"])])
+def test_shifted_rows_gradients_need_four_channels(monkeypatch, cin, cout, want):
+    """Below 4 channels the shifted-rows gradients lost to im2col (BLAS on a GEMM of 3
+    rows: VGG's conv1_1 input gradient at 224 took 6.7x as long), so the input gradient
+    needs C >= 4 and the weight gradient min(C, O) >= 4; the forward takes it anyway.
+    Held to torch either way."""
+    from minifcn.functional.blas import uses_cblas
+    if not uses_cblas(np.float64):
+        pytest.skip("NumPy's BLAS is not reachable here")
+    calls = _spy_shifted(monkeypatch)
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, cin, 12, 10)), rng.standard_normal((cout, cin, 3, 3))
+    dy = rng.standard_normal((2, cout, 12, 10))
+    y = conv2d(x, w, None, 1, 1)
+    dx, dw, _ = conv2d_backward(dy, x, w, 1, 1, need_bias_grad=False)
+    assert calls == want
+    y_ref, g = torch_grads(lambda x, w: TF.conv2d(x, w, None, 1, 1), {"x": x, "w": w}, dy)
+    for got, ref, what in ((y, y_ref, "forward"), (dx, g["x"], "dx"), (dw, g["w"], "dW")):
+        assert_close(got, ref, np.float64, what)
+
+
+@pytest.mark.parametrize("where,index", [("x", (0, 6)), ("x", (8, 0)), ("x", (4, 3)),
+                                         ("w", (0, 0)), ("w", (2, 2)), ("dy", (0, 6))])
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_shifted_rows_put_inf_and_nan_only_where_torch_does(monkeypatch, where, index):
+    """The shifted-rows layout computes windows that are thrown away (their ``dy`` is a
+    zero in the weight gradient) and pads ``dy`` for the input gradient: an inf of ``x``
+    meeting such a zero, or an inf weight meeting ``dy``'s zero border, gives 0 * inf =
+    NaN where torch's float64 sums have no such term. Those gradients take im2col; the
+    pattern of inf and NaN, and every finite value, must be torch's."""
+    import torch
+    import minifcn.functional.conv as conv
+    monkeypatch.setattr(conv, "CPU_SHIFTED_CONV2D_MAX_WASTE", 100.0)
+    calls = _spy_shifted(monkeypatch)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, H, W))
+    w = rng.standard_normal((4, 4, 3, 3))
+    dy = rng.standard_normal((2, 4, H, W))
+    {"x": x, "w": w, "dy": dy}[where][(0, 0, *index)] = np.inf
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    ty = TF.conv2d(tx, tw, padding=1)
+    ty.backward(torch.tensor(dy))
+    got_y = conv2d(x, w, None, 1, 1)
+    got_dx, got_dw, _ = conv2d_backward(dy, x, w, 1, 1)
+    for name, got, ref in (("y", got_y, ty.detach().numpy()), ("dx", got_dx, tx.grad.numpy()),
+                           ("dW", got_dw, tw.grad.numpy())):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref), err_msg=f"{name}: NaN")
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(ref), err_msg=f"{name}: inf")
+        finite = np.isfinite(ref)
+        np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-10, atol=1e-12,
+                                   err_msg=name)
+    if where == "dy":                          # finite x and W: every gradient shifted
+        assert calls == ["rows", "rows", "dW"]
+
+
 # -- randomised configurations ---------------------------------------------------------
 
 @st.composite

@@ -30,8 +30,10 @@ def _budget_for_rows(rows, n, cin, kh, kw, wo, dtype):
 def band_budget(monkeypatch):
     """Call with a byte count: both band budgets (CPU and GPU) are set to it, and bands of
     a transposed convolution's backward may be as thin as one row."""
-    # the banded im2col path: not the implicit one that takes VGG-sized layers on the CPU
+    # the banded im2col path: not the implicit one that takes VGG-sized layers on the CPU,
+    # nor the shifted rows that take those with few channels
     monkeypatch.setattr(conv, "CPU_IMPLICIT_CONV2D_MIN_CHANNELS", 1 << 30)
+    monkeypatch.setattr(conv, "CPU_SHIFTED_CONV2D_MAX_CHANNELS", 0)
 
     def set_budget(nbytes):
         monkeypatch.setattr(conv, "CPU_BAND_BYTES", nbytes)
@@ -300,6 +302,7 @@ def test_conv2d_input_gradient_alone_runs_implicit_on_mid_sized_maps(monkeypatch
                         lambda *a: calls.append(1) or real(*a))
     monkeypatch.setattr(conv, "CPU_IMPLICIT_CONV2D_DX_MIN_PIXELS", 300)
     monkeypatch.setattr(conv, "CPU_IMPLICIT_CONV2D_MIN_PIXELS", 10 ** 9)
+    monkeypatch.setattr(conv, "CPU_SHIFTED_CONV2D_MAX_CHANNELS", 0)    # not shifted rows
     rng = np.random.default_rng(3)
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     ph, pw = (padding, padding) if isinstance(padding, int) else padding

@@ -193,9 +193,10 @@ def _conv2d_shifted_rows(x, weight_t, ph, pw):
     if any (``Wp - Wo = kw - 1 - pw`` when ``pw < kw``), wrap into the next row; they are
     computed and thrown away. For the sub-pixel step (``pw = kw - 1``) there are none;
     for, say, a 7x7 kernel with no padding on 14x14 they would make the GEMM 1.75x as
-    large (Wp/Wo = 14/8), which is why only :func:`conv_transpose2d`'s sub-pixel forward uses this
-    (``benchmarks/RESULTS.md``). ``y = weight_t^T @ col``: BLAS reads the weight
-    transposed, so it need not be in ``(O, C*kh*kw)`` order.
+    large (Wp/Wo = 14/8) (:func:`_shifted_rows_waste`), which is why
+    :func:`conv_transpose2d`'s sub-pixel forward uses this, and :func:`conv2d` only where
+    the waste is small (:func:`_shifted_conv2d`). ``y = weight_t^T @ col``: BLAS reads the
+    weight transposed, so it need not be in ``(O, C*kh*kw)`` order.
 
     The batch is one tall image: the images stacked, ``P`` rows apart, with zero rows
     between them that serve as the bottom padding of one and the top padding of the
@@ -211,15 +212,48 @@ def _conv2d_shifted_rows(x, weight_t, ph, pw):
     w_t = weight_t.reshape(taps, o).T                # (O, K): a transposed view
     y = np.empty((o, n * period, wp), dtype=np.result_type(x, weight_t))
     y_flat = y.reshape(o, -1)
-    rows = max(1, CPU_BAND_BYTES // (taps * wp * x.dtype.itemsize))     # output rows per band
-    width = (min(rows, out_rows) - 1) * wp + wo                          # windows per band
+    width, bands = _shifted_bands(out_rows, taps, wp, wo, x.dtype.itemsize)
     col = np.empty((c, kh, kw, width), dtype=x.dtype)
-    for r0 in range(0, out_rows, rows):
-        start = r0 * wp                                  # windows p = start .. start+L-1
-        length = (min(out_rows, r0 + rows) - r0 - 1) * wp + wo   # the last row's wrapped
-        _shifted_copies(stack_flat, col, start, length, wp)       # windows are not needed
+    for start, length in bands:
+        _shifted_copies(stack_flat, col, start, length, wp)
         np.matmul(w_t, col.reshape(taps, width)[:, :length], out=y_flat[:, start:start + length])
     return y.reshape(o, n, period, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3)
+
+
+def _shifted_bands(out_rows, taps, wp, wo, itemsize):
+    """The bands of :func:`_conv2d_shifted_rows`'s windows: ``(width, [(start, length),
+    ...])``, whole output rows per band, as many as keep a band's col (``taps x width``)
+    within ``CPU_BAND_BYTES``; a band is windows ``p = start .. start + length - 1``, less
+    the last row's wrapped windows, which are not needed."""
+    rows = max(1, CPU_BAND_BYTES // (taps * wp * itemsize))            # output rows per band
+    width = (min(rows, out_rows) - 1) * wp + wo                          # windows per band
+    return width, [(r0 * wp, (min(out_rows, r0 + rows) - r0 - 1) * wp + wo)
+                   for r0 in range(0, out_rows, rows)]
+
+
+def _weight_grad_shifted_rows(dy, x, g):
+    r"""``dW`` of a convolution run by :func:`_conv2d_shifted_rows`, from the same layout:
+
+    ``dW[o, c, u, v] = sum_p dy_lay[o, p] * col[c, u, v, p]``
+
+    where ``dy_lay`` is ``dy`` written at its windows' positions ``p`` in the stack, with
+    zeros at the windows the forward throws away (which then add ``0 * x``: the caller
+    checks that ``x`` is finite, else that would be NaN). As in :func:`_weight_grad_t`,
+    the GEMM is written transposed, ``dW^T += col @ dy_lay^T``, one band of col at a
+    time; every tap's row of col is one contiguous copy, where im2col gathers."""
+    stack_flat, wp, ho, wo, period, out_rows = _shifted_rows_layout(x, g.kh, g.kw, g.ph, g.pw)
+    dy_lay = np.zeros((g.o, g.n, period, wp), dtype=g.dtype)
+    dy_lay[:, :, :ho, :wo] = dy.transpose(1, 0, 2, 3)
+    dy_flat = dy_lay.reshape(g.o, -1)
+    taps = g.c * g.kh * g.kw
+    width, bands = _shifted_bands(out_rows, taps, wp, wo, x.dtype.itemsize)
+    col = np.empty((g.c, g.kh, g.kw, width), dtype=x.dtype)
+    dwt = np.zeros((taps, g.o), dtype=g.dtype)
+    for start, length in bands:
+        _shifted_copies(stack_flat, col, start, length, wp)
+        gemm(col.reshape(taps, width)[:, :length], dy_flat[:, start:start + length].T, dwt,
+             accumulate=True)
+    return np.ascontiguousarray(dwt.T).reshape(g.o, g.c, g.kh, g.kw)
 
 
 CPU_CHANNELS_LAST_BAND_BYTES = 16 << 20  # GEMM output per band of the channels-last sub-pixel step
@@ -276,15 +310,30 @@ def _subpixel_channels_last(x, weight_t, g):
     return y
 
 
+def _shifted_rows_sizes(h, w, kh, kw, ph, pw):
+    """The sizes of :func:`_conv2d_shifted_rows`'s layout for ``h x w`` images:
+    ``(gap, wp, ho, wo, period)`` — the zeros before each row, the row pitch, the output
+    size, and the rows from one image to the next."""
+    gap = pw + max(0, pw - kw + 1)                   # zeros between rows: >= pw, Wp >= Wo
+    ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    period = h + ph + max(0, ph - kh + 1)           # >= h + ph, and >= Ho: no overlap
+    return gap, w + gap, ho, wo, period
+
+
+def _shifted_rows_waste(h, w, kh, kw, ph, pw):
+    """The windows :func:`_conv2d_shifted_rows` computes per window it keeps:
+    ``period * Wp / (Ho * Wo)`` (1.03 for a 3x3 'same' convolution on 64x64, 1.56 on
+    4x4, 6.25 for fc6's 7x7 kernel padded by 3 on 2x2)."""
+    _, wp, ho, wo, period = _shifted_rows_sizes(h, w, kh, kw, ph, pw)
+    return period * wp / (ho * wo)
+
+
 def _shifted_rows_layout(x, kh, kw, ph, pw):
     """The stacked, flattened image of :func:`_conv2d_shifted_rows` and its sizes:
     ``(stack_flat, wp, ho, wo, period, out_rows)`` — the row pitch, the output size, the
     rows between images, and the stack's output rows that are needed."""
     n, c, h, w = x.shape
-    gap = pw + max(0, pw - kw + 1)                   # zeros between rows: >= pw, Wp >= Wo
-    wp = w + gap
-    ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
-    period = h + ph + max(0, ph - kh + 1)           # >= h + ph, and >= Ho: no overlap
+    gap, wp, ho, wo, period = _shifted_rows_sizes(h, w, kh, kw, ph, pw)
     # padded pixel (r, s) of image k at flat (k*period + r)*Wp + s + (gap - pw)
     stack_flat = _stack_images(x, ph, gap, period).reshape(c, -1)[:, gap - pw:]
     return stack_flat, wp, ho, wo, period, (n - 1) * period + ho
@@ -396,12 +445,16 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
     On the CPU, VGG's convolutions (stride 1, 3x3, 64 channels and more) run instead as the
     transposed convolution they equal (:func:`_as_transposed`), with ``'implicit'``: no
-    im2col, the GEMMs read the padded input in place.
+    im2col, the GEMMs read the padded input in place. Those with few channels (up to 128)
+    take the same product from shifted rows (:func:`_conv2d_shifted_rows`): an im2col of
+    contiguous copies, and one GEMM for the whole batch.
     """
     g = _geometry("conv2d", x, weight, bias, stride, padding, dilation, groups)
     if _implicit_conv2d(g):
         wt, gt = _as_transposed(x, weight, g)
         y = conv_transpose2d_implicit(x, wt, gt)
+    elif _shifted_conv2d(g):     # (a compact copy: ReLU and pooling ran 2x slower on the view)
+        y = np.ascontiguousarray(_conv2d_shifted_rows(x, weight.transpose(1, 2, 3, 0), g.ph, g.pw))
     else:
         y = _conv2d(x, weight, g)
     return y if bias is None else _add_bias(y, bias)
@@ -429,6 +482,38 @@ def _implicit_conv2d(g, min_pixels=None):
             and g.ho * g.wo >= (CPU_IMPLICIT_CONV2D_MIN_PIXELS if min_pixels is None
                                 else min_pixels)
             and min(g.c, g.o) >= CPU_IMPLICIT_CONV2D_MIN_CHANNELS and uses_cblas(g.dtype))
+
+
+CPU_SHIFTED_CONV2D_MAX_CHANNELS = 128   # conv2d: up to max(C, O) this large, shifted rows
+CPU_SHIFTED_CONV2D_MAX_WASTE = 1.6      # ... if the windows computed per window kept are at most this
+CPU_SHIFTED_BACKWARD_MIN_CHANNELS = 4   # its dx from C this large, its dW from min(C, O)
+
+
+def _shifted_conv2d(g):
+    """Whether the CPU runs this convolution on shifted rows (:func:`_conv2d_shifted_rows`):
+    the forward, the input gradient as the convolution of ``dy`` with the flipped kernel
+    (:func:`_as_transposed`'s identity, read backwards), and the weight gradient
+    (:func:`_weight_grad_shifted_rows`). Stride 1, dilation 1, one group, kernels of 2 taps
+    and more with padding < kernel, up to ``CPU_SHIFTED_CONV2D_MAX_CHANNELS`` channels in
+    and out, and at most ``CPU_SHIFTED_CONV2D_MAX_WASTE`` windows computed per window kept
+    (:func:`_shifted_rows_waste`) in the forward and in the input gradient.
+
+    Why: at few channels a convolution is memory-bound, and im2col's gather (runs of one
+    image row) and the batch's one small GEMM per image were most of its time. Measured
+    against im2col, interleaved, on the default training run's layers (8 to 64 channels,
+    4x4 to 64x64, batch 16): forward 0.55-0.85x of its time, input gradient 0.45-0.8x,
+    weight gradient 0.5-0.85x; 0.85-1.0x on 64-128 channels at batch 1. On VGG's 256- and
+    512-channel layers it lost (forward up to 1.2x, weight gradient 1.6-4x), and below 4
+    channels so did the gradients (``CPU_SHIFTED_BACKWARD_MIN_CHANNELS``; the input
+    gradient of a 3-channel image, a GEMM of 3 rows, took 6.7x as long). 1x1 kernels have
+    no windows to gather and stay on im2col. ``benchmarks/RESULTS.md`` has the table."""
+    if (g.gpu or (g.sh, g.sw) != (1, 1) or (g.dh, g.dw) != (1, 1) or g.groups != 1
+            or g.kh * g.kw < 2 or g.ph >= g.kh or g.pw >= g.kw or min(g.n, g.c, g.o) == 0
+            or max(g.c, g.o) > CPU_SHIFTED_CONV2D_MAX_CHANNELS or not uses_cblas(g.dtype)):
+        return False
+    waste = max(_shifted_rows_waste(g.h, g.w, g.kh, g.kw, g.ph, g.pw),
+                _shifted_rows_waste(g.ho, g.wo, g.kh, g.kw, g.kh - 1 - g.ph, g.kw - 1 - g.pw))
+    return waste <= CPU_SHIFTED_CONV2D_MAX_WASTE
 
 
 def _as_transposed(x, weight, g):
@@ -518,6 +603,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
     g = _geometry("conv2d_backward", x, weight, None, stride, padding, dilation, groups)
     _check_grad_shape("conv2d_backward", dy, g)
     dy, x, weight = _one_dtype(g, dy, x, weight)
+    db = _bias_grad(dy) if need_bias_grad else None
     dw = dx = None
     if _implicit_conv2d(g):
         # dx: the transposed convolution's own adjoint, implicit (no col, no col2im).
@@ -530,7 +616,22 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
             dx, _ = conv_transpose2d_implicit_backward(dy, x, wt, gt, True, False)
         if need_weight_grad:
             dw = _weight_grad_t(dy, x, g)
-        return dx, dw, _bias_grad(dy) if need_bias_grad else None
+        return dx, dw, db
+    if _shifted_conv2d(g):
+        # dx: ``conv2d(dy, W flipped, channel axes swapped, padding k-1-p)`` (the identity
+        # of :func:`_as_transposed`, the other way round), on shifted rows of dy. dW: from
+        # shifted rows of x. Each only where no inf or NaN meets one of the layout's zeros,
+        # which stand for no term of the sums: dx pairs dy's zero border with every weight,
+        # dW pairs dy's zeros at the thrown-away windows with x. Otherwise that gradient
+        # takes im2col below, which forms only the products torch's float64 path forms.
+        if need_input_grad and g.c >= CPU_SHIFTED_BACKWARD_MIN_CHANNELS and all_finite(weight):
+            dx = np.ascontiguousarray(_conv2d_shifted_rows(
+                dy, weight[:, :, ::-1, ::-1].transpose(0, 2, 3, 1), g.kh - 1 - g.ph, g.kw - 1 - g.pw))
+            need_input_grad = False
+        if (need_weight_grad and min(g.c, g.o) >= CPU_SHIFTED_BACKWARD_MIN_CHANNELS
+                and all_finite(x)):
+            dw = _weight_grad_shifted_rows(dy, x, g)
+            need_weight_grad = False
     if need_input_grad and _implicit_conv2d(g, CPU_IMPLICIT_CONV2D_DX_MIN_PIXELS):
         # dx alone as the implicit transposed convolution of dy (no W^T dy col matrix, no
         # col2im): on VGG's 512-channel 53x53 layers 0.83-0.87x of the im2col path's dx,
@@ -538,26 +639,35 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
         gdx = _geometry("conv2d_backward", dy, weight, None, 1, (g.ph, g.pw), 1, 1, 0)
         _pick_algorithm("implicit", gdx)
         dx = conv_transpose2d_implicit(dy, weight, gdx)
-        _, dw, db = conv2d_backward(dy, x, weight, stride, padding, dilation, groups,
-                                    need_input_grad=False, need_weight_grad=need_weight_grad,
-                                    need_bias_grad=need_bias_grad)
-        return dx, dw, db
+        need_input_grad = False
+    if need_input_grad or need_weight_grad:
+        dx_col, dw_col = _conv2d_backward_im2col(dy, x, weight, g, need_input_grad,
+                                                 need_weight_grad)
+        dx = dx if dx_col is None else dx_col
+        dw = dw if dw_col is None else dw_col
+    return dx, dw, db
+
+
+def _conv2d_backward_im2col(dy, x, weight, g, need_dx, need_dw):
+    """``(dx, dW)`` of :func:`conv2d_backward` the textbook way (``None`` where not asked
+    for): ``dW = dy @ im2col(x)^T`` and ``dx = col2im(W^T @ dy)``, in runs of images and
+    row bands that bound the col matrix (:func:`_image_batches`, :func:`_row_bands`)."""
+    dw = dx = None
+    groups = g.groups
     batches = _image_batches(x, g.c * g.kh * g.kw * g.wo * g.ho)
     if len(batches) > 1:                     # images in runs: dx side by side, dW summed
         xp = get_array_module(x)
-        parts = [conv2d_backward(dy[n0:n1], x[n0:n1], weight, stride, padding, dilation,
-                                 groups, need_input_grad=need_input_grad,
-                                 need_weight_grad=need_weight_grad, need_bias_grad=False)
+        parts = [_conv2d_backward_im2col(dy[n0:n1], x[n0:n1], weight, g, need_dx, need_dw)
                  for n0, n1 in batches]
-        if need_input_grad:
+        if need_dx:
             dx = xp.concatenate([p[0] for p in parts])
-        if need_weight_grad:
+        if need_dw:
             dw = parts[0][1]
             for p in parts[1:]:
                 dw += p[1]
-        return dx, dw, _bias_grad(dy) if need_bias_grad else None
+        return dx, dw
     bands = _row_bands(x, g.ho, g.c * g.kh * g.kw * g.wo)
-    if need_weight_grad:                     # dW = sum over bands of dy[band] @ col[band]^T
+    if need_dw:                              # dW = sum over bands of dy[band] @ col[band]^T
         buf = _BandBuffer(x)
         for r0, r1 in bands:
             part = _dy_times_col_t(dy[:, :, r0:r1], _band_im2col(x, g, r0, r1, buf), groups)
@@ -566,7 +676,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
             else:
                 dw += part
         del buf
-    if need_input_grad:
+    if need_dx:
         if len(bands) == 1:
             dx = _col2im(_weight_t_times(weight, dy, groups), g.h, g.w,
                          g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)
@@ -580,8 +690,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
                     dcol = _weight_t_times(weight, dy[:, :, r0:r1], groups)
                     dx[:, :, lo:hi] += _col2im(dcol, hi - lo, g.w, g.sh, g.sw, lo - top, g.pw,
                                                g.dh, g.dw)
-    db = _bias_grad(dy) if need_bias_grad else None
-    return dx, dw, db
+    return dx, dw
 
 
 # -- conv_transpose2d ----------------------------------------------------------------------
