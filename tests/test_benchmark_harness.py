@@ -209,6 +209,10 @@ def test_col2im_kernels_on_the_cpu_validates_and_times_the_numpy_strategies(tmp_
     ("col2im_kernels", ["--device", "cpu", "--warmup", "-1"], "--warmup"),
     ("col2im_kernels", ["--device", "cpu", "--no-torch"], "--no-torch"),
     ("col2im_kernels", ["--device", "cpu", "--variants", "1"], "--variants"),
+    ("conv2d", ["--repeats", "0"], "--repeats"),
+    ("conv2d", ["--size", "0"], "--size"),
+    ("conv2d", ["--width", "nan"], "--width"),
+    ("conv2d", ["--batch", "-1"], "--batch"),
 ])
 def test_benchmark_flags_are_checked_before_measuring(module, argv, flag, capsys):
     import importlib
@@ -219,7 +223,7 @@ def test_benchmark_flags_are_checked_before_measuring(module, argv, flag, capsys
     assert flag in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module,extra", [("deconv", []), ("step", []),
+@pytest.mark.parametrize("module,extra", [("deconv", []), ("step", []), ("conv2d", []),
                                           ("col2im_kernels", ["--device", "cpu"])])
 def test_benchmark_json_path_is_checked_before_measuring(module, extra, tmp_path, capsys,
                                                          monkeypatch):
@@ -365,3 +369,52 @@ def test_step_twins_agree_at_a_batch_of_three():
     assert ours.shape == theirs.shape == (3, 21, 32, 32)
     assert np.abs(theirs).max() > 1e-3 and np.abs(theirs - theirs.mean()).max() > 1e-4
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * np.abs(theirs).max())
+
+
+# -- benchmarks.conv2d: FCN-8s's convolutions layer by layer --------------------------------
+
+def test_conv2d_benchmark_takes_the_layers_from_the_model():
+    import benchmarks.conv2d as bc
+    layers = {name: (x, w, p) for name, x, w, p in bc.fcn8s_layers(64, 0.125, 2)}
+    assert list(layers)[:3] == ["conv1_1", "conv1_2", "conv2_1"]
+    assert len([n for n in layers if n.startswith("conv")]) == 13
+    assert {"fc6", "fc7", "score_fr", "score_pool4", "score_pool3"} <= set(layers)
+    assert layers["conv1_1"] == ((2, 3, 64, 64), (8, 3, 3, 3), (1, 1))
+    assert layers["conv3_1"] == ((2, 16, 16, 16), (32, 16, 3, 3), (1, 1))
+    assert layers["fc7"] == ((2, 512, 2, 2), (512, 512, 1, 1), (0, 0))
+
+
+def test_conv2d_benchmark_forces_im2col_and_restores_the_rules():
+    import benchmarks.conv2d as bc
+    x, w = np.zeros((2, 8, 16, 16), np.float32), np.zeros((8, 8, 3, 3), np.float32)
+    before = bc.path_taken(x, w, (1, 1))
+    with bc.im2col_only():
+        assert bc.path_taken(x, w, (1, 1)) == "im2col"
+        assert bc.path_taken(np.zeros((1, 64, 64, 64), np.float32),
+                             np.zeros((64, 64, 3, 3), np.float32), (1, 1)) == "im2col"
+    assert bc.path_taken(x, w, (1, 1)) == before
+
+
+def test_conv2d_benchmark_validates_then_times_and_refuses_a_wrong_path(monkeypatch):
+    import torch
+    import benchmarks.conv2d as bc
+    layer = ("conv2_1", (2, 4, 8, 8), (6, 4, 3, 3), (1, 1))
+    rows = {r["impl"]: r for r in bc.run_layer(layer, "cpu", Timer("cpu"), 2, torch)}
+    assert set(rows) == {"torch", "minifcn auto", "minifcn im2col"}
+    assert all(np.isfinite(r["fwd_ms"]) and np.isfinite(r["bwd_ms"]) for r in rows.values())
+    assert rows["minifcn auto"]["max_rel_err"] <= 1e-4
+    total = {r["impl"]: r for r in bc.totals(list(rows.values()))}
+    assert total["minifcn auto"]["fwd_ms"] == pytest.approx(rows["minifcn auto"]["fwd_ms"])
+    real = bc.conv2d_backward
+
+    def broken(*args, **kw):                 # the im2col path's weight gradient is off
+        dx, dw, db = real(*args, **kw)
+        return (dx, dw * 1.01, db) if bc.conv_module.CPU_SHIFTED_CONV2D_MAX_CHANNELS == 0 \
+            else (dx, dw, db)
+    monkeypatch.setattr(bc, "conv2d_backward", broken)
+    rows = {r["impl"]: r for r in bc.run_layer(layer, "cpu", Timer("cpu"), 2, torch)}
+    assert "FAILED validation" in rows["minifcn im2col"]["note"]
+    assert "fwd_ms" not in rows["minifcn im2col"]
+    assert np.isfinite(rows["minifcn auto"]["fwd_ms"])
+    totals = {r["impl"] for r in bc.totals(list(rows.values()))}
+    assert totals == {"torch", "minifcn auto"}          # no total for a path that failed
