@@ -245,6 +245,42 @@ def test_shifted_rows_put_inf_and_nan_only_where_torch_does(monkeypatch, where, 
         assert calls == ["rows", "rows", "dW"]
 
 
+# -- one GEMM for the whole batch (small maps, large weights) ----------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("cin,cout,h,kernel,padding", [(256, 256, 2, 1, 0),   # fc7-like
+                                                        (64, 64, 1, 3, 1)])    # 3x3 on 1x1
+def test_small_maps_run_one_gemm_for_the_batch(monkeypatch, dtype, cin, cout, h, kernel,
+                                               padding):
+    """Where the weight is far larger than an image's operands (fc7 at 2x2), the forward,
+    the input gradient and the weight gradient put the images side by side and run one
+    GEMM, instead of one per image that each re-reads the weight: held to torch, and the
+    path checked (the images were put side by side)."""
+    import minifcn.functional.conv as conv
+    calls = []
+    real = conv._side_by_side
+    monkeypatch.setattr(conv, "_side_by_side", lambda *a: calls.append(1) or real(*a))
+    check_conv2d(np, dtype, n=3, cin=cin, cout=cout, h=h, w=h, kernel=kernel, stride=1,
+                 padding=padding, dilation=1, groups=1, bias=True)
+    assert len(calls) >= 4        # forward 1, dx 1, dW 2 (and dW 2 again without dx)
+
+
+def test_transposed_convolution_on_a_1x1_map_batches_its_gemm(monkeypatch):
+    """conv_transpose2d's 'col2im' forward shares the GEMM W^T @ x (one for the batch here)."""
+    import torch
+    import minifcn.functional.conv as conv
+    from minifcn.functional import conv_transpose2d
+    calls = []
+    real = conv._side_by_side
+    monkeypatch.setattr(conv, "_side_by_side", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((3, 256, 1, 1)), rng.standard_normal((256, 256, 2, 2))
+    y = conv_transpose2d(x, w, None, 2, 0, algorithm="col2im")
+    assert calls
+    ref = TF.conv_transpose2d(torch.tensor(x), torch.tensor(w), stride=2).numpy()
+    assert_close(y, ref, np.float64, "forward")
+
+
 # -- randomised configurations ---------------------------------------------------------
 
 @st.composite
