@@ -132,6 +132,18 @@ def require_device(parser, device):
             parser.error(str(e))
 
 
+def torch_for(device):
+    """torch, set up for a fair comparison on ``device``: on the GPU cuDNN on, its
+    autotuner on, and TF32 off (float32 against float32)."""
+    import torch
+    if device == "cuda":
+        torch.backends.cudnn.enabled = True
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return torch
+
+
 def paired_ratio(ours, theirs):
     """Median over rounds of ``ours[i] / theirs[i]`` (lists from :meth:`Timer.rounds`)."""
     return statistics.median(a / b for a, b in zip(ours, theirs))
@@ -160,8 +172,10 @@ VALIDATION_TOL = 1e-4     # float32 results against torch: the largest relative 
 
 
 def rel_error(got, ref):
-    """max |got - ref| / max |ref|; ``inf`` where ``got`` has another shape or any value
-    that is not finite (a NaN would compare as 'not above the tolerance' and pass)."""
+    """max |got - ref| / max |ref|; ``inf`` where ``got`` (NumPy or CuPy) has another shape
+    or any value that is not finite (a NaN would compare as 'not above the tolerance' and
+    pass)."""
+    got = got.get() if hasattr(got, "get") else got             # a CuPy array: to the host
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
     if got.shape != ref.shape or not np.isfinite(got).all():
         return float("inf")

@@ -33,7 +33,8 @@ from minifcn.functional import conv as conv_module
 from minifcn.functional import conv2d, conv2d_backward
 
 from .common import (Timer, add_json_flag, command_line, json_path, machine, paired_ratio,
-                     positive_int, rel_error, require_device, table, validated, write_json)
+                     positive_int, rel_error, require_device, table, torch_for, validated,
+                     write_json)
 
 
 def fcn8s_layers(size, width, batch):
@@ -115,7 +116,7 @@ def run_layer(layer, device, timer, repeats, torch):
                 return conv2d_backward(dyd, xd, wd, 1, padding, need_input_grad=need_dx,
                                        need_bias_grad=False)
         got = [fwd(), *bwd()[:2]]
-        errors = [rel_error(_host(g), r) for g, r in zip(got, refs) if r is not None]
+        errors = [rel_error(g, r) for g, r in zip(got, refs) if r is not None]
         if not validated(errors):                 # refuse to time a path that is wrong
             rows.append({**base, "impl": impl, "note": f"FAILED validation {errors}"})
             continue
@@ -154,10 +155,6 @@ def totals(rows):
     return out
 
 
-def _host(a):
-    return a.get() if hasattr(a, "get") else a
-
-
 def _public(rows):
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
 
@@ -175,12 +172,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     require_device(p, args.device)
     args.json = json_path(p, args, "conv2d")
-    import torch
-    if args.device == "cuda":
-        torch.backends.cudnn.enabled = True
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cudnn.allow_tf32 = False          # float32 against float32
-        torch.backends.cuda.matmul.allow_tf32 = False
+    torch = torch_for(args.device)
     timer = Timer(args.device)
     info = machine(args.device, command_line("benchmarks.conv2d", argv))
     info.update(repeats=args.repeats, size=args.size, width=args.width, batch=args.batch)

@@ -30,8 +30,8 @@ from minifcn.functional import conv_transpose2d, conv_transpose2d_backward
 from minifcn.functional.conv import _geometry, _pick_algorithm
 
 from .common import (Timer, add_json_flag, ceilings, command_line, json_path, machine,
-                     paired_ratio, positive_int, rel_error, require_device, table, validated,
-                     write_json)
+                     paired_ratio, positive_int, rel_error, require_device, table, torch_for,
+                     validated, write_json)
 
 # (name, N, C_in, C_out, H, W, k, s, p): FCN's upsampling layers and a decoder layer
 FCN_SHAPES = [
@@ -102,7 +102,7 @@ def run_shape(shape, device, timer, repeats, torch):
         def bwd(alg=alg):
             return conv_transpose2d_backward(dyd, xd, wd, s, p, need_bias_grad=False, algorithm=alg)
         got = [fwd(), *bwd()[:2]]
-        errors = [rel_error(_host(g), r) for g, r in zip(got, refs)]
+        errors = [rel_error(g, r) for g, r in zip(got, refs)]
         if not validated(errors):               # refuse to time a variant that is wrong
             rows.append({**base, "impl": f"minifcn {alg}", "note": f"FAILED validation {errors}"})
             continue
@@ -121,10 +121,6 @@ def run_shape(shape, device, timer, repeats, torch):
     return rows
 
 
-def _host(a):
-    return a.get() if hasattr(a, "get") else a
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.deconv", description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -134,12 +130,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     require_device(p, args.device)
     args.json = json_path(p, args, "deconv")
-    import torch
-    if args.device == "cuda":
-        torch.backends.cudnn.enabled = True
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cudnn.allow_tf32 = False          # float32 against float32
-        torch.backends.cuda.matmul.allow_tf32 = False
+    torch = torch_for(args.device)
     timer = Timer(args.device)
     info = machine(args.device, command_line("benchmarks.deconv", argv))
     info["repeats"] = args.repeats

@@ -29,7 +29,7 @@ import numpy as np
 from minifcn.cli import positive_float
 
 from .common import (Timer, add_json_flag, command_line, json_path, machine, paired_ratio,
-                     positive_int, require_device, table, write_json)
+                     positive_int, require_device, table, torch_for, write_json)
 
 
 def _models(size, device, width, batch=1):
@@ -192,11 +192,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     require_device(p, args.device)
     args.json = json_path(p, args, "step")
-    import torch
-    if args.device == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+    torch_for(args.device)                               # cuDNN's settings for the GPU run
     timer = Timer(args.device)
     info = machine(args.device, command_line("benchmarks.step", argv))
     info["repeats"] = args.repeats

@@ -67,6 +67,16 @@ def assert_close(got, ref, dtype, what=""):
         f"{what}: relative error {err:.3e} > {tol:.0e} ({np.dtype(dtype).name})"
 
 
+def assert_same_non_finite(got, ref, what=""):
+    """``got`` has inf and NaN exactly where ``ref`` has them, and its finite values
+    match (float64: rtol 1e-10)."""
+    got, ref = to_np(got), to_np(ref)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref), err_msg=f"{what}: NaN")
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(ref), err_msg=f"{what}: inf")
+    finite = np.isfinite(ref)
+    np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-10, atol=1e-12, err_msg=what)
+
+
 def torch_grads(fn, inputs: dict, dy=None):
     """Run ``fn(**tensors)`` in float64 torch with autograd; return ``(y, grads)``.
 

@@ -14,7 +14,7 @@ import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_close, to_np, torch_grads
+from conftest import assert_close, assert_same_non_finite, to_np, torch_grads
 from minifcn.functional import conv2d, conv2d_backward, conv_output_size
 
 DTYPES = [np.float64, np.float32]
@@ -236,11 +236,7 @@ def test_shifted_rows_put_inf_and_nan_only_where_torch_does(monkeypatch, where, 
     got_dx, got_dw, _ = conv2d_backward(dy, x, w, 1, 1)
     for name, got, ref in (("y", got_y, ty.detach().numpy()), ("dx", got_dx, tx.grad.numpy()),
                            ("dW", got_dw, tw.grad.numpy())):
-        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref), err_msg=f"{name}: NaN")
-        np.testing.assert_array_equal(np.isinf(got), np.isinf(ref), err_msg=f"{name}: inf")
-        finite = np.isfinite(ref)
-        np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-10, atol=1e-12,
-                                   err_msg=name)
+        assert_same_non_finite(got, ref, name)
     if where == "dy":                          # finite x and W: every gradient shifted
         assert calls == ["rows", "rows", "dW"]
 

@@ -18,7 +18,7 @@ import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_close, to_np, torch_grads
+from conftest import assert_close, assert_same_non_finite, to_np, torch_grads
 from minifcn.functional import (conv2d, conv2d_backward, conv_output_size, conv_transpose2d,
                                 conv_transpose2d_backward, conv_transpose_output_size)
 
@@ -463,11 +463,7 @@ def test_non_finite_values_reach_only_where_torch_puts_them(case, algorithm):
     got_dx, got_dw, _ = conv_transpose2d_backward(dy, x, wt, s, p, algorithm=algorithm)
     for name, got, ref in (("y", got_y, ty.detach().numpy()), ("dx", got_dx, tx.grad.numpy()),
                            ("dW", got_dw, tw.grad.numpy())):
-        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref), err_msg=f"{name}: NaN")
-        np.testing.assert_array_equal(np.isinf(got), np.isinf(ref), err_msg=f"{name}: inf")
-        finite = np.isfinite(ref)
-        np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-10, atol=1e-12,
-                                   err_msg=name)
+        assert_same_non_finite(got, ref, name)
 
 
 @pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused", "implicit", "auto"])
