@@ -5,9 +5,10 @@ cuBLAS/cuDNN handles stay out of the numbers), then time each call on its own an
 the median of ``repeats`` calls. On the GPU the clock is a pair of CUDA events around the
 call; on the CPU ``time.perf_counter``. minifcn and torch run in the same process on the
 same inputs, **interleaved** (:meth:`Timer.rounds`: each round times every contender once,
-in turn, each after one untimed call), and a ratio is the median of the per-round ratios: on a shared 2-core machine
-the speed drifts by 20-50% over seconds, and a drift then hits both sides of a ratio
-instead of whichever ran during it.
+in turn, each after the other contenders' worker threads have gone to sleep and after one
+untimed call of its own), and a ratio is the median of the per-round ratios: on a shared
+2-core machine the speed drifts by 20-50% over seconds, and a drift then hits both sides
+of a ratio instead of whichever ran during it.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 
 import numpy as np
@@ -96,13 +98,18 @@ class Timer:
         """``{name: fn}`` -> ``{name: [ms per round]}``: every round times each fn once,
         in turn (after ``warmup`` untimed rounds).
 
-        In a round each fn first runs untimed (once, and on the CPU again until
-        ``rewarm_s``, 0.02 s by default, have passed), then once timed: the first calls
-        after a switch of library pay for the other library's worker threads, still
-        spinning on the cores (OpenMP's and OpenBLAS's both busy-wait a while after a
-        parallel region); on 2 cores that cost up to 3 ms, 10x a small transposed
-        convolution. On the GPU there are no such threads, and a spin would only queue
-        launches (calls are asynchronous): one untimed call."""
+        On the CPU, before each fn's turn, the harness first waits until no other thread
+        of the process is on a core (:func:`wait_for_idle_threads`), then runs the fn
+        untimed (once, and again until ``rewarm_s``, 0.02 s by default, have passed),
+        then once timed. Both steps matter on 2 cores. After NumPy's last GEMM,
+        OpenBLAS's worker thread spins on the second core for about 0.13 s before it
+        sleeps (2^28 cycles). A torch call inside that window shares a core with it and
+        took 16-24 ms instead of 1 ms (a scheduler slice or three), which flattered every
+        ratio against torch until the eleventh session. torch's OpenMP workers spin a
+        few ms in turn. The untimed call then wakes the fn's own threads and warms the
+        caches, as a library running alone would find them. On the GPU there are no such
+        threads, and a spin would only queue launches (calls are asynchronous): one
+        untimed call."""
         if rewarm_s is None:
             rewarm_s = 0.0 if self.device == "cuda" else 0.02
         for _ in range(warmup):
@@ -112,6 +119,8 @@ class Timer:
         times = {name: [] for name in fns}
         for _ in range(repeats):
             for name, fn in fns.items():
+                if self.device != "cuda":
+                    wait_for_idle_threads()
                 start = time.perf_counter()
                 fn()
                 while time.perf_counter() - start < rewarm_s:
@@ -119,6 +128,46 @@ class Timer:
                 self.sync()
                 times[name].append(self.once(fn))
         return times
+
+
+def busy_threads():
+    """Native ids of this process's threads, other than the caller's, that the kernel
+    lists as running (state R in ``/proc/self/task/<id>/stat``): worker threads that
+    still spin after a parallel region. ``None`` where that cannot be read (not Linux)."""
+    me = threading.get_native_id()
+    try:
+        ids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    busy = []
+    for tid in ids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:                       # the thread ended while we looked
+            continue
+        state = stat[stat.rindex(")") + 2]    # the name, in parentheses, may hold spaces
+        if state == "R" and int(tid) != me:
+            busy.append(int(tid))
+    return busy
+
+
+def wait_for_idle_threads(limit_s=0.5, poll_s=0.002):
+    """Sleep until :func:`busy_threads` finds none, ``limit_s`` at most (a thread that is
+    really working would otherwise hold the harness forever). Returns True if the
+    threads went idle; where threads cannot be listed, sleeps ``limit_s`` (longer than
+    OpenBLAS's spin) and returns None."""
+    deadline = time.perf_counter() + limit_s
+    while True:
+        busy = busy_threads()
+        if busy is None:
+            time.sleep(limit_s)
+            return None
+        if not busy:
+            return True
+        if time.perf_counter() > deadline:
+            return False
+        time.sleep(poll_s)
 
 
 def require_device(parser, device):

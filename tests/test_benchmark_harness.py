@@ -33,6 +33,47 @@ def test_rounds_spin_only_on_the_cpu():
     assert len(calls) > 2
 
 
+def test_busy_threads_sees_a_spinning_worker_and_waits_for_it():
+    """OpenBLAS's workers spin about 0.13 s after a GEMM; a torch call timed inside that
+    window shared a core with one (16-24 ms for a 1 ms convolution). The harness lists
+    the running threads from /proc and waits until there are none."""
+    import threading
+    import time
+
+    from benchmarks.common import busy_threads, wait_for_idle_threads
+    if busy_threads() is None:
+        pytest.skip("threads cannot be listed here (no /proc/self/task)")
+    a = np.ones((256, 256), np.float32)
+    stop, ready = threading.Event(), threading.Event()
+
+    def spin():                                  # numpy releases the GIL in the GEMM:
+        ready.set()                              # the thread stays in state R
+        while not stop.is_set():
+            a @ a
+    worker = threading.Thread(target=spin)
+    worker.start()
+    ready.wait()
+    seen = set()
+    for _ in range(50):
+        seen.update(busy_threads())
+        time.sleep(0.001)
+    assert worker.native_id in seen
+    assert wait_for_idle_threads(limit_s=0.05) is False    # still spinning: gives up
+    stop.set()
+    worker.join()
+    assert wait_for_idle_threads(limit_s=5.0) is True       # OpenBLAS's own workers too
+    assert busy_threads() == []
+
+
+def test_rounds_wait_for_other_threads_before_each_turn(monkeypatch):
+    import benchmarks.common as common
+    calls = []
+    monkeypatch.setattr(common, "wait_for_idle_threads", lambda: calls.append("wait"))
+    Timer("cpu").rounds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                        repeats=2, warmup=0, rewarm_s=0)
+    assert calls == ["wait", "a", "a", "wait", "b", "b"] * 2
+
+
 def test_deconv_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch, capsys):
     """The JSON is rewritten after every shape (a device session's time limit may stop the
     run): stopped during the second shape, it holds the first shape's rows."""
