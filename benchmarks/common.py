@@ -198,9 +198,13 @@ def paired_ratio(ours, theirs):
     return statistics.median(a / b for a, b in zip(ours, theirs))
 
 
-def ceilings(device, timer):
+def ceilings(device, timer, torch=None):
     """Measured, not datasheet: a large copy (GB/s counting bytes read + written) and a
-    large float32 matrix product (GFLOP/s) through the library minifcn itself uses."""
+    large float32 matrix product (GFLOP/s) through the library minifcn itself uses.
+
+    With ``torch``, the same product through torch too (MKL / oneDNN on the CPU, cuBLAS on
+    the GPU), timed interleaved with minifcn's: ``matmul_ratio`` (minifcn's library /
+    torch's) is how far a GEMM-bound row can get from torch on this machine."""
     if device == "cuda":
         import cupy as xp
         n_copy, n_mm = 1 << 28, 8192
@@ -210,11 +214,19 @@ def ceilings(device, timer):
     a = xp.ones(n_copy, dtype=np.float32)
     b = xp.empty_like(a)
     copy_ms = timer.median(lambda: xp.copyto(b, a), repeats=10)
+    del a, b
     rng = np.random.default_rng(0)
     m = xp.asarray(rng.standard_normal((n_mm, n_mm), dtype=np.float32))
-    mm_ms = timer.median(lambda: m @ m, repeats=5)
-    return {"copy_GBps": 2 * a.nbytes / copy_ms / 1e6,
-            "matmul_GFLOPs": 2 * n_mm ** 3 / mm_ms / 1e6}
+    flop = 2 * n_mm ** 3 / 1e6
+    if torch is None:
+        mm_ms = timer.median(lambda: m @ m, repeats=5)
+        return {"copy_GBps": 2 * n_copy * 4 / copy_ms / 1e6, "matmul_GFLOPs": flop / mm_ms}
+    mt = torch.as_tensor(m, device="cuda" if device == "cuda" else "cpu")
+    times = timer.rounds({"ours": lambda: m @ m, "torch": lambda: mt @ mt}, repeats=5)
+    return {"copy_GBps": 2 * n_copy * 4 / copy_ms / 1e6,
+            "matmul_GFLOPs": flop / statistics.median(times["ours"]),
+            "torch_matmul_GFLOPs": flop / statistics.median(times["torch"]),
+            "matmul_ratio": paired_ratio(times["ours"], times["torch"])}
 
 
 VALIDATION_TOL = 1e-4     # float32 results against torch: the largest relative error allowed

@@ -134,9 +134,10 @@ def main(argv=None):
     timer = Timer(args.device)
     info = machine(args.device, command_line("benchmarks.deconv", argv))
     info["repeats"] = args.repeats
-    info["ceilings"] = ceilings(args.device, timer)
-    print(f"{info.get('gpu', info['cpu'])}: copy {info['ceilings']['copy_GBps']:.0f} GB/s, "
-          f"float32 matmul {info['ceilings']['matmul_GFLOPs']:.0f} GFLOP/s")
+    info["ceilings"] = c = ceilings(args.device, timer, torch)
+    print(f"{info.get('gpu', info['cpu'])}: copy {c['copy_GBps']:.0f} GB/s, float32 matmul "
+          f"{c['matmul_GFLOPs']:.0f} GFLOP/s ({c['torch_matmul_GFLOPs']:.0f} through torch: "
+          f"minifcn's GEMM at {c['matmul_ratio']:.2f}x of torch's time)")
     shapes = FCN_SHAPES + (sweep_shapes() if args.sweep else [])
     rows = []
     cols = ["shape", "impl", "fwd_ms", "fwd_ratio", "bwd_ms", "bwd_ratio", "fwd_GFLOPs",

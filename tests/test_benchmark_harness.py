@@ -86,8 +86,8 @@ def test_deconv_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch, cap
             raise KeyboardInterrupt              # what timeout -s INT does
         return real(shape, *args)
     monkeypatch.setattr(deconv, "run_shape", run_shape)
-    monkeypatch.setattr(deconv, "ceilings", lambda device, timer: {"copy_GBps": 1.0,
-                                                                   "matmul_GFLOPs": 1.0})
+    monkeypatch.setattr(deconv, "ceilings", lambda device, timer, torch: {
+        "copy_GBps": 1.0, "matmul_GFLOPs": 1.0, "torch_matmul_GFLOPs": 1.0, "matmul_ratio": 1.0})
     path = tmp_path / "d.json"
     with pytest.raises(KeyboardInterrupt):
         deconv.main(["--repeats", "1", "--json", str(path)])
