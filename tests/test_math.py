@@ -412,15 +412,27 @@ def test_conv_keeps_position(case, data):
     """Cropping the input by (a*s, b*s) crops the output by (a, b): each output pixel depends
     on its own window only (unpadded part), so where a thing is stays where it is. The
     shift is drawn inside the output and is never (0, 0); torch's output of the cropped
-    input is the independent reference."""
+    input is the independent reference.
+
+    The case is made valid by construction, not filtered with ``assume``: the drawn input
+    is grown (with more random rows and columns) to hold one dilated window plus 0-4
+    strides, and the shift is one draw over the output's pixels but the first. (Filtering
+    three ways rejected 3 of 4 cases, and Hypothesis's health check then failed about one
+    run in 40: the full suite's one unexplained failure of the tenth session.)"""
     x, w = case["x"], case["weight"]
     s, d = case["stride"], case["dilation"]
-    assume(all(x.shape[2 + i] >= d[i] * (w.shape[2 + i] - 1) + 1 for i in range(2)))
+    window = [d[i] * (w.shape[2 + i] - 1) + 1 for i in range(2)]
+    extra = [data.draw(st.integers(0, 4), label=f"more strides, axis {i}") for i in range(2)]
+    if extra == [0, 0]:
+        extra[0] = 1                                   # at least two output pixels
+    size = [max(x.shape[2 + i], window[i] + extra[i] * s[i]) for i in range(2)]
+    grown = np.random.default_rng(x.size).standard_normal(x.shape[:2] + tuple(size))
+    grown[:, :, :x.shape[2], :x.shape[3]] = x
+    x = grown
     y = conv2d(x, w, None, s, 0, d)
-    assume(y.shape[2] * y.shape[3] > 1)
-    a = data.draw(st.integers(0, y.shape[2] - 1), label="a")
-    b = data.draw(st.integers(0, y.shape[3] - 1), label="b")
-    assume(a + b > 0)
+    assert y.shape[2] * y.shape[3] > 1
+    k = data.draw(st.integers(1, y.shape[2] * y.shape[3] - 1), label="shift, flat")
+    a, b = divmod(k, y.shape[3])
     cropped = np.ascontiguousarray(x[:, :, a * s[0]:, b * s[1]:])
     shifted = conv2d(cropped, w, None, s, 0, d)
     assert_close(shifted, y[:, :, a:, b:], "conv of a cropped input")
