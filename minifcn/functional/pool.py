@@ -78,7 +78,8 @@ def _max_over_taps(taps):
     A handful of whole-array operations per tap instead of a gather per window."""
     y = taps[0].copy()
     for v in taps[1:]:
-        np.maximum(y, v, out=y)                      # propagates NaN
+        np.maximum(v, y, out=y)                      # propagates NaN; of +0 and -0, y's
+                                                     # (the earlier: see _keep_greater)
     tap = np.zeros(y.shape, dtype=np.int32)
     searching = taps[0] != y
     for v in taps[1:]:
@@ -167,7 +168,7 @@ def _max_of_tile_row(columns, m, col):
         col[...] = 0
         return
     later_wins = columns[1] > columns[0]
-    np.maximum(columns[0], columns[1], out=m)
+    np.maximum(columns[1], columns[0], out=m)
     np.copyto(col, later_wins)
     for v in range(2, len(columns)):
         _keep_greater(m, col, columns[v], v)
@@ -175,9 +176,15 @@ def _max_of_tile_row(columns, m, col):
 
 def _keep_greater(best, best_tap, value, value_tap):
     """One step of the scan: where ``value`` is strictly greater than ``best``, it and its
-    tap take over (so of equal values the earlier stays)."""
+    tap take over (so of equal values the earlier stays).
+
+    Equal values differ in bits only as +0 and -0, and there torch keeps the earlier.
+    ``np.maximum(a, b)`` returns ``b`` when ``a == b`` (NumPy 1.x-2.x, its SIMD and scalar
+    loops alike), so ``best`` goes second; ``test_max_pool2d_keeps_the_sign_of_the_first_zero``
+    checks this against torch. (A ``copyto`` where strictly greater would not depend on
+    it, but would lose a later NaN, which ``np.maximum`` propagates.)"""
     later_wins = value > best
-    np.maximum(best, value, out=best)
+    np.maximum(value, best, out=best)
     np.copyto(best_tap, value_tap, where=later_wins)
 
 
