@@ -19,7 +19,7 @@ import collections
 import sys
 import time
 
-from .common import require_device
+from .common import require_device, wait_for_idle_threads
 from .step import _build, _models, _steps
 
 
@@ -80,9 +80,15 @@ def _profile_cpu(args):
     for _ in range(2):                                # warm-up: buffers, first-call costs
         timed_step()
         torch_step()
+    # each framework starts with the other's worker threads asleep (a spinning OpenBLAS
+    # thread slowed torch's next few ms several-fold: common.Timer.rounds) and its own awake
+    wait_for_idle_threads()
+    timed_step()
     times.clear()
     for _ in range(args.steps):
         timed_step()
+    wait_for_idle_threads()
+    torch_step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(args.steps):
             torch_step()
