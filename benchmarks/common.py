@@ -198,19 +198,22 @@ def paired_ratio(ours, theirs):
     return statistics.median(a / b for a, b in zip(ours, theirs))
 
 
-def ceilings(device, timer, torch=None):
+def ceilings(device, timer, torch=None, sizes=None):
     """Measured, not datasheet: a large copy (GB/s counting bytes read + written) and a
     large float32 matrix product (GFLOP/s) through the library minifcn itself uses.
 
     With ``torch``, the same product through torch too (MKL / oneDNN on the CPU, cuBLAS on
     the GPU), timed interleaved with minifcn's: ``matmul_ratio`` (minifcn's library /
-    torch's) is how far a GEMM-bound row can get from torch on this machine."""
+    torch's) is how far a GEMM-bound row can get from torch on this machine.
+    ``sizes``: ``(copy elements, matrix side)`` instead of the defaults (for tests)."""
     if device == "cuda":
         import cupy as xp
         n_copy, n_mm = 1 << 28, 8192
     else:
         xp = np
         n_copy, n_mm = 1 << 25, 2048
+    if sizes is not None:
+        n_copy, n_mm = sizes
     a = xp.ones(n_copy, dtype=np.float32)
     b = xp.empty_like(a)
     copy_ms = timer.median(lambda: xp.copyto(b, a), repeats=10)

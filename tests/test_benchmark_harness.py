@@ -74,6 +74,29 @@ def test_rounds_wait_for_other_threads_before_each_turn(monkeypatch):
     assert calls == ["wait", "a", "a", "wait", "b", "b"] * 2
 
 
+def test_ceilings_time_torchs_matmul_beside_numpys(monkeypatch):
+    """With torch, the ceilings add torch's GFLOP/s on the same matrix and the paired
+    ratio of the two libraries' times (checked against the rounds it came from)."""
+    import benchmarks.common as common
+    import torch
+    seen = {}
+    real_rounds = common.Timer.rounds
+
+    def spy(self, fns, *args, **kwargs):
+        seen.update(real_rounds(self, fns, *args, **kwargs))
+        return seen
+    monkeypatch.setattr(common.Timer, "rounds", spy)
+    c = common.ceilings("cpu", Timer("cpu"), torch, sizes=(1 << 12, 64))
+    flop = 2 * 64 ** 3 / 1e6
+    assert set(seen) == {"ours", "torch"}
+    assert c["matmul_GFLOPs"] == pytest.approx(flop / np.median(seen["ours"]))
+    assert c["torch_matmul_GFLOPs"] == pytest.approx(flop / np.median(seen["torch"]))
+    assert c["matmul_ratio"] == pytest.approx(paired_ratio(seen["ours"], seen["torch"]))
+    assert np.isfinite(c["copy_GBps"]) and c["copy_GBps"] > 0
+    assert set(common.ceilings("cpu", Timer("cpu"), sizes=(1 << 12, 64))) == {
+        "copy_GBps", "matmul_GFLOPs"}                 # without torch: NumPy's alone
+
+
 def test_deconv_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch, capsys):
     """The JSON is rewritten after every shape (a device session's time limit may stop the
     run): stopped during the second shape, it holds the first shape's rows."""
