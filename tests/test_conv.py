@@ -139,27 +139,40 @@ def _spy_shifted(monkeypatch):
     return calls
 
 
+@pytest.mark.parametrize("fold", [False, True], ids=["all taps copied", "row shifts copied"])
 @pytest.mark.parametrize("band_bytes", [None, 1], ids=["one band", "a band per output row"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("kernel,padding", SHIFTED_CASES)
-def test_conv2d_on_shifted_rows(monkeypatch, dtype, kernel, padding, band_bytes):
+def test_conv2d_on_shifted_rows(monkeypatch, dtype, kernel, padding, band_bytes, fold):
     """The path the CPU takes for stride-1 convolutions with few channels: the forward and
     the input gradient as convolutions on shifted rows (the input gradient with the kernel
     flipped and padding k-1-p), the weight gradient from the same layout. Padding 0 to
     kernel-1, square and rectangular; with the waste bound lifted so that the 9x7 images
     take it, and a 1-byte budget for bands of one output row (of the stacked batch, so
-    bands that straddle two images). Held to torch, and the path checked."""
+    bands that straddle two images). With every tap's row copied, and with only the row
+    shifts copied and the column taps read at offsets (``_fold_column_taps``, which the
+    test turns on for any band: only long bands take it by default). Held to torch, and
+    the paths checked."""
     import minifcn.functional.conv as conv
     from minifcn.functional.blas import uses_cblas
     monkeypatch.setattr(conv, "CPU_SHIFTED_CONV2D_MAX_WASTE", 100.0)
+    monkeypatch.setattr(conv, "CPU_SHIFTED_FOLD_MIN_WINDOWS", 0 if fold else 1 << 62)
     if band_bytes is not None:
         monkeypatch.setattr(conv, "CPU_BAND_BYTES", band_bytes)
     calls = _spy_shifted(monkeypatch)
+    folded, real_fold = [], conv._fold_column_taps
+    monkeypatch.setattr(conv, "_fold_column_taps", lambda *a: folded.append(real_fold(*a))
+                        or folded[-1])
     check_conv2d(np, dtype, n=3, cin=4, cout=5, h=H, w=W, kernel=kernel, stride=1,
                  padding=padding, dilation=1, groups=1, bias=True)
     # conv2d, then conv2d_backward with dx and dW, then with dW alone
     want = ["rows", "rows", "dW", "dW"] if uses_cblas(dtype) else []
     assert calls == want
+    # folded where the column taps are more than one, and (forward, dx) the GEMM's output
+    # rows are no more than C*kh: forward 5 <= 4*kh, dx 4 <= 5*kh
+    wide, kh = fold and kernel[1] > 1, kernel[0]
+    expect = [wide and 5 <= 4 * kh, wide and 4 <= 5 * kh, wide, wide]
+    assert folded == (expect if want else [])
 
 
 def test_which_convolutions_take_shifted_rows():

@@ -186,6 +186,33 @@ def test_conv_transpose2d_random_configs_subpixel(xp, cfg, dtype, seed):
     check_conv_transpose2d(xp, dtype, seed=seed, algorithms=["subpixel", "col2im"], **cfg)
 
 
+@settings(max_examples=30, deadline=None)
+@given(cfg=conv_transpose_configs(), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2**31 - 1))
+def test_subpixel_with_the_column_taps_folded(cfg, dtype, seed):
+    """The CPU 'subpixel' forward's convolution on shifted rows with only the row shifts
+    copied and the column taps read at offsets (``conv._fold_column_taps``, by default
+    on bands of 8192+ windows; here on every band): random configurations, held to
+    torch."""
+    import minifcn.functional.conv as conv
+    cfg.update(dilation=(1, 1), groups=1)
+    s = cfg["stride"]
+    cfg["output_padding"] = tuple(min(o, a - 1) for o, a in zip(cfg["output_padding"], s))
+    full = [(n - 1) * a + k + o for n, a, k, o in
+            zip((cfg["h"], cfg["w"]), s, cfg["kernel"], cfg["output_padding"])]
+    cfg["padding"] = tuple(min(p, (f - 1) // 2) for p, f in zip(cfg["padding"], full))
+    saved, real = conv.CPU_SHIFTED_FOLD_MIN_WINDOWS, conv._fold_column_taps
+    folded = []
+    conv.CPU_SHIFTED_FOLD_MIN_WINDOWS = 0
+    conv._fold_column_taps = lambda *a: folded.append(real(*a)) or folded[-1]
+    try:
+        check_conv_transpose2d(np, dtype, seed=seed, algorithms=["subpixel"], **cfg)
+    finally:
+        conv.CPU_SHIFTED_FOLD_MIN_WINDOWS, conv._fold_column_taps = saved, real
+    if s[1] < conv.CPU_SUBPIXEL_CHANNELS_LAST_MIN_STRIDE:     # the channels-first forward
+        assert folded, "the shifted-rows layout was not asked"
+
+
 @settings(max_examples=40, deadline=None)
 @given(cfg=conv_transpose_configs(), dtype=st.sampled_from(DTYPES),
        band_bytes=st.sampled_from([1, 200, 1 << 30]), seed=st.integers(0, 2**31 - 1))

@@ -236,20 +236,58 @@ def _conv2d_shifted_rows(x, weight_t, ph, pw):
     ``k*P .. k*P + Ho - 1`` of the stack's output, so one GEMM covers all images (wider
     GEMMs run faster). Output rows go in bands so the col matrix stays within
     ``CPU_BAND_BYTES``, as in :func:`_conv2d`.
+
+    On long bands the column taps are not copied either: ``col[c, u, v, p] = col[c, u, 0,
+    p + v]``, so only the ``kh`` row shifts are (``col3[c, u, q] = xpad_flat[c, q +
+    u*Wp]``, a third of the copies for a 3x3 kernel), and the sum over ``v`` runs as ``kw``
+    GEMMs that read ``col3`` from column ``v`` on and add into the same output (BLAS's
+    ``beta = 1``)::
+
+        y[:, p] = sum_v W_v @ col3[:, p + v]        (W_v[o, (c, u)] = W[o, c, u, v])
+
+    (:func:`_fold_column_taps` says when.)
     """
     n, c, h, w = x.shape
     _, kh, kw, o = weight_t.shape
     stack_flat, wp, ho, wo, period, out_rows = _shifted_rows_layout(x, kh, kw, ph, pw)
     taps = c * kh * kw
-    w_t = weight_t.reshape(taps, o).T                # (O, K): a transposed view
     y = np.empty((o, n * period, wp), dtype=np.result_type(x, weight_t))
     y_flat = y.reshape(o, -1)
     width, bands = _shifted_bands(out_rows, taps, wp, wo, x.dtype.itemsize)
-    col = np.empty((c, kh, kw, width), dtype=x.dtype)
+    if _fold_column_taps(kw, width, o, c * kh):         # [(W_v, col offset v), ...]
+        parts = [(np.ascontiguousarray(weight_t[:, :, v, :].reshape(c * kh, o).T), v)
+                 for v in range(kw)]
+        col = np.empty((c, kh, 1, width + kw - 1), dtype=x.dtype)
+    else:                                                # [(W, 0)]: one GEMM, the full col
+        parts = [(weight_t.reshape(taps, o).T, 0)]       # (O, K): a transposed view
+        col = np.empty((c, kh, kw, width), dtype=x.dtype)
+    col_rows = col.reshape(-1, col.shape[-1])
     for start, length in bands:
-        _shifted_copies(stack_flat, col, start, length, wp)
-        np.matmul(w_t, col.reshape(taps, width)[:, :length], out=y_flat[:, start:start + length])
+        _shifted_copies(stack_flat, col, start, length + col.shape[-1] - width, wp)
+        w_part, v = parts[0]
+        np.matmul(w_part, col_rows[:, v:v + length], out=y_flat[:, start:start + length])
+        for w_part, v in parts[1:]:
+            gemm(w_part, col_rows[:, v:v + length], y_flat[:, start:start + length],
+                 accumulate=True)
     return y.reshape(o, n, period, wp)[:, :, :ho, :wo].transpose(1, 0, 2, 3)
+
+
+CPU_SHIFTED_FOLD_MIN_WINDOWS = 8192   # shifted rows: copy only the row shifts from this band width
+
+
+def _fold_column_taps(kw, width, outputs=0, rows=0):
+    """Whether the shifted-rows layout copies only each kernel row's first column tap
+    and reads the others at offsets ``v`` (``kw`` GEMMs per band instead of one): for
+    kernels more than one wide, on bands of at least ``CPU_SHIFTED_FOLD_MIN_WINDOWS``
+    windows, and with no more ``outputs`` (GEMM output rows) than ``rows`` (of the folded
+    col: ``C*kh``; the weight gradient's output is dW itself, and it passes 0). Interleaved A/B of forward + backward on the training run's layers (batch
+    16, 7 rounds, two runs): 0.89-0.92x of the time at 64x64, 0.86-0.97x at 32x32, but
+    0.96-1.21x at 16x16 (4.6k windows), 0.97-1.15x at 8x8 and 1.07-1.24x at 4x4: there
+    the two more GEMM calls per pass cost more than the copies they save. The forward
+    also needs no more output channels than ``col3`` has rows (``O <= C*kh``): each more
+    GEMM reads and writes the output band again, and VGG's conv1_1 (3 -> 64 channels) at
+    320x320 took 1.15x as long folded."""
+    return kw > 1 and width >= CPU_SHIFTED_FOLD_MIN_WINDOWS and outputs <= rows
 
 
 def _shifted_bands(out_rows, taps, wp, wo, itemsize):
@@ -272,20 +310,29 @@ def _weight_grad_shifted_rows(dy, x, g):
     zeros at the windows the forward throws away (which then add ``0 * x``: the caller
     checks that ``x`` is finite, else that would be NaN). As in :func:`_weight_grad_t`,
     the GEMM is written transposed, ``dW^T += col @ dy_lay^T``, one band of col at a
-    time; every tap's row of col is one contiguous copy, where im2col gathers."""
+    time; every tap's row of col is one contiguous copy, where im2col gathers. As in
+    :func:`_conv2d_shifted_rows`, on long bands only the row shifts are copied, and column
+    tap ``v``'s rows of ``dW^T`` come from that ``col3`` read from column ``v`` on."""
     stack_flat, wp, ho, wo, period, out_rows = _shifted_rows_layout(x, g.kh, g.kw, g.ph, g.pw)
     dy_lay = np.zeros((g.o, g.n, period, wp), dtype=g.dtype)
     dy_lay[:, :, :ho, :wo] = dy.transpose(1, 0, 2, 3)
     dy_flat = dy_lay.reshape(g.o, -1)
     taps = g.c * g.kh * g.kw
     width, bands = _shifted_bands(out_rows, taps, wp, wo, x.dtype.itemsize)
-    col = np.empty((g.c, g.kh, g.kw, width), dtype=x.dtype)
-    dwt = np.zeros((taps, g.o), dtype=g.dtype)
+    dwt = np.zeros((g.c * g.kh, g.kw, g.o), dtype=g.dtype)   # dW^T, rows (c, u, v)
+    if _fold_column_taps(g.kw, width):                        # [(rows of dW^T, offset v)]
+        parts = [(dwt[:, v], v) for v in range(g.kw)]
+        col = np.empty((g.c, g.kh, 1, width + g.kw - 1), dtype=x.dtype)
+    else:
+        parts = [(dwt.reshape(taps, g.o), 0)]
+        col = np.empty((g.c, g.kh, g.kw, width), dtype=x.dtype)
+    col_rows = col.reshape(-1, col.shape[-1])
     for start, length in bands:
-        _shifted_copies(stack_flat, col, start, length, wp)
-        gemm(col.reshape(taps, width)[:, :length], dy_flat[:, start:start + length].T, dwt,
-             accumulate=True)
-    return np.ascontiguousarray(dwt.T).reshape(g.o, g.c, g.kh, g.kw)
+        _shifted_copies(stack_flat, col, start, length + col.shape[-1] - width, wp)
+        for dwt_part, v in parts:
+            gemm(col_rows[:, v:v + length], dy_flat[:, start:start + length].T, dwt_part,
+                 accumulate=True)
+    return np.ascontiguousarray(dwt.reshape(taps, g.o).T).reshape(g.o, g.c, g.kh, g.kw)
 
 
 CPU_CHANNELS_LAST_BAND_BYTES = 16 << 20  # GEMM output per band of the channels-last sub-pixel step
