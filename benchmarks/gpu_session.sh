@@ -3,11 +3,11 @@
 # the GPU test cases, the benchmarks against cuDNN, and the default training run on CUDA.
 # Usage there: OUT=<dir> bash benchmarks/gpu_session.sh   (run from the repository root)
 #
-# The steps run most important first; each has its own time limit (about 8.5 minutes in
+# The steps run most important first; each has its own time limit (about 9 minutes in
 # all, under the device tool's 10 minutes per command) and is stopped with SIGINT, so
 # pytest still prints its summary and the benchmarks keep what they measured (they write
 # their JSON after every shape or size). Every step's whole output goes to log.txt with
-# its exit status; $OUT holds at most 7 files (the device tool returns 8).
+# its exit status; $OUT holds at most 8 files (the device tool returns 8).
 set -u -o pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
@@ -32,6 +32,8 @@ step "python -m minifcn.train --device cuda (the default run)"
 rundir="/tmp/run_cuda_$(date +%s)"
 run 100 python3 -m minifcn.train --device cuda --out "$rundir" --no-progress
 cp "$rundir/metrics.json" "$OUT/train_metrics.json" 2>/dev/null
+step "FCN-8s's convolutions layer by layer vs cuDNN (the training run's layers)"
+run 40 python3 -m benchmarks.conv2d --device cuda --json "$OUT/conv2d_cuda.json"
 step "col2im kernel variants"
 run 40 python3 -m benchmarks.col2im_kernels --device cuda --json "$OUT/col2im_cuda.json"
 step "transposed convolution vs cuDNN, the sweep (where 'fused' stops winning sets GPU_FUSED_MAX_MACS)"
