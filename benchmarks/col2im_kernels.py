@@ -367,11 +367,12 @@ def run_cpu(args, shapes, save):
         print(f"[{len(rows) // len(contenders)}/{len(shapes)}] {shape.name}: " + ", ".join(
             f"{r['variant']} {r['ms']:.3g} ms" if "ms" in r else f"{r['variant']} FAILED"
             for r in shape_rows), flush=True)
-        save(dict(device="cpu", rows=rows, complete=False))
+        save(dict(device="cpu", rows=rows, complete=False, busy_turns=timer.busy_turns))
     print_table(rows, base_variant="torch fold", base_label="vs fold")
     print("'vs fold': the median of per-round time ratios to torch.nn.functional.fold; "
           "'auto' picks 'blocks' from stride 4 (dilation 1), else 'taps'")
-    return dict(device="cpu", rows=rows), all(r["valid"] for r in rows)
+    return (dict(device="cpu", rows=rows, busy_turns=timer.busy_turns),
+            all(r["valid"] for r in rows))
 
 
 def print_table(rows, base_variant="v2", base_label="vs v2"):

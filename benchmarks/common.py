@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import threading
 import time
 
@@ -61,6 +62,7 @@ class Timer:
 
     def __init__(self, device):
         self.device = device
+        self.busy_turns = 0     # turns timed while another thread still ran (see rounds)
         if device == "cuda":
             import cupy
             self.cupy = cupy
@@ -109,7 +111,11 @@ class Timer:
         few ms in turn. The untimed call then wakes the fn's own threads and warms the
         caches, as a library running alone would find them. On the GPU there are no such
         threads, and a spin would only queue launches (calls are asynchronous): one
-        untimed call."""
+        untimed call.
+
+        A turn whose wait gave up (a thread of the process kept running for 0.5 s: some
+        background work of its own) is still timed, but counted in ``busy_turns``, and
+        the first one is reported on stderr: those timings may be off."""
         if rewarm_s is None:
             rewarm_s = 0.0 if self.device == "cuda" else 0.02
         for _ in range(warmup):
@@ -119,8 +125,13 @@ class Timer:
         times = {name: [] for name in fns}
         for _ in range(repeats):
             for name, fn in fns.items():
-                if self.device != "cuda":
-                    wait_for_idle_threads()
+                if self.device != "cuda" and wait_for_idle_threads() is False:
+                    self.busy_turns += 1
+                    if self.busy_turns == 1:
+                        print(f"warning: other threads of this process still running "
+                              f"(ids {busy_threads()}) before timing {name!r}: timings "
+                              f"may be off (counted as busy_turns in the JSON)",
+                              file=sys.stderr, flush=True)
                 start = time.perf_counter()
                 fn()
                 while time.perf_counter() - start < rewarm_s:

@@ -183,6 +183,7 @@ def main(argv=None):
     for i, layer in enumerate(layers):
         new = run_layer(layer, args.device, timer, args.repeats, torch)
         rows += new
+        info["busy_turns"] = timer.busy_turns
         print(f"[{i + 1}/{len(layers)}]", table(new, cols), sep="\n", flush=True)
         write_json(args.json, {"machine": info, "device": args.device, "rows": _public(rows),
                                "complete": False}, quiet=True)

@@ -147,6 +147,7 @@ def main(argv=None):
         rows += new
         # as it goes: a run cut short (a device session's time limit) keeps what it measured
         print(f"[{i + 1}/{len(shapes)}]", table(new, cols), sep="\n", flush=True)
+        info["busy_turns"] = timer.busy_turns
         write_json(args.json, {"machine": info, "device": args.device, "rows": rows,
                                "complete": i + 1 == len(shapes)}, quiet=i + 1 < len(shapes))
     print("\nAll shapes:")

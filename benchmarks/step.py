@@ -215,6 +215,7 @@ def main(argv=None):
         last = i + 1 == len(args.sizes)
         if not last:                       # as it goes: a run cut short keeps what it measured
             print(table([row], COLUMNS), flush=True)
+        info["busy_turns"] = timer.busy_turns
         write_json(args.json, {"machine": info, "device": args.device, "width": args.width,
                                "batch": args.batch,
                                "rows": rows, "complete": last}, quiet=not last)

@@ -74,6 +74,22 @@ def test_rounds_wait_for_other_threads_before_each_turn(monkeypatch):
     assert calls == ["wait", "a", "a", "wait", "b", "b"] * 2
 
 
+def test_rounds_count_and_report_turns_whose_wait_gave_up(monkeypatch, capsys):
+    """A thread that never sleeps would make every wait give up: the turns are still
+    timed, but counted (the benchmarks' JSON records ``busy_turns``), and reported once."""
+    import benchmarks.common as common
+    monkeypatch.setattr(common, "wait_for_idle_threads", lambda: False)
+    timer = Timer("cpu")
+    timer.rounds({"a": lambda: None, "b": lambda: None}, repeats=3, warmup=0, rewarm_s=0)
+    assert timer.busy_turns == 6
+    err = capsys.readouterr().err
+    assert err.count("warning: other threads of this process still running") == 1
+    monkeypatch.setattr(common, "wait_for_idle_threads", lambda: True)
+    quiet = Timer("cpu")
+    quiet.rounds({"a": lambda: None}, repeats=2, warmup=0, rewarm_s=0)
+    assert quiet.busy_turns == 0 and "warning" not in capsys.readouterr().err
+
+
 def test_ceilings_time_torchs_matmul_beside_numpys(monkeypatch):
     """With torch, the ceilings add torch's GFLOP/s on the same matrix and the paired
     ratio of the two libraries' times (checked against the rounds it came from)."""
@@ -116,6 +132,7 @@ def test_deconv_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch, cap
         deconv.main(["--repeats", "1", "--json", str(path)])
     saved = json.loads(path.read_text())
     assert saved["complete"] is False
+    assert saved["machine"]["busy_turns"] >= 0
     assert {r["shape"] for r in saved["rows"]} == {SMALL[0]} and len(saved["rows"]) == 6
     assert "[1/2]" in capsys.readouterr().out
     assert not (tmp_path / "d.json.tmp").exists()
