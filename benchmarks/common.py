@@ -63,6 +63,7 @@ class Timer:
     def __init__(self, device):
         self.device = device
         self.busy_turns = 0     # turns timed while another thread still ran (see rounds)
+        self.blind = False      # threads cannot be listed here: a fixed wait instead
         if device == "cuda":
             import cupy
             self.cupy = cupy
@@ -125,13 +126,19 @@ class Timer:
         times = {name: [] for name in fns}
         for _ in range(repeats):
             for name, fn in fns.items():
-                if self.device != "cuda" and wait_for_idle_threads() is False:
+                idle = True if self.device == "cuda" else wait_for_idle_threads()
+                if idle is False:
                     self.busy_turns += 1
                     if self.busy_turns == 1:
                         print(f"warning: other threads of this process still running "
                               f"(ids {busy_threads()}) before timing {name!r}: timings "
                               f"may be off (counted as busy_turns in the JSON)",
                               file=sys.stderr, flush=True)
+                elif idle is None and not self.blind:
+                    self.blind = True
+                    print("note: this system does not list a process's threads "
+                          "(/proc/self/task): each turn waits 0.5 s instead, for other "
+                          "libraries' worker threads to sleep", file=sys.stderr, flush=True)
                 start = time.perf_counter()
                 fn()
                 while time.perf_counter() - start < rewarm_s:

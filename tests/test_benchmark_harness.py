@@ -43,7 +43,7 @@ def test_busy_threads_sees_a_spinning_worker_and_waits_for_it():
     from benchmarks.common import busy_threads, wait_for_idle_threads
     if busy_threads() is None:
         pytest.skip("threads cannot be listed here (no /proc/self/task)")
-    a = np.ones((256, 256), np.float32)
+    a = np.ones((768, 768), np.float32)            # ~ms per GEMM: mostly inside BLAS
     stop, ready = threading.Event(), threading.Event()
 
     def spin():                                  # numpy releases the GIL in the GEMM:
@@ -62,7 +62,6 @@ def test_busy_threads_sees_a_spinning_worker_and_waits_for_it():
     stop.set()
     worker.join()
     assert wait_for_idle_threads(limit_s=5.0) is True       # OpenBLAS's own workers too
-    assert busy_threads() == []
 
 
 def test_rounds_wait_for_other_threads_before_each_turn(monkeypatch):

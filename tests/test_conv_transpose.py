@@ -213,6 +213,25 @@ def test_subpixel_with_the_column_taps_folded(cfg, dtype, seed):
         assert folded, "the shifted-rows layout was not asked"
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("cin,cout,kernel,stride,padding", [
+    (8, 1, 4, 2, 1), (6, 2, (4, 6), (2, 3), (1, 0)), (5, 1, 3, 2, 0)])
+def test_subpixel_folds_where_the_rule_says(monkeypatch, dtype, cin, cout, kernel, stride,
+                                            padding):
+    """Cases where the sub-pixel forward's convolution does fold (phase kernels more than
+    one wide, O*sh*sw <= C*ah), with the window bound lifted: the fold taken, and the
+    result held to torch."""
+    import minifcn.functional.conv as conv
+    monkeypatch.setattr(conv, "CPU_SHIFTED_FOLD_MIN_WINDOWS", 0)
+    folded, real = [], conv._fold_column_taps
+    monkeypatch.setattr(conv, "_fold_column_taps",
+                        lambda *a: folded.append(real(*a)) or folded[-1])
+    check_conv_transpose2d(np, dtype, n=2, cin=cin, cout=cout, h=5, w=6, kernel=kernel,
+                           stride=stride, padding=padding, output_padding=0, dilation=1,
+                           groups=1, bias=True, algorithms=["subpixel"])
+    assert True in folded
+
+
 @settings(max_examples=40, deadline=None)
 @given(cfg=conv_transpose_configs(), dtype=st.sampled_from(DTYPES),
        band_bytes=st.sampled_from([1, 200, 1 << 30]), seed=st.integers(0, 2**31 - 1))

@@ -174,8 +174,8 @@ def test_max_pool2d_tie_goes_to_first_in_scan_order(xp):
 def test_max_pool2d_keeps_the_sign_of_the_first_zero(xp, dtype, kernel, stride, padding):
     """+0 and -0 are equal, so a window holding both ties, and torch outputs the first in
     scan order, sign included (ReLU outputs are full of zeros; a -0 comes from, e.g.,
-    -1 * 0). Checked bit for bit on inputs of only +0, -0 and -1; every 2x2 tile order of
-    +0 / -0 appears. (It failed every case while the max kept NumPy's tie rule, which
+    -1 * 0). Checked bit for bit on inputs of only +0, -0 and -1, with both orders of
+    +0 and -0 placed in the first tile. (It failed every case while the max kept NumPy's tie rule, which
     returns maximum(a, b)'s second argument.)"""
     rng = np.random.default_rng(3)
     x = rng.choice(np.array([0.0, -0.0, -1.0], dtype), size=(2, 3, 9, 10))

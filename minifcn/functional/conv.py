@@ -257,13 +257,15 @@ def _conv2d_shifted_rows(x, weight_t, ph, pw):
     if _fold_column_taps(kw, width, o, c * kh):         # [(W_v, col offset v), ...]
         parts = [(np.ascontiguousarray(weight_t[:, :, v, :].reshape(c * kh, o).T), v)
                  for v in range(kw)]
-        col = np.empty((c, kh, 1, width + kw - 1), dtype=x.dtype)
+        extra = kw - 1                                   # windows read past the band's last
+        col = np.empty((c, kh, 1, width + extra), dtype=x.dtype)
     else:                                                # [(W, 0)]: one GEMM, the full col
         parts = [(weight_t.reshape(taps, o).T, 0)]       # (O, K): a transposed view
+        extra = 0
         col = np.empty((c, kh, kw, width), dtype=x.dtype)
     col_rows = col.reshape(-1, col.shape[-1])
     for start, length in bands:
-        _shifted_copies(stack_flat, col, start, length + col.shape[-1] - width, wp)
+        _shifted_copies(stack_flat, col, start, length + extra, wp)
         w_part, v = parts[0]
         np.matmul(w_part, col_rows[:, v:v + length], out=y_flat[:, start:start + length])
         for w_part, v in parts[1:]:
@@ -280,13 +282,18 @@ def _fold_column_taps(kw, width, outputs=0, rows=0):
     and reads the others at offsets ``v`` (``kw`` GEMMs per band instead of one): for
     kernels more than one wide, on bands of at least ``CPU_SHIFTED_FOLD_MIN_WINDOWS``
     windows, and with no more ``outputs`` (GEMM output rows) than ``rows`` (of the folded
-    col: ``C*kh``; the weight gradient's output is dW itself, and it passes 0). Interleaved A/B of forward + backward on the training run's layers (batch
-    16, 7 rounds, two runs): 0.89-0.92x of the time at 64x64, 0.86-0.97x at 32x32, but
-    0.96-1.21x at 16x16 (4.6k windows), 0.97-1.15x at 8x8 and 1.07-1.24x at 4x4: there
-    the two more GEMM calls per pass cost more than the copies they save. The forward
-    also needs no more output channels than ``col3`` has rows (``O <= C*kh``): each more
-    GEMM reads and writes the output band again, and VGG's conv1_1 (3 -> 64 channels) at
-    320x320 took 1.15x as long folded."""
+    col: ``C*kh``; the weight gradient's output is dW itself, and it passes 0).
+
+    The bands are sized for the unfolded col (:func:`_shifted_bands`), so 8192 windows
+    fit only where ``C*kh*kw*itemsize <= CPU_BAND_BYTES / 8192`` (1 kB): for 3x3 kernels
+    at most 28 channels in float32 (14 in float64), and the image(s) must hold 8192
+    windows. Interleaved A/B of forward + backward on the training run's layers (batch
+    16, 7 rounds, two runs), folding every band: 0.89-0.92x of the time at 64x64,
+    0.86-0.97x at 32x32, but 0.96-1.21x at 16x16 (4.6k windows), 0.97-1.15x at 8x8 and
+    0.91-1.24x at 4x4: there the two more GEMM calls per pass cost more than the copies
+    they save. The forward also needs no more output channels than ``col3`` has rows
+    (``O <= C*kh``): each more GEMM reads and writes the output band again, and VGG's
+    conv1_1 (3 -> 64 channels) at 320x320 took 1.15x as long folded."""
     return kw > 1 and width >= CPU_SHIFTED_FOLD_MIN_WINDOWS and outputs <= rows
 
 
@@ -322,13 +329,15 @@ def _weight_grad_shifted_rows(dy, x, g):
     dwt = np.zeros((g.c * g.kh, g.kw, g.o), dtype=g.dtype)   # dW^T, rows (c, u, v)
     if _fold_column_taps(g.kw, width):                        # [(rows of dW^T, offset v)]
         parts = [(dwt[:, v], v) for v in range(g.kw)]
-        col = np.empty((g.c, g.kh, 1, width + g.kw - 1), dtype=x.dtype)
+        extra = g.kw - 1
+        col = np.empty((g.c, g.kh, 1, width + extra), dtype=x.dtype)
     else:
         parts = [(dwt.reshape(taps, g.o), 0)]
+        extra = 0
         col = np.empty((g.c, g.kh, g.kw, width), dtype=x.dtype)
     col_rows = col.reshape(-1, col.shape[-1])
     for start, length in bands:
-        _shifted_copies(stack_flat, col, start, length + col.shape[-1] - width, wp)
+        _shifted_copies(stack_flat, col, start, length + extra, wp)
         for dwt_part, v in parts:
             gemm(col_rows[:, v:v + length], dy_flat[:, start:start + length].T, dwt_part,
                  accumulate=True)
