@@ -199,6 +199,17 @@ def require_device(parser, device):
             parser.error(str(e))
 
 
+def start(parser, argv, name):
+    """What every benchmark does before it measures: parse ``argv``, refuse a device this
+    machine lacks, check the ``--json`` path. Returns ``(args, torch set up for the device
+    (:func:`torch_for`), a Timer, the machine's description with the command)``."""
+    args = parser.parse_args(argv)
+    require_device(parser, args.device)
+    args.json = json_path(parser, args, name)
+    return (args, torch_for(args.device), Timer(args.device),
+            machine(args.device, command_line(f"benchmarks.{name}", argv)))
+
+
 def torch_for(device):
     """torch, set up for a fair comparison on ``device``: on the GPU cuDNN on, its
     autotuner on, and TF32 off (float32 against float32)."""
@@ -232,10 +243,7 @@ def ceilings(device, timer, torch=None, sizes=None):
         n_copy, n_mm = 1 << 25, 2048
     if sizes is not None:
         n_copy, n_mm = sizes
-    a = xp.ones(n_copy, dtype=np.float32)
-    b = xp.empty_like(a)
-    copy_ms = timer.median(lambda: xp.copyto(b, a), repeats=10)
-    del a, b
+    copy_ms = _copy_ms(xp, n_copy, timer)          # its buffers freed before the matmul
     rng = np.random.default_rng(0)
     m = xp.asarray(rng.standard_normal((n_mm, n_mm), dtype=np.float32))
     flop = 2 * n_mm ** 3 / 1e6
@@ -248,6 +256,13 @@ def ceilings(device, timer, torch=None, sizes=None):
             "matmul_GFLOPs": flop / statistics.median(times["ours"]),
             "torch_matmul_GFLOPs": flop / statistics.median(times["torch"]),
             "matmul_ratio": paired_ratio(times["ours"], times["torch"])}
+
+
+def _copy_ms(xp, n, timer):
+    """Median ms of copying ``n`` float32 values from one array to another."""
+    a = xp.ones(n, dtype=np.float32)
+    b = xp.empty_like(a)
+    return timer.median(lambda: xp.copyto(b, a), repeats=10)
 
 
 VALIDATION_TOL = 1e-4     # float32 results against torch: the largest relative error allowed

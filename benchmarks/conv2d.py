@@ -32,9 +32,8 @@ from minifcn.cli import positive_float
 from minifcn.functional import conv as conv_module
 from minifcn.functional import conv2d, conv2d_backward
 
-from .common import (Timer, add_json_flag, command_line, json_path, machine, paired_ratio,
-                     positive_int, rel_error, require_device, table, torch_for, validated,
-                     write_json)
+from .common import (add_json_flag, paired_ratio, positive_int, rel_error, start,
+                     table, validated, write_json)
 
 
 def fcn8s_layers(size, width, batch):
@@ -169,12 +168,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=positive_int, default=10,
                    help="interleaved timed rounds per layer")
     add_json_flag(p, "conv2d")
-    args = p.parse_args(argv)
-    require_device(p, args.device)
-    args.json = json_path(p, args, "conv2d")
-    torch = torch_for(args.device)
-    timer = Timer(args.device)
-    info = machine(args.device, command_line("benchmarks.conv2d", argv))
+    args, torch, timer, info = start(p, argv, "conv2d")
     info.update(repeats=args.repeats, size=args.size, width=args.width, batch=args.batch)
     layers = fcn8s_layers(args.size, args.width, args.batch)
     cols = ["layer", "input", "weight", "path", "impl", "fwd_ms", "fwd_ratio", "bwd_ms",

@@ -29,9 +29,8 @@ import numpy as np
 from minifcn.functional import conv_transpose2d, conv_transpose2d_backward
 from minifcn.functional.conv import _geometry, _pick_algorithm
 
-from .common import (Timer, add_json_flag, ceilings, command_line, json_path, machine,
-                     paired_ratio, positive_int, rel_error, require_device, table, torch_for,
-                     validated, write_json)
+from .common import (add_json_flag, ceilings, paired_ratio, positive_int, rel_error,
+                     start, table, validated, write_json)
 
 # (name, N, C_in, C_out, H, W, k, s, p): FCN's upsampling layers and a decoder layer
 FCN_SHAPES = [
@@ -127,12 +126,7 @@ def main(argv=None):
     p.add_argument("--sweep", action="store_true", help="also the sweep over channels, kernel, batch")
     p.add_argument("--repeats", type=positive_int, default=10)
     add_json_flag(p, "deconv")
-    args = p.parse_args(argv)
-    require_device(p, args.device)
-    args.json = json_path(p, args, "deconv")
-    torch = torch_for(args.device)
-    timer = Timer(args.device)
-    info = machine(args.device, command_line("benchmarks.deconv", argv))
+    args, torch, timer, info = start(p, argv, "deconv")
     info["repeats"] = args.repeats
     info["ceilings"] = c = ceilings(args.device, timer, torch)
     print(f"{info.get('gpu', info['cpu'])}: copy {c['copy_GBps']:.0f} GB/s, float32 matmul "

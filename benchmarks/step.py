@@ -28,8 +28,8 @@ import numpy as np
 
 from minifcn.cli import positive_float
 
-from .common import (Timer, add_json_flag, command_line, json_path, machine, paired_ratio,
-                     positive_int, require_device, table, torch_for, write_json)
+from .common import (add_json_flag, paired_ratio, positive_int, start, table,
+                     write_json)
 
 
 def _models(size, device, width, batch=1):
@@ -189,12 +189,7 @@ def main(argv=None):
     p.add_argument("--memory-runs", type=positive_int, default=3,
                    help="CPU: fresh processes per framework and size for the peak memory (median)")
     add_json_flag(p, "step")
-    args = p.parse_args(argv)
-    require_device(p, args.device)
-    args.json = json_path(p, args, "step")
-    torch_for(args.device)                               # cuDNN's settings for the GPU run
-    timer = Timer(args.device)
-    info = machine(args.device, command_line("benchmarks.step", argv))
+    args, _, timer, info = start(p, argv, "step")       # (torch: cuDNN's settings set)
     info["repeats"] = args.repeats
     rows = []
     for i, size in enumerate(args.sizes):

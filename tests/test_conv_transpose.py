@@ -170,19 +170,24 @@ def test_conv_transpose2d_random_configs(xp, cfg, dtype, seed):
     check_conv_transpose2d(xp, dtype, seed=seed, **cfg)
 
 
+def _where_subpixel_applies(cfg):
+    """Restrict a drawn configuration (in place) to where 'subpixel' applies: dilation 1,
+    one group, output_padding below the stride, padding below half the full output."""
+    cfg.update(dilation=(1, 1), groups=1)
+    s = cfg["stride"]
+    cfg["output_padding"] = tuple(min(o, a - 1) for o, a in zip(cfg["output_padding"], s))
+    full = [(n - 1) * a + k + o for n, a, k, o in
+            zip((cfg["h"], cfg["w"]), s, cfg["kernel"], cfg["output_padding"])]
+    cfg["padding"] = tuple(min(p, (f - 1) // 2) for p, f in zip(cfg["padding"], full))
+
+
 @settings(max_examples=30, deadline=None)
 @given(cfg=conv_transpose_configs(), dtype=st.sampled_from(DTYPES),
        seed=st.integers(0, 2**31 - 1))
 def test_conv_transpose2d_random_configs_subpixel(xp, cfg, dtype, seed):
     """Random configurations restricted to where 'subpixel' applies (it is checked above
     only when hypothesis happens to draw dilation 1 and groups 1)."""
-    cfg.update(dilation=(1, 1), groups=1)
-    s = cfg["stride"]
-    cfg["output_padding"] = tuple(min(o, a - 1) for o, a in zip(cfg["output_padding"], s))
-    kh, kw = cfg["kernel"]
-    full = [(n - 1) * a + k + o for n, a, k, o in
-            zip((cfg["h"], cfg["w"]), s, (kh, kw), cfg["output_padding"])]
-    cfg["padding"] = tuple(min(p, (f - 1) // 2) for p, f in zip(cfg["padding"], full))
+    _where_subpixel_applies(cfg)
     check_conv_transpose2d(xp, dtype, seed=seed, algorithms=["subpixel", "col2im"], **cfg)
 
 
@@ -195,12 +200,8 @@ def test_subpixel_with_the_column_taps_folded(cfg, dtype, seed):
     on bands of 8192+ windows; here on every band): random configurations, held to
     torch."""
     import minifcn.functional.conv as conv
-    cfg.update(dilation=(1, 1), groups=1)
+    _where_subpixel_applies(cfg)
     s = cfg["stride"]
-    cfg["output_padding"] = tuple(min(o, a - 1) for o, a in zip(cfg["output_padding"], s))
-    full = [(n - 1) * a + k + o for n, a, k, o in
-            zip((cfg["h"], cfg["w"]), s, cfg["kernel"], cfg["output_padding"])]
-    cfg["padding"] = tuple(min(p, (f - 1) // 2) for p, f in zip(cfg["padding"], full))
     saved, real = conv.CPU_SHIFTED_FOLD_MIN_WINDOWS, conv._fold_column_taps
     folded = []
     conv.CPU_SHIFTED_FOLD_MIN_WINDOWS = 0
@@ -241,12 +242,7 @@ def test_subpixel_channels_last_path_matches_torch(cfg, dtype, band_bytes, seed)
     default from stride 8 on), its output streamed in bands of one block row (which
     cross image boundaries), a few, or all: any kernel, crop and output_padding."""
     import minifcn.functional.conv as conv
-    cfg.update(dilation=(1, 1), groups=1)
-    s = cfg["stride"]
-    cfg["output_padding"] = tuple(min(o, a - 1) for o, a in zip(cfg["output_padding"], s))
-    full = [(n - 1) * a + k + o for n, a, k, o in
-            zip((cfg["h"], cfg["w"]), s, cfg["kernel"], cfg["output_padding"])]
-    cfg["padding"] = tuple(min(p, (f - 1) // 2) for p, f in zip(cfg["padding"], full))
+    _where_subpixel_applies(cfg)
     saved = (conv.CPU_SUBPIXEL_CHANNELS_LAST_MIN_STRIDE, conv.CPU_CHANNELS_LAST_BAND_BYTES,
              conv.CPU_CHANNELS_LAST_MIN_PIXELS)
     calls = []

@@ -257,12 +257,9 @@ def _conv2d_shifted_rows(x, weight_t, ph, pw):
     if _fold_column_taps(kw, width, o, c * kh):         # [(W_v, col offset v), ...]
         parts = [(np.ascontiguousarray(weight_t[:, :, v, :].reshape(c * kh, o).T), v)
                  for v in range(kw)]
-        extra = kw - 1                                   # windows read past the band's last
-        col = np.empty((c, kh, 1, width + extra), dtype=x.dtype)
     else:                                                # [(W, 0)]: one GEMM, the full col
         parts = [(weight_t.reshape(taps, o).T, 0)]       # (O, K): a transposed view
-        extra = 0
-        col = np.empty((c, kh, kw, width), dtype=x.dtype)
+    col, extra = _shifted_rows_col(c, kh, kw, width, len(parts) > 1, x.dtype)
     col_rows = col.reshape(-1, col.shape[-1])
     for start, length in bands:
         _shifted_copies(stack_flat, col, start, length + extra, wp)
@@ -297,6 +294,15 @@ def _fold_column_taps(kw, width, outputs=0, rows=0):
     return kw > 1 and width >= CPU_SHIFTED_FOLD_MIN_WINDOWS and outputs <= rows
 
 
+def _shifted_rows_col(c, kh, kw, width, folded, dtype):
+    """A band's col buffer for the shifted rows, and how many windows past the band it
+    reads: ``(C, kh, kw, width)`` and 0, or folded (:func:`_fold_column_taps`) the row
+    shifts only, ``(C, kh, 1, width + kw - 1)`` and ``kw - 1`` (tap ``v`` reads ``v``
+    windows on)."""
+    extra = kw - 1 if folded else 0
+    return np.empty((c, kh, 1 if folded else kw, width + extra), dtype=dtype), extra
+
+
 def _shifted_bands(out_rows, taps, wp, wo, itemsize):
     """The bands of :func:`_conv2d_shifted_rows`'s windows: ``(width, [(start, length),
     ...])``, whole output rows per band, as many as keep a band's col (``taps x width``)
@@ -329,12 +335,9 @@ def _weight_grad_shifted_rows(dy, x, g):
     dwt = np.zeros((g.c * g.kh, g.kw, g.o), dtype=g.dtype)   # dW^T, rows (c, u, v)
     if _fold_column_taps(g.kw, width):                        # [(rows of dW^T, offset v)]
         parts = [(dwt[:, v], v) for v in range(g.kw)]
-        extra = g.kw - 1
-        col = np.empty((g.c, g.kh, 1, width + extra), dtype=x.dtype)
     else:
         parts = [(dwt.reshape(taps, g.o), 0)]
-        extra = 0
-        col = np.empty((g.c, g.kh, g.kw, width), dtype=x.dtype)
+    col, extra = _shifted_rows_col(g.c, g.kh, g.kw, width, len(parts) > 1, x.dtype)
     col_rows = col.reshape(-1, col.shape[-1])
     for start, length in bands:
         _shifted_copies(stack_flat, col, start, length + extra, wp)
