@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from minifcn import openblas_core
 from minifcn.evaluate import check_output_file
 
 
@@ -40,7 +41,8 @@ def cpu_name():
 
 def machine(device, command=None):
     info = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
-            "numpy": np.__version__, "cpu": cpu_name(), "cores": os.cpu_count()}
+            "numpy": np.__version__, "blas": openblas_core.describe(), "cpu": cpu_name(),
+            "cores": os.cpu_count()}
     try:
         import torch
         info["torch"] = torch.__version__
@@ -206,6 +208,9 @@ def start(parser, argv, name):
     args = parser.parse_args(argv)
     require_device(parser, args.device)
     args.json = json_path(parser, args, name)
+    if args.device == "cpu" and openblas_core.held_back():
+        print(f"note: NumPy's BLAS: {openblas_core.describe()}. minifcn's GEMM-bound times "
+              "and ratios here are for those kernels.", file=sys.stderr)
     return (args, torch_for(args.device), Timer(args.device),
             machine(args.device, command_line(f"benchmarks.{name}", argv)))
 

@@ -132,6 +132,8 @@ def main(argv=None):
     print(f"{info.get('gpu', info['cpu'])}: copy {c['copy_GBps']:.0f} GB/s, float32 matmul "
           f"{c['matmul_GFLOPs']:.0f} GFLOP/s ({c['torch_matmul_GFLOPs']:.0f} through torch: "
           f"minifcn's GEMM at {c['matmul_ratio']:.2f}x of torch's time)")
+    if args.device == "cpu":
+        print(f"NumPy's BLAS: {info['blas']}")
     shapes = FCN_SHAPES + (sweep_shapes() if args.sweep else [])
     rows = []
     cols = ["shape", "impl", "fwd_ms", "fwd_ratio", "bwd_ms", "bwd_ratio", "fwd_GFLOPs",

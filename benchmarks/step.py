@@ -215,6 +215,8 @@ def main(argv=None):
                                "batch": args.batch,
                                "rows": rows, "complete": last}, quiet=not last)
     print(f"FCN-8s step (width {args.width:g}, batch {args.batch}) on {info.get('gpu', info['cpu'])}")
+    if args.device == "cpu":
+        print(f"NumPy's BLAS: {info['blas']}")
     print(table(rows, COLUMNS))
     return 0
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import io
+from . import io, openblas_core
 from .backend import check_device, get_array_module, to_device, to_numpy
 from .data import BatchLoader, colorize, deprocess, open_dataset
 from .data.synthetic import MIN_SIZE as SYNTHETIC_MIN_SIZE
@@ -491,6 +491,8 @@ class Run:
         self.log(f"training {type(self.model).__name__} ({self.model.num_params():,} parameters) "
                  f"on {c.data} ({len(self.train_set)} train / {len(self.val_set)} val images, "
                  f"{self.num_classes} classes) for {c.iters} iterations; run directory {self.dir}")
+        if c.device == "cpu":
+            self.log(f"NumPy's BLAS: {openblas_core.describe()}")
         bar = _progress(c.iters, self.iteration, c.progress)
         losses = []
         warned = warned_void = False

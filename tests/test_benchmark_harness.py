@@ -7,6 +7,7 @@ import pytest
 
 import benchmarks.deconv as deconv
 from benchmarks.common import Timer, paired_ratio
+from minifcn import openblas_core
 
 
 def test_rounds_time_every_contender_once_per_round_in_turn():
@@ -132,6 +133,7 @@ def test_deconv_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch, cap
     saved = json.loads(path.read_text())
     assert saved["complete"] is False
     assert saved["machine"]["busy_turns"] >= 0
+    assert saved["machine"]["blas"] == openblas_core.describe()   # which GEMM kernels ran
     assert {r["shape"] for r in saved["rows"]} == {SMALL[0]} and len(saved["rows"]) == 6
     assert "[1/2]" in capsys.readouterr().out
     assert not (tmp_path / "d.json.tmp").exists()
