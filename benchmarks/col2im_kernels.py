@@ -48,8 +48,8 @@ import numpy as np
 from minifcn.functional.im2col import _col2im, conv_output_size
 
 from .common import (Timer, add_json_flag, command_line, json_path, machine, non_negative_int,
-                     paired_ratio, positive_int, rel_error, require_device, validated,
-                     write_json)
+                     paired_ratio, positive_int, rel_error, require_device, steady_allocator,
+                     validated, write_json)
 
 KERNELS = Path(__file__).resolve().parent / "kernels"
 
@@ -433,6 +433,8 @@ def main(argv=None):
     about = dict(command=command_line("benchmarks.col2im_kernels", argv),
                  date=datetime.datetime.now().isoformat(timespec="seconds"),
                  host=platform.node(), python=platform.python_version(), repeats=args.repeats)
+    if args.device == "cpu":
+        about["malloc"] = steady_allocator()
 
     def save(result, quiet=True):
         write_json(path, {**result, **about}, quiet=quiet)

@@ -190,6 +190,40 @@ def wait_for_idle_threads(limit_s=0.5, poll_s=0.002):
         time.sleep(poll_s)
 
 
+MMAP_THRESHOLD = 32 << 20    # glibc's malloc: blocks up to this size come from its heap
+TRIM_THRESHOLD = 64 << 20    # ... which it keeps until this much is free at its top
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3     # mallopt's parameter numbers (malloc.h)
+
+
+def steady_allocator():
+    """Fix glibc malloc's thresholds for the whole run; returns a line for the record, or
+    None where the C library is not glibc.
+
+    By default glibc maps every block above its *mmap threshold* fresh from the kernel and
+    unmaps it when freed, so each call that allocates a large array pays its page faults
+    again; but the threshold *moves*: freeing a mapped block up to 32 MB raises it to that
+    size. So a large op's time depended on what the process had freed before: torch's
+    256->128 transposed convolution (16 MB output) took 37 ms in a fresh process and 23 ms
+    after a 30 MB array was freed, and minifcn's backward of it 92 or 75 ms. Here both
+    thresholds are set to what the moving rule reaches in a long-running process (32 MB,
+    and twice that for trimming), the same for every row and contender, so repeated runs
+    measure the same thing and page faults of reusable memory stay out of the numbers."""
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        gnu = libc.gnu_get_libc_version
+    except (OSError, TypeError, AttributeError):
+        return None
+    gnu.restype = ctypes.c_char_p
+    if not (libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+            and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
+        return None
+    return (f"glibc {gnu().decode()} malloc, mmap threshold {MMAP_THRESHOLD >> 20} MB and "
+            f"trim threshold {TRIM_THRESHOLD >> 20} MB, fixed by the harness")
+
+
 def require_device(parser, device):
     """Stop a benchmark CLI with a usage error (exit 2, no traceback) when ``device`` is
     'cuda' and this machine has no usable GPU, saying why."""
@@ -211,8 +245,9 @@ def start(parser, argv, name):
     if args.device == "cpu" and openblas_core.held_back():
         print(f"note: NumPy's BLAS: {openblas_core.describe()}. minifcn's GEMM-bound times "
               "and ratios here are for those kernels.", file=sys.stderr)
-    return (args, torch_for(args.device), Timer(args.device),
-            machine(args.device, command_line(f"benchmarks.{name}", argv)))
+    info = machine(args.device, command_line(f"benchmarks.{name}", argv))
+    info["malloc"] = steady_allocator()
+    return args, torch_for(args.device), Timer(args.device), info
 
 
 def torch_for(device):

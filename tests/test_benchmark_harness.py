@@ -134,6 +134,7 @@ def test_deconv_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch, cap
     assert saved["complete"] is False
     assert saved["machine"]["busy_turns"] >= 0
     assert saved["machine"]["blas"] == openblas_core.describe()   # which GEMM kernels ran
+    assert saved["machine"]["malloc"] is None or "mmap threshold 32 MB" in saved["machine"]["malloc"]
     assert {r["shape"] for r in saved["rows"]} == {SMALL[0]} and len(saved["rows"]) == 6
     assert "[1/2]" in capsys.readouterr().out
     assert not (tmp_path / "d.json.tmp").exists()
@@ -500,3 +501,43 @@ def test_conv2d_benchmark_validates_then_times_and_refuses_a_wrong_path(monkeypa
     assert np.isfinite(rows["minifcn auto"]["fwd_ms"])
     totals = {r["impl"] for r in bc.totals(list(rows.values()))}
     assert totals == {"torch", "minifcn auto"}          # no total for a path that failed
+
+
+_FAULTS = """
+import resource, sys, numpy as np
+sys.path.insert(0, {root!r})
+if {steady}:
+    from benchmarks.common import steady_allocator
+    assert steady_allocator() is not None
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for i in range(2):
+    before = faults()
+    a = np.ones(20 << 18, np.float32)          # 20 MB, every page touched
+    del a
+print(faults() - before)                       # the second allocation's page faults
+"""
+
+
+def test_steady_allocator_keeps_large_blocks_for_reuse():
+    """With the harness's thresholds, a freed 20 MB array's memory is reused by the next
+    one (few page faults); with glibc's defaults the second one faults its pages in again
+    (the moving threshold has only just risen). So ops that allocate large outputs are
+    timed without page faults of memory the process already had, whatever ran before."""
+    import os
+    import subprocess
+    import sys
+    from benchmarks.common import steady_allocator
+    import benchmarks
+    root = os.path.dirname(os.path.dirname(os.path.abspath(benchmarks.__file__)))
+
+    def second_faults(steady):
+        code = _FAULTS.format(root=root, steady=steady)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True)
+        return int(out.stdout)
+    if steady_allocator() is None:
+        pytest.skip("the C library here is not glibc")
+    default, steady = second_faults(False), second_faults(True)
+    assert default > 100              # the control: glibc's defaults fault the pages in again
+    assert steady < default / 10      # (20 MB is 5120 pages, or ~10 huge pages + the rest)
