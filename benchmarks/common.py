@@ -203,11 +203,12 @@ def steady_allocator():
     unmaps it when freed, so each call that allocates a large array pays its page faults
     again; but the threshold *moves*: freeing a mapped block up to 32 MB raises it to that
     size. So a large op's time depended on what the process had freed before: torch's
-    256->128 transposed convolution (16 MB output) took 37 ms in a fresh process and 23 ms
-    after a 30 MB array was freed, and minifcn's backward of it 92 or 75 ms. Here both
-    thresholds are set to what the moving rule reaches in a long-running process (32 MB,
-    and twice that for trimming), the same for every row and contender, so repeated runs
-    measure the same thing and page faults of reusable memory stay out of the numbers."""
+    256->128 transposed convolution (16 MB output) took 36-40 ms in a fresh process and
+    22-24 ms after a 30 MB array had been freed (minifcn's own moved less: 39-45 ms). Here
+    both thresholds are set to what the moving rule reaches in a long-running process
+    (32 MB, and twice that for trimming), the same for every row and contender: repeated
+    runs measure the same thing, and page faults on memory the process could have reused
+    stay out of the numbers (which favours torch here)."""
     import ctypes
     import ctypes.util
     name = ctypes.util.find_library("c")
