@@ -45,11 +45,12 @@ from pathlib import Path
 
 import numpy as np
 
+from minifcn import openblas_core
 from minifcn.functional.im2col import _col2im, conv_output_size
 
-from .common import (Timer, add_json_flag, command_line, json_path, machine, non_negative_int,
-                     paired_ratio, positive_int, rel_error, require_device, steady_allocator,
-                     validated, write_json)
+from .common import (Timer, add_json_flag, command_line, fix_malloc_thresholds, json_path,
+                     machine, non_negative_int, paired_ratio, positive_int, rel_error,
+                     require_device, validated, write_json)
 
 KERNELS = Path(__file__).resolve().parent / "kernels"
 
@@ -433,8 +434,9 @@ def main(argv=None):
     about = dict(command=command_line("benchmarks.col2im_kernels", argv),
                  date=datetime.datetime.now().isoformat(timespec="seconds"),
                  host=platform.node(), python=platform.python_version(), repeats=args.repeats)
+    about["malloc"] = fix_malloc_thresholds()
     if args.device == "cpu":
-        about["malloc"] = steady_allocator()
+        about["blas"] = openblas_core.describe()      # (no GEMM here: for the record)
 
     def save(result, quiet=True):
         write_json(path, {**result, **about}, quiet=quiet)

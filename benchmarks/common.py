@@ -195,34 +195,38 @@ TRIM_THRESHOLD = 64 << 20    # ... which it keeps until this much is free at its
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3     # mallopt's parameter numbers (malloc.h)
 
 
-def steady_allocator():
-    """Fix glibc malloc's thresholds for the whole run; returns a line for the record, or
-    None where the C library is not glibc.
+def fix_malloc_thresholds():
+    """Fix glibc malloc's thresholds for the rest of the process; returns a line for the
+    record, or None where the C library is not glibc or refuses the values.
 
     By default glibc maps every block above its *mmap threshold* fresh from the kernel and
     unmaps it when freed, so each call that allocates a large array pays its page faults
     again; but the threshold *moves*: freeing a mapped block up to 32 MB raises it to that
     size. So a large op's time depended on what the process had freed before: torch's
     256->128 transposed convolution (16 MB output) took 36-40 ms in a fresh process and
-    22-24 ms after a 30 MB array had been freed (minifcn's own moved less: 39-45 ms). Here
+    22-24 ms after a 30 MB array had been freed; minifcn's own moved less (39-45 ms). Here
     both thresholds are set to what the moving rule reaches in a long-running process
-    (32 MB, and twice that for trimming), the same for every row and contender: repeated
-    runs measure the same thing, and page faults on memory the process could have reused
-    stay out of the numbers (which favours torch here)."""
+    (32 MB, and twice that for trimming), the same for every row and contender, so
+    repeated runs measure the same thing. That is torch's faster state: its outputs then
+    reuse memory without page faults."""
     import ctypes
     import ctypes.util
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        gnu = libc.gnu_get_libc_version
-    except (OSError, TypeError, AttributeError):
+        # find_library may return None; CDLL(None) is then the process's own symbols,
+        # which include the C library's on Linux
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        version = libc.gnu_get_libc_version
+    except (OSError, TypeError, AttributeError):       # not glibc (musl, macOS, Windows)
         return None
-    gnu.restype = ctypes.c_char_p
-    if not (libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-            and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
-        return None
-    return (f"glibc {gnu().decode()} malloc, mmap threshold {MMAP_THRESHOLD >> 20} MB and "
-            f"trim threshold {TRIM_THRESHOLD >> 20} MB, fixed by the harness")
+    version.restype = ctypes.c_char_p
+    mmap_set = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    trim_set = libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    if not (mmap_set and trim_set):                    # e.g. 32-bit glibc: 32 MB too large
+        return (f"glibc {version().decode()} malloc refused the harness's thresholds "
+                f"(mmap {'set' if mmap_set else 'refused'}, trim "
+                f"{'set' if trim_set else 'refused'}): glibc's moving defaults")
+    return (f"glibc {version().decode()} malloc, mmap threshold {MMAP_THRESHOLD >> 20} MB "
+            f"and trim threshold {TRIM_THRESHOLD >> 20} MB, fixed by the harness")
 
 
 def require_device(parser, device):
@@ -243,11 +247,11 @@ def start(parser, argv, name):
     args = parser.parse_args(argv)
     require_device(parser, args.device)
     args.json = json_path(parser, args, name)
-    if args.device == "cpu" and openblas_core.held_back():
-        print(f"note: NumPy's BLAS: {openblas_core.describe()}. minifcn's GEMM-bound times "
-              "and ratios here are for those kernels.", file=sys.stderr)
     info = machine(args.device, command_line(f"benchmarks.{name}", argv))
-    info["malloc"] = steady_allocator()
+    if args.device == "cpu" and openblas_core.held_back():
+        print(f"note: NumPy's BLAS: {info['blas']}. minifcn's GEMM-bound times and ratios "
+              "here are for those kernels.", file=sys.stderr)
+    info["malloc"] = fix_malloc_thresholds()
     return args, torch_for(args.device), Timer(args.device), info
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import benchmarks.common as common
 import benchmarks.deconv as deconv
 from benchmarks.common import Timer, paired_ratio
 from minifcn import openblas_core
@@ -125,6 +126,7 @@ def test_deconv_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch, cap
             raise KeyboardInterrupt              # what timeout -s INT does
         return real(shape, *args)
     monkeypatch.setattr(deconv, "run_shape", run_shape)
+    monkeypatch.setattr(common, "fix_malloc_thresholds", lambda: "thresholds (test)")
     monkeypatch.setattr(deconv, "ceilings", lambda device, timer, torch: {
         "copy_GBps": 1.0, "matmul_GFLOPs": 1.0, "torch_matmul_GFLOPs": 1.0, "matmul_ratio": 1.0})
     path = tmp_path / "d.json"
@@ -134,7 +136,7 @@ def test_deconv_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch, cap
     assert saved["complete"] is False
     assert saved["machine"]["busy_turns"] >= 0
     assert saved["machine"]["blas"] == openblas_core.describe()   # which GEMM kernels ran
-    assert saved["machine"]["malloc"] is None or "mmap threshold 32 MB" in saved["machine"]["malloc"]
+    assert saved["machine"]["malloc"] == "thresholds (test)"    # fix_malloc_thresholds' line
     assert {r["shape"] for r in saved["rows"]} == {SMALL[0]} and len(saved["rows"]) == 6
     assert "[1/2]" in capsys.readouterr().out
     assert not (tmp_path / "d.json.tmp").exists()
@@ -506,9 +508,9 @@ def test_conv2d_benchmark_validates_then_times_and_refuses_a_wrong_path(monkeypa
 _FAULTS = """
 import resource, sys, numpy as np
 sys.path.insert(0, {root!r})
-if {steady}:
-    from benchmarks.common import steady_allocator
-    assert steady_allocator() is not None
+if {fixed}:
+    from benchmarks.common import fix_malloc_thresholds
+    print(fix_malloc_thresholds())
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for i in range(2):
@@ -519,25 +521,29 @@ print(faults() - before)                       # the second allocation's page fa
 """
 
 
-def test_steady_allocator_keeps_large_blocks_for_reuse():
+def test_fixed_malloc_thresholds_keep_large_blocks_for_reuse():
     """With the harness's thresholds, a freed 20 MB array's memory is reused by the next
     one (few page faults); with glibc's defaults the second one faults its pages in again
     (the moving threshold has only just risen). So ops that allocate large outputs are
-    timed without page faults of memory the process already had, whatever ran before."""
+    timed without page faults of memory the process already had, whatever ran before.
+    Each case runs in a fresh interpreter (the thresholds stay fixed for a process)."""
     import os
+    import platform
     import subprocess
     import sys
-    from benchmarks.common import steady_allocator
-    import benchmarks
-    root = os.path.dirname(os.path.dirname(os.path.abspath(benchmarks.__file__)))
+    if platform.libc_ver()[0] != "glibc" or sys.maxsize < 2**32:
+        pytest.skip("needs 64-bit glibc")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(common.__file__)))
 
-    def second_faults(steady):
-        code = _FAULTS.format(root=root, steady=steady)
+    def second_faults(fixed):
+        code = _FAULTS.format(root=root, fixed=fixed)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True)
-        return int(out.stdout)
-    if steady_allocator() is None:
-        pytest.skip("the C library here is not glibc")
-    default, steady = second_faults(False), second_faults(True)
-    assert default > 100              # the control: glibc's defaults fault the pages in again
-    assert steady < default / 10      # (20 MB is 5120 pages, or ~10 huge pages + the rest)
+                             check=True).stdout.split("\n")
+        if fixed:
+            assert "mmap threshold 32 MB and trim threshold 64 MB" in out[0]
+        return int(out[-2])
+    default = second_faults(False)
+    if default < 100:      # the premise: with glibc's defaults the pages fault in again
+        pytest.skip(f"glibc's defaults faulted only {default} pages in here (huge pages or "
+                    "malloc tunables): nothing to compare")
+    assert second_faults(True) < default / 10   # 20 MB: 5120 pages, or ~10 huge + the rest
