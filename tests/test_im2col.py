@@ -64,7 +64,7 @@ GRID = [g for g in itertools.product(
 
 
 def _method_list(dilation):
-    return ["taps", "auto"] + (["blocks"] if tuple(dilation) == (1, 1) else [])
+    return ["taps", "auto"] + (["blocks", "phases"] if tuple(dilation) == (1, 1) else [])
 
 
 @pytest.mark.parametrize("kernel,stride,padding,dilation", GRID)
@@ -164,15 +164,16 @@ def test_col2im_taps_without_overlaps_fill_every_pixel(monkeypatch, kernel, stri
     np.testing.assert_array_equal(got, naive_col2im(c, h, w, *stride, *padding, 1, 1))
 
 
-def test_col2im_taps_with_negative_padding_zeroes_what_no_window_reaches(monkeypatch):
+@pytest.mark.parametrize("method", ["taps", "phases", "auto"])
+def test_col2im_with_negative_padding_zeroes_what_no_window_reaches(monkeypatch, method):
     """The unchecked core takes a negative padding (a band that starts inside the image, as
-    _im2col allows): windows then tile only part of the image, and the rest must be 0,
-    not whatever np.empty held."""
+    _im2col allows, and conv2d's backward passes): windows then tile only part of the
+    image, and the rest must be 0, not whatever np.empty held."""
     from minifcn.functional.im2col import _col2im
     real_empty = np.empty
     monkeypatch.setattr(np, "empty", lambda *a, **k: np.full_like(real_empty(*a, **k), np.nan))
     col = np.ones((1, 1, 2, 2, 3, 3))
-    got = _col2im(col, 4, 4, 2, 2, -1, -1, 1, 1, "taps")
+    got = _col2im(col, 4, 4, 2, 2, -1, -1, 1, 1, method)
     expected = np.zeros((4, 4))
     expected[1:, 1:] = 1.0              # image rows/cols 1..6 of the windows, cropped to 3
     np.testing.assert_array_equal(got[0, 0], expected)
@@ -186,7 +187,7 @@ def test_col2im_fcn32_upsampler_geometry(xp):
     hi = (h - 1) * 32 - 2 * 16 + 64           # the transposed conv's output: 96
     c = rng.standard_normal((1, 2, 64, 64, h, w))
     ref = naive_col2im(c, hi, hi, 32, 32, 16, 16, 1, 1)
-    for method in ("taps", "blocks", "auto"):
+    for method in ("taps", "blocks", "phases", "auto"):
         got = to_np(col2im(xp.asarray(c), (hi, hi), 32, 16, 1, method=method))
         assert_close(got, ref, np.float64, method)
 
