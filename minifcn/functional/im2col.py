@@ -122,21 +122,28 @@ def col2im(col, image_size, stride=1, padding=0, dilation=1, method="auto"):
       r)/s``. So each phase is a sum of its taps' slices shifted by whole rows and
       columns: ``+=`` on a small contiguous buffer (one per phase, in cache), then one
       strided copy of the buffer into the image. Every tap is still one operation, but
-      the image is written ``s*s`` times in all where ``'taps'`` reads and writes it
-      ``kh*kw`` times through strided views.
+      the image itself is written once in all (``s*s`` strided copies of ``1/(s*s)`` of
+      it each), where ``'taps'`` reads and writes it about ``kh*kw/(s*s)`` times over,
+      through strided views.
 
-    ``'auto'`` (measured: ``python -m benchmarks.col2im_kernels --device cpu``, against
-    torch's ``fold``, ``benchmarks/RESULTS.md``): ``'taps'`` where ``'phases'`` cannot
-    help — dilation other than 1, stride 1 (one phase: the same adds plus a copy), or
-    windows that do not overlap (kernel <= stride: ``'taps'``' adds are then plain copies);
-    ``'blocks'`` from stride ``COL2IM_BLOCKS_MIN_STRIDE`` (32) when each tap's slice
-    (``N*C*Ho*Wo`` entries) is at most ``COL2IM_BLOCKS_MAX_TAP_ENTRIES``: FCN-32s's 4096
-    taps on a 16x16 map (5376 entries each) cost more one by one than its 4 block adds
-    (32 against 27 ms), while on a 32x32 map ``'phases'`` took 89 ms against 196; else
-    ``'phases'``: 1.15-3.1x faster than ``'taps'`` on ten shapes with strides 2 to 32
-    (the col of 256->128 k4 s2 at batch 8: 11.9 against 24.9 ms), and 5-6% slower on the
-    smallest (21 channels, k4 s2 p0 on 16x16, a 0.11 ms op). There is no ``np.add.at``:
-    each ``+=`` touches every element of its target once.
+    ``'auto'`` (measured: ``python -m benchmarks.col2im_kernels --device cpu`` against
+    torch's ``fold``; ``benchmarks/results/col2im_cpu_session12.json``):
+
+    - ``'taps'`` where ``'phases'`` cannot help: dilation other than 1, stride 1 on either
+      axis (one phase per row or column: the same adds plus a copy), or windows that do
+      not overlap (kernel <= stride on both axes: each of the taps' adds is then a plain
+      copy);
+    - ``'blocks'`` from stride ``COL2IM_BLOCKS_MIN_STRIDE`` (32) when each tap's slice
+      (``N*C*Ho*Wo`` entries) is at most ``COL2IM_BLOCKS_MAX_TAP_ENTRIES``: then
+      ``'phases'``' one operation per tap costs more than the 4 block adds (FCN-32s's 4096
+      taps on a 16x16 map, 5376 entries each: 31.8 against 28.7 ms), while on a 32x32 map
+      (21504 entries each) ``'phases'`` took 91.5 ms against ``'blocks'``' 199.5. The
+      bound lies between those two measured points;
+    - else ``'phases'``: 1.22-2.56x faster than ``'taps'`` on five of the benchmark's six
+      shapes whose windows overlap (128 channels, k4 s2, batch 8: 12.8 against 32.8 ms),
+      and 6% slower on the smallest (21 channels, k4 s2 p0 on 16x16, a 0.11 ms op).
+
+    There is no ``np.add.at``: each ``+=`` touches every element of its target once.
     """
     if getattr(col, "ndim", None) != 6:
         raise ValueError("col must be a 6-D array (N, C, kh, kw, Ho, Wo), "
@@ -203,9 +210,9 @@ def _col2im(col, h, w, sh, sw, ph, pw, dh, dw, method="auto"):
         kh, kw = col.shape[2:4]
         if (dh, dw) != (1, 1) or min(sh, sw) == 1 or (kh <= sh and kw <= sw):
             method = "taps"
-        elif (min(sh, sw) >= COL2IM_BLOCKS_MIN_STRIDE
+        elif (min(sh, sw) >= COL2IM_BLOCKS_MIN_STRIDE and min(ph, pw) >= 0
               and col.shape[0] * col.shape[1] * col.shape[4] * col.shape[5]
-              <= COL2IM_BLOCKS_MAX_TAP_ENTRIES):
+              <= COL2IM_BLOCKS_MAX_TAP_ENTRIES):     # ('blocks' crops: no negative padding)
             method = "blocks"
         else:
             method = "phases"
