@@ -443,13 +443,15 @@ def test_col2im_kernels_cpu_takes_warmup_zero(monkeypatch, tmp_path):
 @pytest.mark.parametrize("framework", ["minifcn", "torch"])
 def test_step_memory_run_builds_one_framework_and_measures_it(framework):
     """The CPU peak memory runs one framework alone in a fresh process: its network is
-    built without the other's, its step runs, and the peak over the build is positive."""
+    built without the other's, its step runs, and the peak over the build is positive
+    (measured on a network larger than the process's warm-up one: the same size could
+    fit in what the warm-up freed, and read 0)."""
     import benchmarks.step as step
     b = step._build(32, "cpu", 1 / 32, (framework,))
     assert (b.ours is None) == (framework == "torch") and (b.ref is None) == (framework == "minifcn")
     loss = step._steps(b)[0 if framework == "minifcn" else 1]()
     assert np.isfinite(float(loss.detach() if hasattr(loss, "detach") else loss))
-    assert step._cpu_peak_rss(framework, 32, 1 / 32) > 0
+    assert step._cpu_peak_rss(framework, 64, 1 / 8) > 0
 
 
 def test_step_twins_agree_at_a_batch_of_three():
