@@ -19,6 +19,9 @@ import collections
 import sys
 import time
 
+from minifcn import openblas_core
+
+from . import common
 from .common import require_device, wait_for_idle_threads
 from .step import _build, _models, _steps
 
@@ -45,6 +48,8 @@ def main(argv=None):
 
 def _profile_cpu(args):
     from torch.profiler import ProfilerActivity, profile
+    common.fix_malloc_thresholds()                  # as the benchmarks time: see common
+    print(f"NumPy's BLAS: {openblas_core.describe()}")
     b = _build(args.size, "cpu", args.width, batch=args.batch)
     times = collections.defaultdict(float)            # (pass, node name) -> seconds
 
