@@ -53,17 +53,27 @@ def runs_avx512(flags):
     return flags is not None and all(flag in flags for flag in AVX512_FLAGS)
 
 
-def running_core():
-    """``(config, core)`` of the OpenBLAS NumPy loaded, as OpenBLAS reports them, or None
-    where NumPy's BLAS is not an OpenBLAS that says so."""
+def numpy_blas_library():
+    """NumPy's extension module as a ``ctypes`` library, or None: ``dlsym`` on it finds the
+    symbols of the BLAS NumPy was linked against (:mod:`.functional.blas` finds its GEMMs
+    this way too)."""
     import ctypes
     try:
         try:
             from numpy._core import _multiarray_umath as module
         except ImportError:                                  # NumPy 1.x
             from numpy.core import _multiarray_umath as module
-        lib = ctypes.CDLL(module.__file__)
+        return ctypes.CDLL(module.__file__)
     except (ImportError, OSError, AttributeError):
+        return None
+
+
+def running_core():
+    """``(config, core)`` of the OpenBLAS NumPy loaded, as OpenBLAS reports them, or None
+    where NumPy's BLAS is not an OpenBLAS that says so."""
+    import ctypes
+    lib = numpy_blas_library()
+    if lib is None:
         return None
     for prefix in ("scipy_openblas_", "openblas_"):
         for suffix in ("64_", "_64", ""):
@@ -78,13 +88,18 @@ def running_core():
 _THIS = object()       # default argument: this process and machine
 
 
+def _this(running, environ, flags):
+    """The arguments of :func:`held_back` and :func:`describe`, defaults filled in."""
+    return (running_core() if running is _THIS else running,
+            os.environ if environ is None else environ,
+            read_cpu_flags() if flags is _THIS else flags)
+
+
 def held_back(running=_THIS, environ=None, flags=_THIS):
     """True when ``OPENBLAS_CORETYPE`` makes OpenBLAS run kernels without AVX-512 on a CPU
     that runs AVX-512. Arguments: :func:`running_core`'s result, the environment OpenBLAS
     was loaded with and the CPU's flags (None: unknown); by default this process's."""
-    running = running_core() if running is _THIS else running
-    environ = os.environ if environ is None else environ
-    flags = read_cpu_flags() if flags is _THIS else flags
+    running, environ, flags = _this(running, environ, flags)
     return (running is not None and bool(environ.get(ENV))
             and running[1].lower() not in AVX512_CORES and runs_avx512(flags))
 
@@ -92,9 +107,7 @@ def held_back(running=_THIS, environ=None, flags=_THIS):
 def describe(running=_THIS, environ=None, flags=_THIS):
     """One line: the kernels NumPy's BLAS runs, and who chose them (arguments as
     :func:`held_back`)."""
-    running = running_core() if running is _THIS else running
-    environ = os.environ if environ is None else environ
-    flags = read_cpu_flags() if flags is _THIS else flags
+    running, environ, flags = _this(running, environ, flags)
     if running is None:
         return "NumPy's BLAS is not OpenBLAS, or does not say which kernels it runs"
     config, core = running

@@ -26,6 +26,7 @@ import ctypes
 import numpy as np
 
 from ..backend import get_array_module
+from ..openblas_core import numpy_blas_library
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _SYMBOLS = {np.dtype(np.float32): ("scipy_cblas_sgemm64_", ctypes.c_float),
@@ -40,13 +41,8 @@ def _load_cblas():
     certainly 64-bit (a plain ``cblas_sgemm`` may be either, and a wrong guess corrupts
     the call; no numerical check could tell, since small sizes read the same either
     way). A one-off product against ``matmul`` must still pass."""
-    try:
-        try:
-            from numpy._core import _multiarray_umath as module
-        except ImportError:                                  # NumPy 1.x
-            from numpy.core import _multiarray_umath as module
-        lib = ctypes.CDLL(module.__file__)
-    except (ImportError, OSError, AttributeError):
+    lib = numpy_blas_library()
+    if lib is None:
         return {}
     found = {}
     i64 = ctypes.c_int64
