@@ -8,10 +8,13 @@ batch (default: what ``python -m minifcn.train`` runs: 64x64, width 1/8, batch 1
 its input shape taken from a forward pass of the model. Forward, and backward (the input
 and weight gradients together; conv1_1's weight gradient alone, as in training), for:
 
-- ``minifcn auto`` — what ``conv2d`` runs; the ``path`` column says which: ``implicit``
-  (VGG-sized layers: the convolution as a transposed one, no im2col), ``shifted`` (few
-  channels: im2col as contiguous copies of shifted rows, one GEMM for the batch) or
-  ``im2col``;
+- ``minifcn auto`` — what ``conv2d`` runs; the ``path`` column says which: ``winograd``
+  (VGG's 3x3 layers with 256 channels and more: F(2x2, 3x3), 2.25x fewer multiply-adds),
+  ``implicit`` (other VGG-sized layers: the convolution as a transposed one, no im2col),
+  ``shifted`` (few channels: im2col as contiguous copies of shifted rows, one GEMM for
+  the batch) or ``im2col``;
+- ``minifcn direct`` (CPU, Winograd layers only) — the same with Winograd turned off: the
+  path the layer took before it (``implicit``), for the speed-up in one process;
 - ``minifcn im2col`` (CPU) — the textbook path, forced, for comparison;
 - torch, on the same float32 inputs, in the same process.
 
@@ -48,23 +51,36 @@ def fcn8s_layers(size, width, batch):
 
 
 @contextlib.contextmanager
-def im2col_only():
-    """Within: conv2d and conv2d_backward take the im2col path on the CPU (neither the
-    implicit nor the shifted-rows path)."""
-    saved = (conv_module.CPU_IMPLICIT_CONV2D_MIN_CHANNELS,
-             conv_module.CPU_SHIFTED_CONV2D_MAX_CHANNELS)
-    conv_module.CPU_IMPLICIT_CONV2D_MIN_CHANNELS = 1 << 62
-    conv_module.CPU_SHIFTED_CONV2D_MAX_CHANNELS = 0
+def _thresholds(**values):
+    """Within: conv.py's thresholds set to ``values``; restored after."""
+    saved = {name: getattr(conv_module, name) for name in values}
+    for name, value in values.items():
+        setattr(conv_module, name, value)
     try:
         yield
     finally:
-        (conv_module.CPU_IMPLICIT_CONV2D_MIN_CHANNELS,
-         conv_module.CPU_SHIFTED_CONV2D_MAX_CHANNELS) = saved
+        for name, value in saved.items():
+            setattr(conv_module, name, value)
+
+
+def no_winograd():
+    """Within: conv2d and conv2d_backward do not take Winograd on the CPU."""
+    return _thresholds(CPU_WINOGRAD_MIN_CHANNELS=1 << 62)
+
+
+def im2col_only():
+    """Within: conv2d and conv2d_backward take the im2col path on the CPU (neither
+    Winograd, nor the implicit, nor the shifted-rows path)."""
+    return _thresholds(CPU_WINOGRAD_MIN_CHANNELS=1 << 62, CPU_IMPLICIT_CONV2D_MIN_CHANNELS=1 << 62,
+                       CPU_SHIFTED_CONV2D_MAX_CHANNELS=0)
 
 
 def path_taken(x, w, padding):
-    """Which path ``conv2d`` takes for this layer: 'implicit', 'shifted' or 'im2col'."""
+    """Which path ``conv2d`` takes for this layer: 'winograd', 'implicit', 'shifted' or
+    'im2col' (for finite operands)."""
     g = conv_module._geometry("conv2d", x, w, None, 1, padding, 1, 1)
+    if conv_module._winograd_conv2d(g):
+        return "winograd"
     if conv_module._implicit_conv2d(g):
         return "implicit"
     return "shifted" if conv_module._shifted_conv2d(g) else "im2col"
@@ -103,6 +119,8 @@ def run_layer(layer, device, timer, repeats, torch):
             "path": path_taken(x, w, padding) if device == "cpu" else "gpu"}
     contenders = [("minifcn auto", contextlib.nullcontext)]
     if device == "cpu":
+        if base["path"] == "winograd":
+            contenders.append(("minifcn direct", no_winograd))
         contenders.append(("minifcn im2col", im2col_only))
     fwd_fns, bwd_fns, rows, errs = {"torch": torch_fwd}, {"torch": torch_bwd}, [], {}
     for impl, context in contenders:

@@ -492,6 +492,31 @@ def test_conv2d_benchmark_forces_im2col_and_restores_the_rules():
     assert bc.path_taken(x, w, (1, 1)) == before
 
 
+def test_conv2d_benchmark_names_winograd_and_times_it_against_the_direct_path(monkeypatch):
+    """A Winograd layer (256 channels, 64x64) shows as 'winograd', as 'implicit' with
+    Winograd off, 'im2col' forced; restored after. With the thresholds
+    lowered, a small layer takes Winograd and gets the 'minifcn direct' contender."""
+    import torch
+    import benchmarks.conv2d as bc
+    from minifcn.functional.blas import uses_cblas
+    if not uses_cblas(np.float32):
+        pytest.skip("NumPy's BLAS is not reachable here")
+    x, w = np.zeros((1, 256, 64, 64), np.float32), np.zeros((256, 256, 3, 3), np.float32)
+    assert bc.path_taken(x, w, (1, 1)) == "winograd"
+    with bc.no_winograd():
+        assert bc.path_taken(x, w, (1, 1)) == "implicit"
+    with bc.im2col_only():
+        assert bc.path_taken(x, w, (1, 1)) == "im2col"
+    assert bc.path_taken(x, w, (1, 1)) == "winograd"
+    monkeypatch.setattr(bc.conv_module, "CPU_WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(bc.conv_module, "CPU_WINOGRAD_MIN_PIXELS", 1)
+    layer = ("conv3_2", (1, 4, 8, 8), (6, 4, 3, 3), (1, 1))
+    rows = {r["impl"]: r for r in bc.run_layer(layer, "cpu", Timer("cpu"), 2, torch)}
+    assert set(rows) == {"torch", "minifcn auto", "minifcn direct", "minifcn im2col"}
+    assert {r["path"] for r in rows.values()} == {"winograd"}
+    assert all(r["max_rel_err"] <= 1e-4 for k, r in rows.items() if k != "torch")
+
+
 def test_conv2d_benchmark_validates_then_times_and_refuses_a_wrong_path(monkeypatch):
     import torch
     import benchmarks.conv2d as bc

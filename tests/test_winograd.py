@@ -1,0 +1,243 @@
+"""Winograd's F(2x2, 3x3) (minifcn.functional.winograd), the CPU's path for VGG's wide 3x3
+convolutions: its matrices against the direct sums they replace, its transforms against
+explicit loops, and conv2d / conv2d_backward through it against torch (float64 autograd
+on the same values; tolerances of issue 2 via ``assert_close``)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+from conftest import assert_close, assert_same_non_finite, torch_grads
+from minifcn.functional import conv2d, conv2d_backward
+from minifcn.functional import winograd
+from minifcn.functional.blas import uses_cblas
+
+DTYPES = [np.float64, np.float32]
+
+
+def test_one_row_of_a_tile_is_the_direct_sum():
+    """``A^T [(G g) * (B^T d)]`` = the two outputs of a 3-tap correlation over 4 inputs,
+    ``y_i = sum_u g_u d_{i+u}`` (the 1-D identity the 2-D tiles nest)."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        d, g = rng.standard_normal(4), rng.standard_normal(3)
+        direct = [sum(g[u] * d[i + u] for u in range(3)) for i in range(2)]
+        got = winograd.A_T @ ((winograd.G @ g) * (winograd.B_T @ d))
+        np.testing.assert_allclose(got, direct, rtol=1e-13, atol=1e-13)
+
+
+def test_one_tile_is_the_direct_2d_sum():
+    """``Y = A^T [(G g G^T) * (B^T d B)] A``: a 4x4 input tile, a 3x3 kernel -> the 2x2
+    outputs ``Y[i, j] = sum_{u, v} g[u, v] d[i+u, j+v]``, by loops."""
+    rng = np.random.default_rng(1)
+    B_T, G, A_T = winograd.B_T, winograd.G, winograd.A_T
+    for _ in range(20):
+        d, g = rng.standard_normal((4, 4)), rng.standard_normal((3, 3))
+        direct = np.array([[sum(g[u, v] * d[i + u, j + v] for u in range(3) for v in range(3))
+                            for j in range(2)] for i in range(2)])
+        got = A_T @ ((G @ g @ G.T) * (B_T @ d @ B_T.T)) @ A_T.T
+        np.testing.assert_allclose(got, direct, rtol=1e-13, atol=1e-13)
+
+
+def test_filter_transform_and_its_adjoint():
+    """``filter_transform`` is ``G W G^T`` per (o, c) (explicit products), and
+    ``filter_transform_adjoint`` is its adjoint: ``<U(W), S> = <W, U^T(S)>``."""
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((3, 2, 3, 3))
+    u = winograd.filter_transform(w)
+    assert u.shape == (4, 4, 3, 2)
+    for o in range(3):
+        for c in range(2):
+            np.testing.assert_allclose(u[:, :, o, c], winograd.G @ w[o, c] @ winograd.G.T,
+                                       rtol=1e-14, atol=1e-14)
+    s = rng.standard_normal((4, 4, 3, 2))
+    lhs = np.vdot(u, s)
+    rhs = np.vdot(w, winograd.filter_transform_adjoint(s))
+    assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs))
+
+
+def _data(dtype, n, c, o, h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((o, c, 3, 3)).astype(dtype)
+    return rng, x, wt
+
+
+# (n, C, O, H, W, padding): even and odd outputs (the last tile cropped), every padding
+# 0..2 including mixed ones, maps smaller than a tile
+SHAPES = [(2, 3, 4, 8, 8, (1, 1)), (1, 5, 3, 9, 7, (1, 1)), (3, 2, 3, 6, 11, (0, 0)),
+          (1, 4, 6, 5, 5, (2, 2)), (2, 3, 2, 7, 10, (0, 2)), (1, 2, 2, 3, 3, (0, 0)),
+          (1, 3, 3, 1, 2, (1, 2))]
+
+
+@pytest.mark.parametrize("band_rows", [None, 1, 2], ids=["default bands", "one tile row a band",
+                                                         "two tile rows a band"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("n,c,o,h,w,padding", SHAPES)
+def test_winograd_forward_and_weight_gradient_match_torch(monkeypatch, dtype, n, c, o, h, w,
+                                                          padding, band_rows):
+    """``winograd_conv2d`` and ``winograd_conv2d_weight_grad`` on their own, against
+    torch's conv2d and its weight gradient. Bands of one or two tile rows make several
+    bands per image (the weight gradient sums over them all); two rows over an odd number
+    of tile rows (9x7 with padding 1: 5) leave a last band shorter than the others."""
+    if band_rows is not None:
+        tw = -(-(w + 2 * padding[1] - 2) // 2)
+        monkeypatch.setattr(winograd, "WINOGRAD_BAND_BYTES",
+                            band_rows * 16 * max(c, o) * tw * np.dtype(dtype).itemsize)
+    rng, x, wt = _data(dtype, n, c, o, h, w)
+    y = winograd.winograd_conv2d(x, wt, *padding)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dw = winograd.winograd_conv2d_weight_grad(dy, x, *padding)
+    y_ref, g = torch_grads(lambda x, w: TF.conv2d(x, w, None, 1, padding), {"x": x, "w": wt}, dy)
+    assert y.dtype == dw.dtype == np.dtype(dtype)
+    assert y.flags.c_contiguous and dw.flags.c_contiguous
+    assert_close(y, y_ref, dtype, "forward")
+    assert_close(dw, g["w"], dtype, "weight gradient")
+
+
+def _take_winograd(monkeypatch):
+    """Lower conv.py's thresholds so that small convolutions take Winograd; return the
+    list the two Winograd functions append their names to when called."""
+    import minifcn.functional.conv as conv
+    monkeypatch.setattr(conv, "CPU_WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv, "CPU_WINOGRAD_MIN_PIXELS", 1)
+    calls = []
+    fwd, dw = conv.winograd_conv2d, conv.winograd_conv2d_weight_grad
+    monkeypatch.setattr(conv, "winograd_conv2d", lambda *a: calls.append("conv") or fwd(*a))
+    monkeypatch.setattr(conv, "winograd_conv2d_weight_grad",
+                        lambda *a: calls.append("dW") or dw(*a))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("n,c,o,h,w,padding", SHAPES)
+def test_conv2d_through_winograd_matches_torch(monkeypatch, dtype, n, c, o, h, w, padding):
+    """conv2d and conv2d_backward with the thresholds lowered: the forward, the input
+    gradient (the forward again, kernel flipped, padding 2 - p) and the weight gradient
+    all run by Winograd, with a bias; every result against torch."""
+    if not uses_cblas(dtype):
+        pytest.skip("NumPy's BLAS is not reachable here")
+    calls = _take_winograd(monkeypatch)
+    rng, x, wt = _data(dtype, n, c, o, h, w)
+    b = rng.standard_normal(o).astype(dtype)
+    y = conv2d(x, wt, b, 1, padding)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw, db = conv2d_backward(dy, x, wt, 1, padding)
+    assert calls == ["conv", "conv", "dW"]
+    y_ref, g = torch_grads(lambda x, w, b: TF.conv2d(x, w, b, 1, padding),
+                           {"x": x, "w": wt, "b": b}, dy)
+    assert_close(y, y_ref, dtype, "forward")
+    assert_close(dx, g["x"], dtype, "input gradient")
+    assert_close(dw, g["w"], dtype, "weight gradient")
+    assert_close(db, g["b"], dtype, "bias gradient")
+    assert y.dtype == dx.dtype == dw.dtype == np.dtype(dtype)
+    # each gradient alone takes its own Winograd product only
+    calls.clear()
+    dx2, dw2, _ = conv2d_backward(dy, x, wt, 1, padding, need_weight_grad=False)
+    assert dw2 is None and calls == ["conv"]
+    np.testing.assert_array_equal(dx2, dx)
+    calls.clear()
+    dx3, dw3, _ = conv2d_backward(dy, x, wt, 1, padding, need_input_grad=False)
+    assert dx3 is None and calls == ["dW"]
+    np.testing.assert_array_equal(dw3, dw)
+
+
+def test_mixed_dtypes_compute_in_the_wider_one(monkeypatch):
+    """A float32 input with a float64 weight: float64 out, as every other path."""
+    calls = _take_winograd(monkeypatch)
+    rng, x, wt = _data(np.float64, 2, 3, 4, 6, 6)
+    x32 = x.astype(np.float32)
+    y = conv2d(x32, wt, None, 1, 1)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw, _ = conv2d_backward(dy, x32, wt, 1, 1)
+    assert y.dtype == dx.dtype == dw.dtype == np.float64
+    assert calls == ["conv", "conv", "dW"]
+    y_ref, g = torch_grads(lambda x, w: TF.conv2d(x, w, None, 1, 1), {"x": x32, "w": wt}, dy)
+    for got, ref, what in ((y, y_ref, "forward"), (dx, g["x"], "dx"), (dw, g["w"], "dW")):
+        assert_close(got, ref, np.float64, what)
+
+
+@pytest.mark.parametrize("where,index", [("x", (0, 3)), ("x", (5, 5)), ("w", (1, 1)),
+                                         ("dy", (2, 4))])
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_an_inf_takes_the_direct_path_and_lands_where_torch_puts_it(monkeypatch, where, index):
+    """Winograd's input transform subtracts inputs: an inf would meet another inf (or a
+    tile's partner) as ``inf - inf = NaN`` where torch's direct sum keeps inf. With an inf
+    in x, W or dy, the products it enters take the other paths, and the pattern of inf
+    and NaN, and every finite value, is torch's; the products it does not enter still run
+    by Winograd."""
+    calls = _take_winograd(monkeypatch)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8, 8))
+    w = rng.standard_normal((4, 3, 3, 3))
+    dy = rng.standard_normal((2, 4, 8, 8))
+    {"x": x, "w": w, "dy": dy}[where][(0, 0, *index)] = np.inf
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    ty = TF.conv2d(tx, tw, padding=1)
+    ty.backward(torch.tensor(dy))
+    got_y = conv2d(x, w, None, 1, 1)
+    got_dx, got_dw, _ = conv2d_backward(dy, x, w, 1, 1)
+    for name, got, ref in (("y", got_y, ty.detach().numpy()), ("dx", got_dx, tx.grad.numpy()),
+                           ("dW", got_dw, tw.grad.numpy())):
+        assert_same_non_finite(got, ref, name)
+    want = {"x": ["conv"],          # the input gradient (dy, W finite) still runs it
+            "w": ["dW"],            # the weight gradient (dy, x finite) still runs it
+            "dy": ["conv"]}[where]  # the forward ran before dy existed
+    assert calls == want
+
+
+def test_which_convolutions_take_winograd():
+    """The rule on VGG16's layers at 320x320 (the step benchmark's size) and the cases
+    it leaves to the other paths."""
+    import minifcn.functional.conv as conv
+    if not uses_cblas(np.float32):
+        pytest.skip("NumPy's BLAS is not reachable here")
+
+    def takes(c, o, h, k=3, p=1, s=1, d=1, groups=1, dtype=np.float32, n=1):
+        g = conv._geometry("conv2d", np.zeros((n, c, h, h), dtype),
+                           np.zeros((o, c // groups, k, k), dtype), None, s, p, d, groups)
+        return conv._winograd_conv2d(g)
+
+    for c, o, h in [(256, 256, 80), (256, 512, 40), (512, 512, 40), (256, 256, 56),
+                    (512, 512, 28)]:
+        assert takes(c, o, h), (c, o, h)
+    assert not takes(512, 512, 20)          # conv5 at 320: too few pixels to pay
+    assert not takes(128, 256, 80)          # conv3_1: too few input channels
+    assert not takes(64, 64, 320)           # conv1_2: transforms cost more than they save
+    assert not takes(256, 256, 80, p=3)     # the input gradient would need padding -1
+    assert not takes(256, 256, 80, k=5, p=2)
+    assert not takes(256, 256, 80, s=2)
+    assert not takes(256, 256, 80, d=2, p=2)
+    assert not takes(256, 256, 80, groups=2)
+    assert not takes(256, 256, 80, dtype=np.float16)
+    assert not takes(256, 256, 80, n=0)
+
+
+def test_float32_rounding_stays_near_the_direct_sums(monkeypatch):
+    """At a VGG layer's channel count (256 in and out) in float32, Winograd's error
+    against the exact (float64) result is within 3x the error of the direct im2col GEMM
+    on the same float32 values: the transforms' coefficients (0, +-1, +-1/2) add little
+    rounding."""
+    import minifcn.functional.conv as conv
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 256, 12, 12)).astype(np.float32)
+    w = (rng.standard_normal((256, 256, 3, 3)) / 48).astype(np.float32)
+    dy = rng.standard_normal((1, 256, 12, 12)).astype(np.float32)
+    y_ref, g = torch_grads(lambda x, w: TF.conv2d(x, w, None, 1, 1), {"x": x, "w": w}, dy)
+    refs = [y_ref, g["x"], g["w"]]
+
+    def errors():
+        y = conv2d(x, w, None, 1, 1)
+        dx, dw, _ = conv2d_backward(dy, x, w, 1, 1, need_bias_grad=False)
+        return [np.abs(a - r).max() / np.abs(r).max() for a, r in zip((y, dx, dw), refs)]
+
+    monkeypatch.setattr(conv, "CPU_WINOGRAD_MIN_CHANNELS", 1 << 62)
+    monkeypatch.setattr(conv, "CPU_IMPLICIT_CONV2D_MIN_CHANNELS", 1 << 62)
+    direct = errors()
+    calls = _take_winograd(monkeypatch)
+    wino = errors()
+    assert calls == ["conv", "conv", "dW"]
+    for what, e_w, e_d in zip(("forward", "dx", "dW"), wino, direct):
+        assert e_w <= 3 * e_d, f"{what}: Winograd {e_w:.2e} vs direct {e_d:.2e}"
