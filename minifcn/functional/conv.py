@@ -556,7 +556,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 CPU_WINOGRAD_MIN_CHANNELS = 256        # conv2d: from min(C, O) this large, Winograd F(2x2, 3x3) on the CPU
-CPU_WINOGRAD_MIN_PIXELS = 28 * 28      # ... for outputs of at least this many pixels
+CPU_WINOGRAD_MIN_PIXELS = 32 * 32      # ... for outputs of at least this many pixels
 
 
 def _winograd_conv2d(g):
