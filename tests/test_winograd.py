@@ -42,8 +42,10 @@ def test_one_tile_is_the_direct_2d_sum():
 
 
 def test_filter_transform_and_its_adjoint():
-    """``filter_transform`` is ``G W G^T`` per (o, c) (explicit products), and
-    ``filter_transform_adjoint`` is its adjoint: ``<U(W), S> = <W, U^T(S)>``."""
+    """``filter_transform`` is ``G W G^T`` per (o, c) (explicit products);
+    ``filter_transform_adjoint`` is its adjoint, ``<U(W), S> = <W, U^T(S)>``; and
+    ``flipped_filter_transform`` is the transform of the kernel flipped with its channel
+    axes swapped (explicitly flipped here)."""
     rng = np.random.default_rng(2)
     w = rng.standard_normal((3, 2, 3, 3))
     u = winograd.filter_transform(w)
@@ -52,6 +54,12 @@ def test_filter_transform_and_its_adjoint():
         for c in range(2):
             np.testing.assert_allclose(u[:, :, o, c], winograd.G @ w[o, c] @ winograd.G.T,
                                        rtol=1e-14, atol=1e-14)
+    flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    want = winograd.filter_transform(flipped)
+    got = winograd.flipped_filter_transform(u)
+    for a in range(4):
+        for b in range(4):
+            np.testing.assert_allclose(got[4 * a + b], want[a, b], rtol=1e-14, atol=1e-14)
     s = rng.standard_normal((4, 4, 3, 2))
     lhs = np.vdot(u, s)
     rhs = np.vdot(w, winograd.filter_transform_adjoint(s))
@@ -78,8 +86,9 @@ SHAPES = [(2, 3, 4, 8, 8, (1, 1)), (1, 5, 3, 9, 7, (1, 1)), (3, 2, 3, 6, 11, (0,
 @pytest.mark.parametrize("n,c,o,h,w,padding", SHAPES)
 def test_winograd_forward_and_weight_gradient_match_torch(monkeypatch, dtype, n, c, o, h, w,
                                                           padding, band_rows):
-    """``winograd_conv2d`` and ``winograd_conv2d_weight_grad`` on their own, against
-    torch's conv2d and its weight gradient. Bands of one or two tile rows make several
+    """``winograd_conv2d``, ``winograd_conv2d_input_grad`` and
+    ``winograd_conv2d_weight_grad`` on their own, against torch's conv2d and its
+    gradients. Bands of one or two tile rows make several
     bands per image (the weight gradient sums over them all); two rows over an odd number
     of tile rows (9x7 with padding 1: 5) leave a last band shorter than the others."""
     if band_rows is not None:
@@ -90,10 +99,12 @@ def test_winograd_forward_and_weight_gradient_match_torch(monkeypatch, dtype, n,
     y = winograd.winograd_conv2d(x, wt, *padding)
     dy = rng.standard_normal(y.shape).astype(dtype)
     dw = winograd.winograd_conv2d_weight_grad(dy, x, *padding)
+    dx = winograd.winograd_conv2d_input_grad(dy, wt, *padding)
     y_ref, g = torch_grads(lambda x, w: TF.conv2d(x, w, None, 1, padding), {"x": x, "w": wt}, dy)
-    assert y.dtype == dw.dtype == np.dtype(dtype)
-    assert y.flags.c_contiguous and dw.flags.c_contiguous
+    assert y.dtype == dx.dtype == dw.dtype == np.dtype(dtype)
+    assert y.flags.c_contiguous and dx.flags.c_contiguous and dw.flags.c_contiguous
     assert_close(y, y_ref, dtype, "forward")
+    assert_close(dx, g["x"], dtype, "input gradient")
     assert_close(dw, g["w"], dtype, "weight gradient")
 
 
@@ -104,8 +115,11 @@ def _take_winograd(monkeypatch):
     monkeypatch.setattr(conv, "CPU_WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(conv, "CPU_WINOGRAD_MIN_PIXELS", 1)
     calls = []
-    fwd, dw = conv.winograd_conv2d, conv.winograd_conv2d_weight_grad
+    fwd, dx, dw = (conv.winograd_conv2d, conv.winograd_conv2d_input_grad,
+                   conv.winograd_conv2d_weight_grad)
     monkeypatch.setattr(conv, "winograd_conv2d", lambda *a: calls.append("conv") or fwd(*a))
+    monkeypatch.setattr(conv, "winograd_conv2d_input_grad",
+                        lambda *a: calls.append("dx") or dx(*a))
     monkeypatch.setattr(conv, "winograd_conv2d_weight_grad",
                         lambda *a: calls.append("dW") or dw(*a))
     return calls
@@ -115,8 +129,8 @@ def _take_winograd(monkeypatch):
 @pytest.mark.parametrize("n,c,o,h,w,padding", SHAPES)
 def test_conv2d_through_winograd_matches_torch(monkeypatch, dtype, n, c, o, h, w, padding):
     """conv2d and conv2d_backward with the thresholds lowered: the forward, the input
-    gradient (the forward again, kernel flipped, padding 2 - p) and the weight gradient
-    all run by Winograd, with a bias; every result against torch."""
+    gradient (the forward's algorithm, kernel flipped, padding 2 - p) and the weight
+    gradient all run by Winograd, with a bias; every result against torch."""
     if not uses_cblas(dtype):
         pytest.skip("NumPy's BLAS is not reachable here")
     calls = _take_winograd(monkeypatch)
@@ -125,7 +139,7 @@ def test_conv2d_through_winograd_matches_torch(monkeypatch, dtype, n, c, o, h, w
     y = conv2d(x, wt, b, 1, padding)
     dy = rng.standard_normal(y.shape).astype(dtype)
     dx, dw, db = conv2d_backward(dy, x, wt, 1, padding)
-    assert calls == ["conv", "conv", "dW"]
+    assert calls == ["conv", "dx", "dW"]
     y_ref, g = torch_grads(lambda x, w, b: TF.conv2d(x, w, b, 1, padding),
                            {"x": x, "w": wt, "b": b}, dy)
     assert_close(y, y_ref, dtype, "forward")
@@ -136,7 +150,7 @@ def test_conv2d_through_winograd_matches_torch(monkeypatch, dtype, n, c, o, h, w
     # each gradient alone takes its own Winograd product only
     calls.clear()
     dx2, dw2, _ = conv2d_backward(dy, x, wt, 1, padding, need_weight_grad=False)
-    assert dw2 is None and calls == ["conv"]
+    assert dw2 is None and calls == ["dx"]
     np.testing.assert_array_equal(dx2, dx)
     calls.clear()
     dx3, dw3, _ = conv2d_backward(dy, x, wt, 1, padding, need_input_grad=False)
@@ -153,7 +167,7 @@ def test_mixed_dtypes_compute_in_the_wider_one(monkeypatch):
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx, dw, _ = conv2d_backward(dy, x32, wt, 1, 1)
     assert y.dtype == dx.dtype == dw.dtype == np.float64
-    assert calls == ["conv", "conv", "dW"]
+    assert calls == ["conv", "dx", "dW"]
     y_ref, g = torch_grads(lambda x, w: TF.conv2d(x, w, None, 1, 1), {"x": x32, "w": wt}, dy)
     for got, ref, what in ((y, y_ref, "forward"), (dx, g["x"], "dx"), (dw, g["w"], "dW")):
         assert_close(got, ref, np.float64, what)
@@ -182,7 +196,7 @@ def test_an_inf_takes_the_direct_path_and_lands_where_torch_puts_it(monkeypatch,
     for name, got, ref in (("y", got_y, ty.detach().numpy()), ("dx", got_dx, tx.grad.numpy()),
                            ("dW", got_dw, tw.grad.numpy())):
         assert_same_non_finite(got, ref, name)
-    want = {"x": ["conv"],          # the input gradient (dy, W finite) still runs it
+    want = {"x": ["dx"],            # the input gradient (dy, W finite) still runs it
             "w": ["dW"],            # the weight gradient (dy, x finite) still runs it
             "dy": ["conv"]}[where]  # the forward ran before dy existed
     assert calls == want
@@ -239,7 +253,7 @@ def test_float32_rounding_stays_near_the_direct_sums(monkeypatch):
     direct = errors()
     calls = _take_winograd(monkeypatch)
     wino = errors()
-    assert calls == ["conv", "conv", "dW"]
+    assert calls == ["conv", "dx", "dW"]
     for what, e_w, e_d in zip(("forward", "dx", "dW"), wino, direct):
         assert e_w <= 3 * e_d, f"{what}: Winograd {e_w:.2e} vs direct {e_d:.2e}"
 

@@ -35,7 +35,7 @@ from ._checks import check_4d, check_float, check_positive_size, pair
 from ._select import all_finite
 from .blas import gemm, uses_cblas
 from .implicit import conv_transpose2d_implicit, conv_transpose2d_implicit_backward
-from .winograd import winograd_conv2d, winograd_conv2d_weight_grad
+from .winograd import winograd_conv2d, winograd_conv2d_input_grad, winograd_conv2d_weight_grad
 from .im2col import (_block_pieces, _col2im, _im2col, _pixel_shuffle,
                      _pixel_shuffle_channels_last, conv_output_size, conv_transpose_output_size,
                      transpose_keeping_runs)
@@ -727,8 +727,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
         # forward; dW: the 16 GEMMs of the filter transform's adjoint (:mod:`.winograd`).
         # Each only where its other operand is finite too; else the paths below.
         if need_input_grad and all_finite(weight):
-            wflip = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-            dx = winograd_conv2d(dy, wflip, 2 - g.ph, 2 - g.pw)
+            dx = winograd_conv2d_input_grad(dy, weight, g.ph, g.pw)
             need_input_grad = False
         if need_weight_grad and all_finite(x):
             dw = winograd_conv2d_weight_grad(dy, x, g.ph, g.pw)

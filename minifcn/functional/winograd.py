@@ -36,7 +36,9 @@ The backward is the same algebra read backwards:
 
 - ``dx``: a stride-1 convolution's input gradient is the convolution of ``dy`` with the
   kernel flipped and its channel axes swapped, padding ``2 - p``
-  (:func:`~minifcn.functional.conv._as_transposed`) — this forward again.
+  (:func:`~minifcn.functional.conv._as_transposed`) — this forward again. The flipped
+  kernel's transform is the kernel's with tile positions 0 and 3 swapped along each axis
+  (:func:`flipped_filter_transform`), so no flipped copy of the weight is made.
 - ``dW``: ``Y = A^T (U * V) A`` is linear in ``U``, so ``dU = (A dY A^T) * V`` per tile
   (``dY``: the 2x2 tile of ``dy``), summed over tiles and images: 16 GEMMs
   ``S[xi] = dU[xi] (O x tiles) @ V[xi]^T (tiles x C)``; then ``dW = G^T S G``, the
@@ -88,7 +90,21 @@ def filter_transform_adjoint(s):
     """``dW = G^T S G`` for every (o, c): S (4, 4, O, C) -> dW (O, C, 3, 3)."""
     o, c = s.shape[2:]
     k = G_KRON.astype(s.dtype)
-    return np.ascontiguousarray((k.T @ s.reshape(16, o * c)).T).reshape(o, c, 3, 3)
+    return (s.reshape(16, o * c).T @ k).reshape(o, c, 3, 3)
+
+
+# The kernel flipped, ``W'[u, v] = W[2-u, 2-v]``, is ``J W J`` with ``J`` the 3x3 reversal,
+# and ``G J = P G`` where ``P`` swaps rows 0 and 3 of G (rows 1 and 2 are palindromes). So
+# ``G W' G^T = P (G W G^T) P^T``: the flipped kernel's transform is the kernel's, its
+# positions 0 and 3 swapped along each axis.
+FLIP = (3, 1, 2, 0)
+
+
+def flipped_filter_transform(u):
+    """The 16 ``(C, O)`` matrices of the input gradient's kernel (``W`` flipped, its channel
+    axes swapped) from ``u = filter_transform(W)`` (4, 4, O, C), as views: position
+    ``(a, b)`` is ``u[FLIP[a], FLIP[b]].T``."""
+    return [u[FLIP[a], FLIP[b]].T for a in range(4) for b in range(4)]
 
 
 def _tiles(ho, wo):
@@ -217,11 +233,24 @@ def winograd_conv2d(x, weight, ph, pw):
     group, by F(2x2, 3x3): x (N, C, H, W), weight (O, C, 3, 3) -> (N, O, H+2ph-2, W+2pw-2).
     Same dtype in and out (float32 or float64). One band of tile rows at a time
     (``WINOGRAD_BAND_BYTES`` of input transform): transform, 16 GEMMs, transform back."""
+    o, c = weight.shape[:2]
+    return _winograd(x, filter_transform(weight).reshape(16, o, c), ph, pw)
+
+
+def winograd_conv2d_input_grad(dy, weight, ph, pw):
+    """``dx`` of ``conv2d(x, weight, padding=(ph, pw))`` (3x3, stride 1, one group) by
+    F(2x2, 3x3): the convolution of ``dy`` (N, O, Ho, Wo) with the kernel flipped and its
+    channel axes swapped, padding ``2 - p`` -> dx (N, C, Ho-2ph+2, Wo-2pw+2). The flipped
+    kernel's transform comes from the kernel's (:func:`flipped_filter_transform`)."""
+    return _winograd(dy, flipped_filter_transform(filter_transform(weight)), 2 - ph, 2 - pw)
+
+
+def _winograd(x, u, ph, pw):
+    """The forward on transformed filters ``u``: 16 matrices (O, C), one per tile position."""
     n, c, h, w = x.shape
-    o = weight.shape[0]
+    o = u[0].shape[0]
     ho, wo = h + 2 * ph - 2, w + 2 * pw - 2
     th, tw = _tiles(ho, wo)
-    u = filter_transform(weight).reshape(16, o, c)
     y = np.empty((n, o, th, 2, tw, 2), dtype=x.dtype)
     bands = _bands(th, max(c, o), tw, x.itemsize)
     dt = x.dtype
