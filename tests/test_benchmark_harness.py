@@ -308,6 +308,10 @@ def test_col2im_kernels_on_the_cpu_validates_and_times_the_numpy_strategies(tmp_
     ("conv2d", ["--size", "0"], "--size"),
     ("conv2d", ["--width", "nan"], "--width"),
     ("conv2d", ["--batch", "-1"], "--batch"),
+    ("winograd", ["--repeats", "0"], "--repeats"),
+    ("winograd", ["--layers", "256x256"], "--layers"),
+    ("winograd", ["--layers", "256x0x8"], "--layers"),
+    ("winograd", ["--device", "cuda"], "--device"),
 ])
 def test_benchmark_flags_are_checked_before_measuring(module, argv, flag, capsys):
     import importlib
@@ -319,7 +323,8 @@ def test_benchmark_flags_are_checked_before_measuring(module, argv, flag, capsys
 
 
 @pytest.mark.parametrize("module,extra", [("deconv", []), ("step", []), ("conv2d", []),
-                                          ("col2im_kernels", ["--device", "cpu"])])
+                                          ("col2im_kernels", ["--device", "cpu"]),
+                                          ("winograd", [])])
 def test_benchmark_json_path_is_checked_before_measuring(module, extra, tmp_path, capsys,
                                                          monkeypatch):
     """A --json that cannot be written stops the run at once (it used to be a traceback
@@ -515,6 +520,33 @@ def test_conv2d_benchmark_names_winograd_and_times_it_against_the_direct_path(mo
     assert set(rows) == {"torch", "minifcn auto", "minifcn direct", "minifcn im2col"}
     assert {r["path"] for r in rows.values()} == {"winograd"}
     assert all(r["max_rel_err"] <= 1e-4 for k, r in rows.items() if k != "torch")
+
+
+def test_winograd_benchmark_times_both_paths_and_refuses_a_wrong_one(tmp_path, monkeypatch,
+                                                                   capsys):
+    """Two tiny layers: both variants validated against torch and timed with torch beside
+    them, the rule's choice shown; then a Winograd made wrong is reported, not timed."""
+    import json
+    import benchmarks.winograd as bw
+    path = tmp_path / "w.json"
+    assert bw.main(["--layers", "4x6x8", "256x256x24", "--repeats", "2",
+                    "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert [r["layer"] for r in rows] == ["4x6x8", "256x256x24"]
+    assert [r["rule"] for r in rows] == ["direct", "winograd"]
+    for r in rows:
+        assert r["winograd_ms"] > 0 and r["direct_ms"] > 0 and r["torch_ms"] > 0
+        assert r["winograd_err"] <= 1e-4 and r["direct_err"] <= 1e-4
+        assert np.isfinite(r["wino/direct"])
+    real = bw.conv2d
+    monkeypatch.setattr(bw, "conv2d", lambda *a: real(*a) * (
+        1.01 if bw.conv_module.CPU_WINOGRAD_MIN_CHANNELS == 1 else 1.0))
+    assert bw.main(["--layers", "4x6x8", "--repeats", "1", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["rows"]
+    failed = [r for r in rows if r.get("impl") == "winograd"]
+    assert failed and "FAILED validation" in failed[0]["note"]
+    assert "winograd_ms" not in rows[-1] and rows[-1]["direct_ms"] > 0
+    assert "FAILED validation" in capsys.readouterr().out
 
 
 def test_conv2d_benchmark_validates_then_times_and_refuses_a_wrong_path(monkeypatch):

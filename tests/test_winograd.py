@@ -114,6 +114,7 @@ def _take_winograd(monkeypatch):
     import minifcn.functional.conv as conv
     monkeypatch.setattr(conv, "CPU_WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(conv, "CPU_WINOGRAD_MIN_PIXELS", 1)
+    monkeypatch.setattr(conv, "CPU_WINOGRAD_WIDE_MIN_PIXELS", 1)
     calls = []
     fwd, dx, dw = (conv.winograd_conv2d, conv.winograd_conv2d_input_grad,
                    conv.winograd_conv2d_weight_grad)
@@ -203,8 +204,8 @@ def test_an_inf_takes_the_direct_path_and_lands_where_torch_puts_it(monkeypatch,
 
 
 def test_which_convolutions_take_winograd():
-    """The rule on VGG16's layers at 320x320 (the step benchmark's size) and the cases
-    it leaves to the other paths."""
+    """The rule on VGG16's layers at 320x320 and 224x224 (the step benchmark's sizes) and
+    the cases it leaves to the other paths."""
     import minifcn.functional.conv as conv
     if not uses_cblas(np.float32):
         pytest.skip("NumPy's BLAS is not reachable here")
@@ -215,10 +216,11 @@ def test_which_convolutions_take_winograd():
         return conv._winograd_conv2d(g)
 
     for c, o, h in [(256, 256, 80), (256, 512, 40), (512, 512, 40), (256, 256, 56),
-                    (512, 512, 32)]:
+                    (512, 512, 28), (256, 256, 24), (512, 512, 20)]:
         assert takes(c, o, h), (c, o, h)
-    assert not takes(512, 512, 20)          # conv5 at 320: too few pixels to pay
-    assert not takes(512, 512, 28)          # conv4 at 224: neither won nor lost reliably
+    assert not takes(256, 256, 20)          # too few pixels to pay ...
+    assert not takes(256, 512, 20)          # ... unless 512 channels in and out
+    assert not takes(512, 512, 16)
     assert not takes(128, 256, 80)          # conv3_1: too few input channels
     assert not takes(64, 64, 320)           # conv1_2: transforms cost more than they save
     assert not takes(256, 256, 80, p=3)     # the input gradient would need padding -1

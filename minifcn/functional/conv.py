@@ -556,24 +556,33 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 CPU_WINOGRAD_MIN_CHANNELS = 256        # conv2d: from min(C, O) this large, Winograd F(2x2, 3x3) on the CPU
-CPU_WINOGRAD_MIN_PIXELS = 32 * 32      # ... for outputs of at least this many pixels
+CPU_WINOGRAD_MIN_PIXELS = 24 * 24      # ... for outputs of at least this many pixels
+CPU_WINOGRAD_WIDE_CHANNELS = 512       # ... or, from min(C, O) this large,
+CPU_WINOGRAD_WIDE_MIN_PIXELS = 20 * 20  # ... this many
 
 
 def _winograd_conv2d(g):
     """Whether the CPU runs this convolution (forward and both gradients) by Winograd's
     F(2x2, 3x3) (:mod:`.winograd`): a 3x3 kernel, stride 1, dilation 1, one group, padding
-    0 to 2 (the input gradient's padding ``2 - p`` must be >= 0), at least
-    ``CPU_WINOGRAD_MIN_CHANNELS`` channels in and out and ``CPU_WINOGRAD_MIN_PIXELS``
-    output pixels, float32/64 with NumPy's BLAS. Callers also check that the operands
-    are finite (Winograd's transforms would turn an ``inf`` into NaN).
+    0 to 2 (the input gradient's padding ``2 - p`` must be >= 0), float32/64 with NumPy's
+    BLAS, at least ``CPU_WINOGRAD_MIN_CHANNELS`` channels in and out and
+    ``CPU_WINOGRAD_MIN_PIXELS`` output pixels (``CPU_WINOGRAD_WIDE_MIN_PIXELS`` from
+    ``CPU_WINOGRAD_WIDE_CHANNELS`` channels). Callers also check that the operands are
+    finite (Winograd's transforms would turn an ``inf`` into NaN).
 
     Why there: its 16 GEMMs do 2.25x fewer multiply-adds, but its transforms are NumPy
-    passes over 4x the activation, on one core. The saving passes the transforms' cost
-    only where the GEMMs are large in both channels and pixels."""
+    passes over 4x the activation, on one core, and they cost per channel where the GEMMs
+    cost per channel pair. ``python -m benchmarks.winograd`` (forward + both gradients,
+    Winograd / the direct path, interleaved; ``benchmarks/RESULTS.md``): 0.70-0.95x on
+    256-512 channels from 24x24 (512 channels at 40x40: 0.70x), 0.90x on 512 at 20x20;
+    1.06x on 256 at 20x20, 1.11x on 512 at 14x14, 1.06-1.26x on 128 channels."""
+    pixels = g.ho * g.wo
+    wide = min(g.c, g.o) >= CPU_WINOGRAD_WIDE_CHANNELS
     return (not g.gpu and (g.kh, g.kw) == (3, 3) and (g.sh, g.sw) == (1, 1)
             and (g.dh, g.dw) == (1, 1) and g.groups == 1 and g.ph <= 2 and g.pw <= 2
             and min(g.c, g.o) >= CPU_WINOGRAD_MIN_CHANNELS
-            and g.ho * g.wo >= CPU_WINOGRAD_MIN_PIXELS and g.n > 0 and uses_cblas(g.dtype))
+            and pixels >= (CPU_WINOGRAD_WIDE_MIN_PIXELS if wide else CPU_WINOGRAD_MIN_PIXELS)
+            and g.n > 0 and uses_cblas(g.dtype))
 
 
 CPU_IMPLICIT_CONV2D_MIN_CHANNELS = 64   # conv2d: from min(C, O) this large, 'implicit' on the CPU
