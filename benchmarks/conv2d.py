@@ -65,14 +65,14 @@ def _thresholds(**values):
 
 def no_winograd():
     """Within: conv2d and conv2d_backward do not take Winograd on the CPU."""
-    return _thresholds(CPU_WINOGRAD_MIN_CHANNELS=1 << 62)
+    return _thresholds(CPU_WINOGRAD_MIN_CHANNELS=1 << 62, CPU_WINOGRAD_AVX512_MIN_CHANNELS=1 << 62)
 
 
 def im2col_only():
     """Within: conv2d and conv2d_backward take the im2col path on the CPU (neither
     Winograd, nor the implicit, nor the shifted-rows path)."""
-    return _thresholds(CPU_WINOGRAD_MIN_CHANNELS=1 << 62, CPU_IMPLICIT_CONV2D_MIN_CHANNELS=1 << 62,
-                       CPU_SHIFTED_CONV2D_MAX_CHANNELS=0)
+    return _thresholds(CPU_WINOGRAD_MIN_CHANNELS=1 << 62, CPU_WINOGRAD_AVX512_MIN_CHANNELS=1 << 62,
+                       CPU_IMPLICIT_CONV2D_MIN_CHANNELS=1 << 62, CPU_SHIFTED_CONV2D_MAX_CHANNELS=0)
 
 
 def path_taken(x, w, padding):

@@ -95,6 +95,15 @@ def _this(running, environ, flags):
             read_cpu_flags() if flags is _THIS else flags)
 
 
+def avx512_kernels(running=_THIS):
+    """Whether NumPy's OpenBLAS runs one of its AVX-512 kernel sets (``running``:
+    :func:`running_core`'s result, by default this process's; False where unknown).
+    :func:`~minifcn.functional.conv._winograd_conv2d` asks: with GEMMs about twice as
+    fast, Winograd's transforms weigh twice as much."""
+    running = running_core() if running is _THIS else running
+    return running is not None and running[1].lower() in AVX512_CORES
+
+
 def held_back(running=_THIS, environ=None, flags=_THIS):
     """True when ``OPENBLAS_CORETYPE`` makes OpenBLAS run kernels without AVX-512 on a CPU
     that runs AVX-512. Arguments: :func:`running_core`'s result, the environment OpenBLAS

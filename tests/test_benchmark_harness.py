@@ -506,6 +506,7 @@ def test_conv2d_benchmark_names_winograd_and_times_it_against_the_direct_path(mo
     from minifcn.functional.blas import uses_cblas
     if not uses_cblas(np.float32):
         pytest.skip("NumPy's BLAS is not reachable here")
+    monkeypatch.setattr(bc.conv_module, "AVX512_GEMM", False)   # the AVX2 kernels' rule
     x, w = np.zeros((1, 256, 64, 64), np.float32), np.zeros((256, 256, 3, 3), np.float32)
     assert bc.path_taken(x, w, (1, 1)) == "winograd"
     with bc.no_winograd():
@@ -528,6 +529,7 @@ def test_winograd_benchmark_times_both_paths_and_refuses_a_wrong_one(tmp_path, m
     them, the rule's choice shown; then a Winograd made wrong is reported, not timed."""
     import json
     import benchmarks.winograd as bw
+    monkeypatch.setattr(bw.conv_module, "AVX512_GEMM", False)   # the AVX2 kernels' rule
     path = tmp_path / "w.json"
     assert bw.main(["--layers", "4x6x8", "256x256x24", "--repeats", "2",
                     "--json", str(path)]) == 0

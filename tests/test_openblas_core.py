@@ -54,6 +54,16 @@ def test_held_back_only_when_the_environment_pins_kernels_below_the_cpu(running,
     assert oc.held_back(running, environ, flags) is expected
 
 
+@pytest.mark.parametrize("running, expected", [
+    (RUNNING_SKX, True), (("OpenBLAS 0.3.31", "Cooperlake"), True),
+    (("OpenBLAS 0.3.31", "SAPPHIRERAPIDS"), True), (RUNNING_HASWELL, False),
+    (("OpenBLAS 0.3.31", "Zen"), False), (None, False)])
+def test_avx512_kernels_names_openblas_avx512_cores(running, expected):
+    """What conv2d's Winograd rule asks: whether the GEMMs run AVX-512 kernels (whatever
+    the CPU could do)."""
+    assert oc.avx512_kernels(running) is expected
+
+
 def test_describe_says_which_kernels_and_who_chose_them():
     pinned = oc.describe(RUNNING_HASWELL, PINNED, ZEN5)
     assert pinned == ("OpenBLAS 0.3.31.188.0, Haswell kernels (OPENBLAS_CORETYPE=Haswell in "

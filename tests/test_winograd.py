@@ -112,6 +112,7 @@ def _take_winograd(monkeypatch):
     """Lower conv.py's thresholds so that small convolutions take Winograd; return the
     list the two Winograd functions append their names to when called."""
     import minifcn.functional.conv as conv
+    monkeypatch.setattr(conv, "AVX512_GEMM", False)
     monkeypatch.setattr(conv, "CPU_WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(conv, "CPU_WINOGRAD_MIN_PIXELS", 1)
     monkeypatch.setattr(conv, "CPU_WINOGRAD_WIDE_MIN_PIXELS", 1)
@@ -203,17 +204,22 @@ def test_an_inf_takes_the_direct_path_and_lands_where_torch_puts_it(monkeypatch,
     assert calls == want
 
 
-def test_which_convolutions_take_winograd():
-    """The rule on VGG16's layers at 320x320 and 224x224 (the step benchmark's sizes) and
-    the cases it leaves to the other paths."""
+def _takes(c, o, h, k=3, p=1, s=1, d=1, groups=1, dtype=np.float32, n=1):
+    import minifcn.functional.conv as conv
+    g = conv._geometry("conv2d", np.zeros((n, c, h, h), dtype),
+                       np.zeros((o, c // groups, k, k), dtype), None, s, p, d, groups)
+    return conv._winograd_conv2d(g)
+
+
+def test_which_convolutions_take_winograd(monkeypatch):
+    """The rule with OpenBLAS's AVX2 kernels (the project machine as configured), on
+    VGG16's layers at 320x320 and 224x224 (the step benchmark's sizes), and the cases it
+    leaves to the other paths."""
     import minifcn.functional.conv as conv
     if not uses_cblas(np.float32):
         pytest.skip("NumPy's BLAS is not reachable here")
-
-    def takes(c, o, h, k=3, p=1, s=1, d=1, groups=1, dtype=np.float32, n=1):
-        g = conv._geometry("conv2d", np.zeros((n, c, h, h), dtype),
-                           np.zeros((o, c // groups, k, k), dtype), None, s, p, d, groups)
-        return conv._winograd_conv2d(g)
+    monkeypatch.setattr(conv, "AVX512_GEMM", False)
+    takes = _takes
 
     for c, o, h in [(256, 256, 80), (256, 512, 40), (512, 512, 40), (256, 256, 56),
                     (512, 512, 28), (256, 256, 24), (512, 512, 20)]:
@@ -230,6 +236,22 @@ def test_which_convolutions_take_winograd():
     assert not takes(256, 256, 80, groups=2)
     assert not takes(256, 256, 80, dtype=np.float16)
     assert not takes(256, 256, 80, n=0)
+
+
+def test_with_avx512_kernels_only_the_widest_layers_take_winograd(monkeypatch):
+    """With GEMMs about twice as fast (OpenBLAS's AVX-512 kernels), the transforms weigh
+    twice as much: 512 channels in and out, from 28x28."""
+    import minifcn.functional.conv as conv
+    from minifcn import openblas_core
+    if not uses_cblas(np.float32):
+        pytest.skip("NumPy's BLAS is not reachable here")
+    monkeypatch.setattr(conv, "AVX512_GEMM", True)
+    assert _takes(512, 512, 40) and _takes(512, 512, 28)
+    assert not _takes(512, 512, 24)
+    assert not _takes(256, 512, 40) and not _takes(256, 256, 80)
+    assert conv.AVX512_GEMM is True
+    monkeypatch.undo()
+    assert conv.AVX512_GEMM == openblas_core.avx512_kernels()   # this process's own
 
 
 def test_float32_rounding_stays_near_the_direct_sums(monkeypatch):
@@ -250,6 +272,7 @@ def test_float32_rounding_stays_near_the_direct_sums(monkeypatch):
         dx, dw, _ = conv2d_backward(dy, x, w, 1, 1, need_bias_grad=False)
         return [np.abs(a - r).max() / np.abs(r).max() for a, r in zip((y, dx, dw), refs)]
 
+    monkeypatch.setattr(conv, "AVX512_GEMM", False)
     monkeypatch.setattr(conv, "CPU_WINOGRAD_MIN_CHANNELS", 1 << 62)
     monkeypatch.setattr(conv, "CPU_IMPLICIT_CONV2D_MIN_CHANNELS", 1 << 62)
     direct = errors()

@@ -31,6 +31,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..backend import get_array_module
+from ..openblas_core import avx512_kernels
 from ._checks import check_4d, check_float, check_positive_size, pair
 from ._select import all_finite
 from .blas import gemm, uses_cblas
@@ -559,29 +560,44 @@ CPU_WINOGRAD_MIN_CHANNELS = 256        # conv2d: from min(C, O) this large, Wino
 CPU_WINOGRAD_MIN_PIXELS = 24 * 24      # ... for outputs of at least this many pixels
 CPU_WINOGRAD_WIDE_CHANNELS = 512       # ... or, from min(C, O) this large,
 CPU_WINOGRAD_WIDE_MIN_PIXELS = 20 * 20  # ... this many
+# With OpenBLAS's AVX-512 kernels (GEMMs about twice as fast), only VGG's widest layers:
+CPU_WINOGRAD_AVX512_MIN_CHANNELS = 512
+CPU_WINOGRAD_AVX512_MIN_PIXELS = 28 * 28
+AVX512_GEMM = avx512_kernels()          # which rule this process's BLAS gets
 
 
 def _winograd_conv2d(g):
     """Whether the CPU runs this convolution (forward and both gradients) by Winograd's
     F(2x2, 3x3) (:mod:`.winograd`): a 3x3 kernel, stride 1, dilation 1, one group, padding
     0 to 2 (the input gradient's padding ``2 - p`` must be >= 0), float32/64 with NumPy's
-    BLAS, at least ``CPU_WINOGRAD_MIN_CHANNELS`` channels in and out and
-    ``CPU_WINOGRAD_MIN_PIXELS`` output pixels (``CPU_WINOGRAD_WIDE_MIN_PIXELS`` from
-    ``CPU_WINOGRAD_WIDE_CHANNELS`` channels). Callers also check that the operands are
-    finite (Winograd's transforms would turn an ``inf`` into NaN).
+    BLAS, and enough channels and pixels: from ``CPU_WINOGRAD_MIN_CHANNELS`` in and out
+    and ``CPU_WINOGRAD_MIN_PIXELS`` output pixels (``CPU_WINOGRAD_WIDE_MIN_PIXELS`` from
+    ``CPU_WINOGRAD_WIDE_CHANNELS``); where OpenBLAS runs its AVX-512 kernels
+    (``AVX512_GEMM``), from ``CPU_WINOGRAD_AVX512_MIN_CHANNELS`` and
+    ``CPU_WINOGRAD_AVX512_MIN_PIXELS``. Callers also check that the operands are finite
+    (Winograd's transforms would turn an ``inf`` into NaN).
 
     Why there: its 16 GEMMs do 2.25x fewer multiply-adds, but its transforms are NumPy
     passes over 4x the activation, on one core, and they cost per channel where the GEMMs
-    cost per channel pair. ``python -m benchmarks.winograd`` (forward + both gradients,
-    Winograd / the direct path, interleaved; ``benchmarks/RESULTS.md``): 0.70-0.95x on
-    256-512 channels from 24x24 (512 channels at 40x40: 0.70x), 0.90x on 512 at 20x20;
-    1.06x on 256 at 20x20, 1.11x on 512 at 14x14, 1.06-1.26x on 128 channels."""
+    cost per channel pair; the faster the GEMMs, the more the transforms weigh.
+    ``python -m benchmarks.winograd`` (forward + both gradients, Winograd / the direct
+    path, interleaved; ``benchmarks/RESULTS.md``), on the Zen 5 EPYC:
+
+    - AVX2 kernels (``OPENBLAS_CORETYPE=Haswell``, its configured state): 0.70-0.95x on
+      256-512 channels from 24x24 (512 at 40x40: 0.70x), 0.90-0.92x on 512 at 20x20;
+      1.01-1.06x on 256 at 20x20, 1.11-1.17x on 512 at 14x14, 1.05-1.26x on 128.
+    - AVX-512 kernels (OpenBLAS's own choice there): 0.73-0.85x on 512 at 40x40,
+      0.89-0.96x at 28x28, 1.05-1.14x at 20-24; 256 channels 0.99-1.32x."""
     pixels = g.ho * g.wo
-    wide = min(g.c, g.o) >= CPU_WINOGRAD_WIDE_CHANNELS
+    if AVX512_GEMM:
+        channels, min_pixels = CPU_WINOGRAD_AVX512_MIN_CHANNELS, CPU_WINOGRAD_AVX512_MIN_PIXELS
+    elif min(g.c, g.o) >= CPU_WINOGRAD_WIDE_CHANNELS:
+        channels, min_pixels = CPU_WINOGRAD_MIN_CHANNELS, CPU_WINOGRAD_WIDE_MIN_PIXELS
+    else:
+        channels, min_pixels = CPU_WINOGRAD_MIN_CHANNELS, CPU_WINOGRAD_MIN_PIXELS
     return (not g.gpu and (g.kh, g.kw) == (3, 3) and (g.sh, g.sw) == (1, 1)
             and (g.dh, g.dw) == (1, 1) and g.groups == 1 and g.ph <= 2 and g.pw <= 2
-            and min(g.c, g.o) >= CPU_WINOGRAD_MIN_CHANNELS
-            and pixels >= (CPU_WINOGRAD_WIDE_MIN_PIXELS if wide else CPU_WINOGRAD_MIN_PIXELS)
+            and min(g.c, g.o) >= channels and pixels >= min_pixels
             and g.n > 0 and uses_cblas(g.dtype))
 
 
