@@ -186,6 +186,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=positive_int, default=5,
                    help="interleaved timed rounds per size (default: 5)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--without-winograd", action="store_true",
+                   help="CPU: also time minifcn with Winograd turned off (the direct paths), "
+                        "interleaved with the others: the speed-up in one process")
     p.add_argument("--memory-runs", type=positive_int, default=3,
                    help="CPU: fresh processes per framework and size for the peak memory (median)")
     add_json_flag(p, "step")
@@ -194,10 +197,17 @@ def main(argv=None):
     rows = []
     for i, size in enumerate(args.sizes):
         ours_step, torch_step = _models(size, args.device, args.width, args.batch)
-        times = timer.rounds({"minifcn": ours_step, "torch": torch_step}, args.repeats)
+        contenders = {"minifcn": ours_step, "torch": torch_step}
+        if args.without_winograd and args.device == "cpu":
+            contenders["direct"] = _without_winograd(ours_step)
+        times = timer.rounds(contenders, args.repeats)
         row = {"size": f"{size}x{size}", "minifcn_ms": statistics.median(times["minifcn"]),
                "torch_ms": statistics.median(times["torch"]),
                "ratio": paired_ratio(times["minifcn"], times["torch"])}
+        if "direct" in times:
+            row.update(direct_ms=statistics.median(times["direct"]),
+                       direct_ratio=paired_ratio(times["direct"], times["torch"]),
+                       winograd_speedup=paired_ratio(times["direct"], times["minifcn"]))
         if not args.no_memory:
             if args.device == "cuda":
                 m_ours, m_torch = _gpu_peaks(ours_step, torch_step)
@@ -209,7 +219,7 @@ def main(argv=None):
         del ours_step, torch_step
         last = i + 1 == len(args.sizes)
         if not last:                       # as it goes: a run cut short keeps what it measured
-            print(table([row], COLUMNS), flush=True)
+            print(table([row], COLUMNS + (DIRECT_COLUMNS if "direct_ms" in row else [])), flush=True)
         info["busy_turns"] = timer.busy_turns
         write_json(args.json, {"machine": info, "device": args.device, "width": args.width,
                                "batch": args.batch,
@@ -217,12 +227,23 @@ def main(argv=None):
     print(f"FCN-8s step (width {args.width:g}, batch {args.batch}) on {info.get('gpu', info['cpu'])}")
     if args.device == "cpu":
         print(f"NumPy's BLAS: {info['blas']}")
-    print(table(rows, COLUMNS))
+    print(table(rows, COLUMNS + (DIRECT_COLUMNS if args.without_winograd else [])))
     return 0
+
+
+def _without_winograd(step):
+    """``step`` with conv2d's Winograd rule switched off for its duration."""
+    from .winograd import winograd
+
+    def direct_step():
+        with winograd(False):
+            return step()
+    return direct_step
 
 
 COLUMNS = ["size", "minifcn_ms", "torch_ms", "ratio", "minifcn_peak_MB", "torch_peak_MB",
            "memory_ratio"]
+DIRECT_COLUMNS = ["direct_ms", "direct_ratio", "winograd_speedup"]
 
 
 if __name__ == "__main__":

@@ -459,6 +459,26 @@ def test_step_memory_run_builds_one_framework_and_measures_it(framework):
     assert step._cpu_peak_rss(framework, 64, 1 / 8) > 0
 
 
+def test_step_benchmark_times_minifcn_without_winograd_too(tmp_path):
+    """``--without-winograd``: a third contender, minifcn's step with the Winograd rule
+    switched off for its duration (and on again after), timed in the same rounds."""
+    import json
+    import benchmarks.step as step
+    import minifcn.functional.conv as conv
+    from minifcn.functional.blas import uses_cblas
+    g = conv._geometry("conv2d", np.zeros((1, 512, 40, 40), np.float32),
+                       np.zeros((512, 512, 3, 3), np.float32), None, 1, 1, 1, 1)
+    seen = []
+    direct = step._without_winograd(lambda: seen.append(conv._winograd_conv2d(g)) or 7)
+    assert direct() == 7 and seen == [False]
+    assert conv._winograd_conv2d(g) is uses_cblas(np.float32)     # restored
+    path = tmp_path / "s.json"
+    assert step.main(["--sizes", "32", "--width", "0.0625", "--repeats", "1", "--no-memory",
+                      "--without-winograd", "--json", str(path)]) == 0
+    row = json.loads(path.read_text())["rows"][0]
+    assert row["direct_ms"] > 0 and row["direct_ratio"] > 0 and row["winograd_speedup"] > 0
+
+
 def test_step_twins_agree_at_a_batch_of_three():
     """``--batch``: both networks take the same batch, and from equal weights their logits
     agree (the two sides time the same work). The logits, not the loss: with score
