@@ -14,7 +14,8 @@ and weight gradients together; conv1_1's weight gradient alone, as in training),
   ``shifted`` (few channels: im2col as contiguous copies of shifted rows, one GEMM for
   the batch) or ``im2col``;
 - ``minifcn direct`` (CPU, Winograd layers only) — the same with Winograd turned off: the
-  path the layer took before it (``implicit``), for the speed-up in one process;
+  path the layer took before it (``implicit`` from 64x64 outputs, else ``im2col``), for
+  the speed-up in one process;
 - ``minifcn im2col`` (CPU) — the textbook path, forced, for comparison;
 - torch, on the same float32 inputs, in the same process.
 

@@ -233,10 +233,10 @@ def main(argv=None):
 
 def _without_winograd(step):
     """``step`` with conv2d's Winograd rule switched off for its duration."""
-    from .winograd import winograd
+    from .winograd import winograd_rule
 
     def direct_step():
-        with winograd(False):
+        with winograd_rule(False):
             return step()
     return direct_step
 

@@ -50,7 +50,7 @@ _RULE = ("CPU_WINOGRAD_MIN_CHANNELS", "CPU_WINOGRAD_MIN_PIXELS", "CPU_WINOGRAD_W
 
 
 @contextlib.contextmanager
-def winograd(on):
+def winograd_rule(on):
     """Within: conv2d takes Winograd wherever it can (``on``) or nowhere."""
     saved = [getattr(conv_module, name) for name in _RULE]
     for name in _RULE:
@@ -91,7 +91,7 @@ def run_layer(layer, timer, repeats, torch):
     fns, errs, rows = {"torch": torch_step}, {}, []
     for name, on in (("winograd", True), ("direct", False)):
         def step(on=on):
-            with winograd(on):
+            with winograd_rule(on):
                 y = conv2d(x, w, None, 1, 1)
                 dx, dw, _ = conv2d_backward(dy, x, w, 1, 1, need_bias_grad=False)
             return y, dx, dw

@@ -1,7 +1,8 @@
 """Winograd's F(2x2, 3x3) (minifcn.functional.winograd), the CPU's path for VGG's wide 3x3
-convolutions: its matrices against the direct sums they replace, its transforms against
-explicit loops, and conv2d / conv2d_backward through it against torch (float64 autograd
-on the same values; tolerances of issue 2 via ``assert_close``)."""
+convolutions: its matrices against the direct sums they replace, its four transforms
+(written out as additions) against the matrices applied tile by tile, and conv2d /
+conv2d_backward through it against torch (float64 autograd on the same values;
+tolerances of issue 2 via ``assert_close``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -66,6 +67,42 @@ def test_filter_transform_and_its_adjoint():
     assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs))
 
 
+def test_input_and_output_transforms_are_the_matrices_tile_by_tile():
+    """The additions of ``_input_transform`` are ``B^T d B`` on every 4x4 tile (stride 2)
+    of the padded input, in the column-split layout of ``_padded_split``; those of
+    ``_output_transform`` are ``A^T M A`` per tile; ``_output_transform_adjoint`` is
+    ``A dY A^T``. Checked by loops over tiles with the matrices, on a band that starts
+    past the first tile row."""
+    rng = np.random.default_rng(4)
+    B_T, A_T = winograd.B_T, winograd.A_T
+    c, o, h, w, ph, pw = 2, 3, 9, 7, 1, 2
+    th, tw = -(-(h + 2 * ph - 2) // 2), -(-(w + 2 * pw - 2) // 2)
+    x = rng.standard_normal((c, h, w))
+    xpad = np.zeros((c, 2 * th + 2, 2 * tw + 2))
+    xpad[:, ph:ph + h, pw:pw + w] = x
+    xs = winograd._padded_split(x, ph, pw, th, tw, np.full((c, 2 * th + 2, 2, tw + 1), 7.0))
+    t0, t1 = 1, th
+    v = winograd._input_transform(xs, t0, t1, tw, np.empty((4, c, t1 - t0, 2, tw + 1)),
+                                  np.empty((4, 4, c, t1 - t0, tw)))
+    for ch in range(c):
+        for i in range(t0, t1):
+            for j in range(tw):
+                d = xpad[ch, 2 * i:2 * i + 4, 2 * j:2 * j + 4]
+                np.testing.assert_allclose(v[:, :, ch, i - t0, j], B_T @ d @ B_T.T, atol=1e-14)
+    m = rng.standard_normal((4, 4, o, 2, tw))
+    y = winograd._output_transform(m, np.empty((2, 4, o, 2, tw)), np.empty((o, 2, 2, tw, 2)))
+    dy = rng.standard_normal((o, 2, 2, tw, 2))
+    e = winograd._output_transform_adjoint(dy, np.empty((4, 2, o, 2, tw)),
+                                           np.empty((4, 4, o, 2, tw)))
+    for oc in range(o):
+        for i in range(2):
+            for j in range(tw):
+                np.testing.assert_allclose(y[oc, i, :, j, :], A_T @ m[:, :, oc, i, j] @ A_T.T,
+                                           atol=1e-14)
+                np.testing.assert_allclose(e[:, :, oc, i, j], A_T.T @ dy[oc, i, :, j, :] @ A_T,
+                                           atol=1e-14)
+
+
 def _data(dtype, n, c, o, h, w, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
@@ -84,8 +121,8 @@ SHAPES = [(2, 3, 4, 8, 8, (1, 1)), (1, 5, 3, 9, 7, (1, 1)), (3, 2, 3, 6, 11, (0,
                                                          "two tile rows a band"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("n,c,o,h,w,padding", SHAPES)
-def test_winograd_forward_and_weight_gradient_match_torch(monkeypatch, dtype, n, c, o, h, w,
-                                                          padding, band_rows):
+def test_winograd_forward_and_both_gradients_match_torch(monkeypatch, dtype, n, c, o, h, w,
+                                                     padding, band_rows):
     """``winograd_conv2d``, ``winograd_conv2d_input_grad`` and
     ``winograd_conv2d_weight_grad`` on their own, against torch's conv2d and its
     gradients. Bands of one or two tile rows make several
@@ -160,6 +197,23 @@ def test_conv2d_through_winograd_matches_torch(monkeypatch, dtype, n, c, o, h, w
     np.testing.assert_array_equal(dw3, dw)
 
 
+def test_views_go_through_winograd_as_they_are(monkeypatch):
+    """Non-contiguous operands (a transposed x, a sliced weight, a transposed dy) take the
+    Winograd path and give torch's results."""
+    calls = _take_winograd(monkeypatch)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 9, 8)).transpose(0, 1, 3, 2)          # (2, 3, 8, 9)
+    wt = rng.standard_normal((4, 6, 3, 3))[:, ::2]                         # (4, 3, 3, 3)
+    dy = rng.standard_normal((2, 4, 9, 8)).transpose(0, 1, 3, 2)         # (2, 4, 8, 9)
+    assert not (x.flags.c_contiguous or wt.flags.c_contiguous or dy.flags.c_contiguous)
+    y = conv2d(x, wt, None, 1, 1)
+    dx, dw, _ = conv2d_backward(dy, x, wt, 1, 1, need_bias_grad=False)
+    assert calls == ["conv", "dx", "dW"]
+    y_ref, g = torch_grads(lambda x, w: TF.conv2d(x, w, None, 1, 1), {"x": x, "w": wt}, dy)
+    for got, ref, what in ((y, y_ref, "forward"), (dx, g["x"], "dx"), (dw, g["w"], "dW")):
+        assert_close(got, ref, np.float64, what)
+
+
 def test_mixed_dtypes_compute_in_the_wider_one(monkeypatch):
     """A float32 input with a float64 weight: float64 out, as every other path."""
     calls = _take_winograd(monkeypatch)
@@ -175,10 +229,12 @@ def test_mixed_dtypes_compute_in_the_wider_one(monkeypatch):
         assert_close(got, ref, np.float64, what)
 
 
+@pytest.mark.parametrize("value", [np.inf, np.nan], ids=["inf", "nan"])
 @pytest.mark.parametrize("where,index", [("x", (0, 3)), ("x", (5, 5)), ("w", (1, 1)),
                                          ("dy", (2, 4))])
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_an_inf_takes_the_direct_path_and_lands_where_torch_puts_it(monkeypatch, where, index):
+def test_an_inf_takes_the_direct_path_and_lands_where_torch_puts_it(monkeypatch, where, index,
+                                                                    value):
     """Winograd's input transform subtracts inputs: an inf would meet another inf (or a
     tile's partner) as ``inf - inf = NaN`` where torch's direct sum keeps inf. With an inf
     in x, W or dy, the products it enters take the other paths, and the pattern of inf
@@ -189,7 +245,7 @@ def test_an_inf_takes_the_direct_path_and_lands_where_torch_puts_it(monkeypatch,
     x = rng.standard_normal((2, 3, 8, 8))
     w = rng.standard_normal((4, 3, 3, 3))
     dy = rng.standard_normal((2, 4, 8, 8))
-    {"x": x, "w": w, "dy": dy}[where][(0, 0, *index)] = np.inf
+    {"x": x, "w": w, "dy": dy}[where][(0, 0, *index)] = value
     tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
     ty = TF.conv2d(tx, tw, padding=1)
     ty.backward(torch.tensor(dy))
@@ -229,7 +285,9 @@ def test_which_convolutions_take_winograd(monkeypatch):
     assert not takes(512, 512, 16)
     assert not takes(128, 256, 80)          # conv3_1: too few input channels
     assert not takes(64, 64, 320)           # conv1_2: transforms cost more than they save
+    assert takes(256, 256, 80, dtype=np.float64)
     assert not takes(256, 256, 80, p=3)     # the input gradient would need padding -1
+    assert not takes(256, 256, 80, p=(1, 3))
     assert not takes(256, 256, 80, k=5, p=2)
     assert not takes(256, 256, 80, s=2)
     assert not takes(256, 256, 80, d=2, p=2)
@@ -286,26 +344,45 @@ def test_float32_rounding_stays_near_the_direct_sums(monkeypatch):
 def test_the_kept_workspace_carries_nothing_from_one_call_to_the_next():
     """The scratch buffers are kept between calls (:func:`winograd._scratch`): a call on a
     smaller map after a larger one reuses memory holding the larger call's values, where
-    the smaller one needs zero padding (its borders, its cropped tile row and column).
-    Each call in a sequence of shapes and paddings, in both dtypes, against torch; then
-    ``release_workspace`` frees them, and the next call still agrees."""
+    the smaller one needs zero padding (its borders, its cropped tile row or column).
+    Each call in a sequence of shapes and paddings (odd and even output heights and
+    widths), in both dtypes: forward and both gradients against torch, and every earlier
+    result unchanged afterwards (no returned array lives in the scratch). Then
+    ``release_workspace`` frees the buffers, and the next call still agrees."""
     seq = [(2, 6, 5, 13, 12, (1, 1)), (1, 4, 3, 5, 7, (2, 0)), (1, 6, 5, 9, 8, (0, 1)),
-           (2, 6, 5, 13, 12, (1, 1)), (1, 2, 2, 3, 3, (2, 2))]
+           (2, 6, 5, 13, 12, (1, 1)), (1, 5, 4, 8, 7, (1, 1)), (1, 2, 2, 3, 3, (2, 2))]
+    kept = []
     for dtype in DTYPES:
         for i, (n, c, o, h, w, padding) in enumerate(seq):
             rng, x, wt = _data(dtype, n, c, o, h, w, seed=i)
             y = winograd.winograd_conv2d(x, wt, *padding)
             dy = rng.standard_normal(y.shape).astype(dtype)
+            dx = winograd.winograd_conv2d_input_grad(dy, wt, *padding)
             dw = winograd.winograd_conv2d_weight_grad(dy, x, *padding)
             y_ref, g = torch_grads(lambda x, w: TF.conv2d(x, w, None, 1, padding),
                                    {"x": x, "w": wt}, dy)
-            assert_close(y, y_ref, dtype, f"forward, call {i}")
-            assert_close(dw, g["w"], dtype, f"weight gradient, call {i}")
+            for got, ref, what in ((y, y_ref, "forward"), (dx, g["x"], "dx"), (dw, g["w"], "dW")):
+                assert_close(got, ref, dtype, f"{what}, call {i}")
+                kept.append((got, got.copy(), f"{what}, call {i}"))
+    for got, copy, what in kept:
+        np.testing.assert_array_equal(got, copy, err_msg=f"{what} changed by a later call")
     assert winograd.release_workspace() > 0
     assert winograd.release_workspace() == 0
     rng, x, wt = _data(np.float64, 1, 3, 3, 6, 6)
     y_ref, _ = torch_grads(lambda x, w: TF.conv2d(x, w, None, 1, 1), {"x": x, "w": wt})
     assert_close(winograd.winograd_conv2d(x, wt, 1, 1), y_ref, np.float64, "after release")
+
+
+def test_mixed_operands_are_refused_by_the_winograd_functions():
+    """conv.py casts first; called directly with two dtypes, they say so (every GEMM would
+    otherwise fall back to matmul, silently)."""
+    x, w = np.zeros((1, 2, 4, 4), np.float32), np.zeros((3, 2, 3, 3))
+    with pytest.raises(TypeError, match="winograd_conv2d: operands must share one dtype"):
+        winograd.winograd_conv2d(x, w, 1, 1)
+    with pytest.raises(TypeError, match="input_grad"):
+        winograd.winograd_conv2d_input_grad(np.zeros((1, 3, 4, 4), np.float32), w, 1, 1)
+    with pytest.raises(TypeError, match="weight_grad"):
+        winograd.winograd_conv2d_weight_grad(np.zeros((1, 3, 4, 4)), x, 1, 1)
 
 
 def test_threads_get_their_own_workspace():

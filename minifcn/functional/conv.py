@@ -536,11 +536,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     Computed as ``col = im2col(x)`` (N, C*kh*kw, Ho*Wo) and one GEMM per group,
     ``y = W (O, C*kh*kw) @ col``.  Returns y (N, O, Ho, Wo).
 
-    On the CPU, VGG's convolutions (stride 1, 3x3, 64 channels and more) run instead as the
-    transposed convolution they equal (:func:`_as_transposed`), with ``'implicit'``: no
-    im2col, the GEMMs read the padded input in place. Those with few channels (up to 128)
-    take the same product from shifted rows (:func:`_conv2d_shifted_rows`): an im2col of
-    contiguous copies, and one GEMM for the whole batch.
+    On the CPU, VGG's widest 3x3 layers (256 channels and more, see
+    :func:`_winograd_conv2d`) run by Winograd's F(2x2, 3x3) (:mod:`.winograd`): 2.25x
+    fewer multiply-adds. Its other convolutions (stride 1, 3x3, 64 channels and more) run
+    as the transposed convolution they equal (:func:`_as_transposed`), with
+    ``'implicit'``: no im2col, the GEMMs read the padded input in place. Those with few
+    channels (up to 128) take the same product from shifted rows
+    (:func:`_conv2d_shifted_rows`): an im2col of contiguous copies, and one GEMM for the
+    whole batch.
     """
     g = _geometry("conv2d", x, weight, bias, stride, padding, dilation, groups)
     if _winograd_conv2d(g) and all_finite(x) and all_finite(weight):
@@ -735,6 +738,9 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
       sat in, weighted by the tap it sat under. That is a *transposed convolution* of
       ``dy`` with the same weight: ``dx = conv_transpose2d(dy, W)`` (tested).
     - ``db[o] = sum_{n,i,j} dy[n, o, i, j]``.
+
+    On the CPU, the layers :func:`conv2d` runs by Winograd take both gradients by Winograd
+    too (:mod:`.winograd`); the others take the paths below, each named where it is taken.
 
     ``need_input_grad=False`` skips the col2im (the first layer of a network needs no dx);
     ``need_weight_grad=False`` skips im2col and the weight GEMM (a frozen weight).

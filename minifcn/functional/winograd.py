@@ -39,23 +39,30 @@ The backward is the same algebra read backwards:
   (:func:`~minifcn.functional.conv._as_transposed`) — this forward again. The flipped
   kernel's transform is the kernel's with tile positions 0 and 3 swapped along each axis
   (:func:`flipped_filter_transform`), so no flipped copy of the weight is made.
-- ``dW``: ``Y = A^T (U * V) A`` is linear in ``U``, so ``dU = (A dY A^T) * V`` per tile
-  (``dY``: the 2x2 tile of ``dy``), summed over tiles and images: 16 GEMMs
-  ``S[xi] = dU[xi] (O x tiles) @ V[xi]^T (tiles x C)``; then ``dW = G^T S G``, the
+- ``dW``: ``Y = A^T (U * V) A`` is linear in ``U``. With ``E = A dY A^T`` per (o, tile)
+  (``dY``: the tile's 2x2 of ``dy``; the output transform's adjoint), one tile adds
+  ``E * V`` to ``dU``, and the sum over tiles and images is 16 GEMMs
+  ``dU[xi] = E[xi] (O x tiles) @ V[xi]^T (tiles x C)``; then ``dW = G^T dU G``, the
   filter transform's adjoint.
 
 The output grid is cut into 2x2 tiles; where ``Ho`` or ``Wo`` is odd, the last tile row or
 column reaches one pixel past the output, reading zero padding, and is cropped (its
-gradient is zero). Arithmetic: the transforms' coefficients are 0, +-1 and +-1/2, so
-rounding stays within a few ulps of the direct sum's. Non-finite values are another
-matter: ``B^T d`` subtracts inputs, and an ``inf`` input would give ``inf - inf = NaN``
-where the direct sum gives ``inf``; callers (:mod:`.conv`) take Winograd only when the
-operands are finite (:func:`~minifcn.functional._select.all_finite`).
+gradient is zero). Arithmetic: the transforms' coefficients are 0, +-1 and +-1/2, and
+in float32 the error against the exact result stays within a small factor of the direct
+GEMM's (1.5-3x on 64-512 channels; ``tests/test_winograd.py`` holds it to 3x). Two
+things differ from the direct sum. An ``inf`` input would give ``inf - inf = NaN`` in
+``B^T d`` where the direct sum gives ``inf``: callers (:mod:`.conv`) take Winograd only
+when the operands are finite (:func:`~minifcn.functional._select.all_finite`). And the
+transformed values are sums of up to 4 inputs (times up to 9/4 for the filter), so
+operands within a factor of ~10 of float32's largest value can overflow to ``inf`` where
+the direct sum would not (the direct sum can overflow too, at a different point).
 
 Memory: the work runs in bands of tile rows (``WINOGRAD_BAND_BYTES`` of transformed
 input or output per band), in scratch buffers that are kept between calls, one set per
-thread (:func:`_scratch`; 32 MB after a VGG16 step at 320x320; :func:`release_workspace`
-frees them).
+thread that has run it (:func:`_scratch`). They grow to the largest call's needs and do
+not shrink: the band buffers are bounded by the band budget, but the padded input and
+the tiled ``dy`` hold one whole image (32 MB in all after a VGG16 step at 320x320).
+:func:`release_workspace` frees the calling thread's set.
 """
 from __future__ import annotations
 
@@ -86,11 +93,11 @@ def filter_transform(weight):
     return (k @ weight.reshape(o * c, 9).T).reshape(4, 4, o, c)
 
 
-def filter_transform_adjoint(s):
-    """``dW = G^T S G`` for every (o, c): S (4, 4, O, C) -> dW (O, C, 3, 3)."""
-    o, c = s.shape[2:]
-    k = G_KRON.astype(s.dtype)
-    return (s.reshape(16, o * c).T @ k).reshape(o, c, 3, 3)
+def filter_transform_adjoint(du):
+    """``dW = G^T dU G`` for every (o, c): dU (4, 4, O, C) -> dW (O, C, 3, 3)."""
+    o, c = du.shape[2:]
+    k = G_KRON.astype(du.dtype)
+    return (du.reshape(16, o * c).T @ k).reshape(o, c, 3, 3)
 
 
 # The kernel flipped, ``W'[u, v] = W[2-u, 2-v]``, is ``J W J`` with ``J`` the 3x3 reversal,
@@ -154,7 +161,7 @@ def _input_transform(xs, t0, t1, tw, rows_buf, v):
 def _output_transform(m, z, out):
     """``Y = A^T M A`` per (o, tile): m (4, 4, O, rows, tw) -> out (O, rows, 2, tw, 2),
     ``out[o, i, r, j, s]`` = output pixel ``(2i + r, 2j + s)``; ``z`` (2, 4, O, rows, tw)
-    holds the rows' half."""
+    receives ``A^T M`` (``A^T`` applied along the tile's row axis) on the way."""
     np.add(m[0], m[1], out=z[0])
     z[0] += m[2]
     np.subtract(m[1], m[2], out=z[1])
@@ -168,21 +175,21 @@ def _output_transform(m, z, out):
     return out
 
 
-def _output_transform_adjoint(dy_tiles, e, du):
-    """``dU = A dY A^T`` per (o, tile), the output transform's adjoint: dy_tiles (O, rows,
-    2, tw, 2) -> du (4, 4, O, rows, tw); ``e`` (4, 2, O, rows, tw) holds the rows' half.
-    ``A = [[1, 0], [1, 1], [1, -1], [0, -1]]``."""
+def _output_transform_adjoint(dy_tiles, half, e):
+    """``E = A dY A^T`` per (o, tile), the output transform's adjoint: dy_tiles (O, rows,
+    2, tw, 2) -> e (4, 4, O, rows, tw); ``half`` (4, 2, O, rows, tw) receives ``A dY`` on
+    the way. ``A = [[1, 0], [1, 1], [1, -1], [0, -1]]``."""
     d0, d1 = dy_tiles[:, :, 0], dy_tiles[:, :, 1]                  # (O, rows, tw, 2)
     for s in range(2):
-        np.copyto(e[0, s], d0[..., s])
-        np.add(d0[..., s], d1[..., s], out=e[1, s])
-        np.subtract(d0[..., s], d1[..., s], out=e[2, s])
-        np.negative(d1[..., s], out=e[3, s])
-    np.copyto(du[:, 0], e[:, 0])
-    np.add(e[:, 0], e[:, 1], out=du[:, 1])
-    np.subtract(e[:, 0], e[:, 1], out=du[:, 2])
-    np.negative(e[:, 1], out=du[:, 3])
-    return du
+        np.copyto(half[0, s], d0[..., s])
+        np.add(d0[..., s], d1[..., s], out=half[1, s])
+        np.subtract(d0[..., s], d1[..., s], out=half[2, s])
+        np.negative(d1[..., s], out=half[3, s])
+    np.copyto(e[:, 0], half[:, 0])
+    np.add(half[:, 0], half[:, 1], out=e[:, 1])
+    np.subtract(half[:, 0], half[:, 1], out=e[:, 2])
+    np.negative(half[:, 1], out=e[:, 3])
+    return e
 
 
 _WORKSPACE = threading.local()   # per thread: {(name, dtype): flat scratch array}
@@ -231,8 +238,9 @@ def _bands(th, c, tw, itemsize):
 def winograd_conv2d(x, weight, ph, pw):
     """``conv2d(x, weight, padding=(ph, pw))`` for a 3x3 kernel, stride 1, dilation 1, one
     group, by F(2x2, 3x3): x (N, C, H, W), weight (O, C, 3, 3) -> (N, O, H+2ph-2, W+2pw-2).
-    Same dtype in and out (float32 or float64). One band of tile rows at a time
-    (``WINOGRAD_BAND_BYTES`` of input transform): transform, 16 GEMMs, transform back."""
+    One dtype throughout (float32 or float64). One band of tile rows at a time
+    (``WINOGRAD_BAND_BYTES`` of transformed tiles): transform, 16 GEMMs, transform back."""
+    _one_dtype("winograd_conv2d", x, weight)
     o, c = weight.shape[:2]
     return _winograd(x, filter_transform(weight).reshape(16, o, c), ph, pw)
 
@@ -242,11 +250,22 @@ def winograd_conv2d_input_grad(dy, weight, ph, pw):
     F(2x2, 3x3): the convolution of ``dy`` (N, O, Ho, Wo) with the kernel flipped and its
     channel axes swapped, padding ``2 - p`` -> dx (N, C, Ho-2ph+2, Wo-2pw+2). The flipped
     kernel's transform comes from the kernel's (:func:`flipped_filter_transform`)."""
+    _one_dtype("winograd_conv2d_input_grad", dy, weight)
     return _winograd(dy, flipped_filter_transform(filter_transform(weight)), 2 - ph, 2 - pw)
 
 
+def _one_dtype(name, *arrays):
+    """The Winograd functions compute in their operands' one dtype (conv.py casts first);
+    a mix would send every GEMM to matmul's slower fallback, silently."""
+    if len({a.dtype for a in arrays}) != 1:
+        raise TypeError(f"{name}: operands must share one dtype, got "
+                        f"{', '.join(str(a.dtype) for a in arrays)}")
+
+
 def _winograd(x, u, ph, pw):
-    """The forward on transformed filters ``u``: 16 matrices (O, C), one per tile position."""
+    """The forward on transformed filters ``u``: 16 matrices (O, C), one per tile position
+    (an array, or for the input gradient a list of transposed views). For the input
+    gradient ``x`` is ``dy``: ``C`` is then the forward's O, and ``O`` its C."""
     n, c, h, w = x.shape
     o = u[0].shape[0]
     ho, wo = h + 2 * ph - 2, w + 2 * pw - 2
@@ -274,12 +293,13 @@ def _winograd(x, u, ph, pw):
 def winograd_conv2d_weight_grad(dy, x, ph, pw):
     """``dW`` of ``conv2d(x, W, padding=(ph, pw))`` (3x3, stride 1, one group) by F(2x2, 3x3):
     dy (N, O, Ho, Wo), x (N, C, H, W) -> dW (O, C, 3, 3). Per band of tile rows:
-    ``S[xi] += (A dY A^T)[xi] @ V[xi]^T`` (16 GEMMs accumulating in place); last,
-    ``dW = G^T S G``."""
+    ``dU[xi] += E[xi] @ V[xi]^T`` with ``E = A dY A^T`` (16 GEMMs accumulating in place);
+    last, ``dW = G^T dU G``."""
+    _one_dtype("winograd_conv2d_weight_grad", dy, x)
     n, c, h, w = x.shape
     o, ho, wo = dy.shape[1:]
     th, tw = _tiles(ho, wo)
-    s = np.zeros((16, o, c), dtype=x.dtype)
+    du = np.zeros((16, o, c), dtype=x.dtype)
     bands = _bands(th, max(c, o), tw, x.itemsize)
     dt = x.dtype
     dy_tiles = _scratch("dy", dt, o, th, 2, tw, 2)        # dy on the tile grid, 0 past it
@@ -293,9 +313,11 @@ def winograd_conv2d_weight_grad(dy, x, ph, pw):
             b = t1 - t0
             v = _input_transform(xs, t0, t1, tw, _scratch("rows", dt, 4, c, b, 2, tw + 1),
                                  _scratch("v", dt, 4, 4, c, b, tw))
-            du = _output_transform_adjoint(dy_tiles[:, t0:t1], _scratch("z", dt, 4, 2, o, b, tw),
-                                           _scratch("m", dt, 4, 4, o, b, tw))
-            vf, duf = v.reshape(16, c, b * tw), du.reshape(16, o, b * tw)
+            # E and its half-way rows take the forward's 'm' and 'z' buffers (same sizes;
+            # the forward does not run meanwhile)
+            e = _output_transform_adjoint(dy_tiles[:, t0:t1], _scratch("z", dt, 4, 2, o, b, tw),
+                                          _scratch("m", dt, 4, 4, o, b, tw))
+            vf, ef = v.reshape(16, c, b * tw), e.reshape(16, o, b * tw)
             for xi in range(16):
-                gemm(duf[xi], vf[xi].T, s[xi], accumulate=True)
-    return filter_transform_adjoint(s.reshape(4, 4, o, c))
+                gemm(ef[xi], vf[xi].T, du[xi], accumulate=True)
+    return filter_transform_adjoint(du.reshape(4, 4, o, c))
