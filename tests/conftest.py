@@ -77,6 +77,22 @@ def assert_same_non_finite(got, ref, what=""):
     np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-10, atol=1e-12, err_msg=what)
 
 
+def assert_conv2d_non_finite_like_torch(x, w, dy):
+    """conv2d (padding 1) and both of its gradients on operands holding an inf or NaN:
+    inf and NaN exactly where float64 torch puts them, and its finite values."""
+    import torch
+    import torch.nn.functional as TF
+    from minifcn.functional import conv2d, conv2d_backward
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    ty = TF.conv2d(tx, tw, padding=1)
+    ty.backward(torch.tensor(dy))
+    got_y = conv2d(x, w, None, 1, 1)
+    got_dx, got_dw, _ = conv2d_backward(dy, x, w, 1, 1)
+    for name, got, ref in (("y", got_y, ty.detach().numpy()), ("dx", got_dx, tx.grad.numpy()),
+                           ("dW", got_dw, tw.grad.numpy())):
+        assert_same_non_finite(got, ref, name)
+
+
 def torch_grads(fn, inputs: dict, dy=None):
     """Run ``fn(**tensors)`` in float64 torch with autograd; return ``(y, grads)``.
 

@@ -14,7 +14,7 @@ import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_close, assert_same_non_finite, to_np, torch_grads
+from conftest import assert_close, assert_conv2d_non_finite_like_torch, to_np, torch_grads
 from minifcn.functional import conv2d, conv2d_backward, conv_output_size
 
 DTYPES = [np.float64, np.float32]
@@ -233,7 +233,6 @@ def test_shifted_rows_put_inf_and_nan_only_where_torch_does(monkeypatch, where, 
     meeting such a zero, or an inf weight meeting ``dy``'s zero border, gives 0 * inf =
     NaN where torch's float64 sums have no such term. Those gradients take im2col; the
     pattern of inf and NaN, and every finite value, must be torch's."""
-    import torch
     import minifcn.functional.conv as conv
     monkeypatch.setattr(conv, "CPU_SHIFTED_CONV2D_MAX_WASTE", 100.0)
     calls = _spy_shifted(monkeypatch)
@@ -242,14 +241,7 @@ def test_shifted_rows_put_inf_and_nan_only_where_torch_does(monkeypatch, where, 
     w = rng.standard_normal((4, 4, 3, 3))
     dy = rng.standard_normal((2, 4, H, W))
     {"x": x, "w": w, "dy": dy}[where][(0, 0, *index)] = np.inf
-    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
-    ty = TF.conv2d(tx, tw, padding=1)
-    ty.backward(torch.tensor(dy))
-    got_y = conv2d(x, w, None, 1, 1)
-    got_dx, got_dw, _ = conv2d_backward(dy, x, w, 1, 1)
-    for name, got, ref in (("y", got_y, ty.detach().numpy()), ("dx", got_dx, tx.grad.numpy()),
-                           ("dW", got_dw, tw.grad.numpy())):
-        assert_same_non_finite(got, ref, name)
+    assert_conv2d_non_finite_like_torch(x, w, dy)
     if where == "dy":                          # finite x and W: every gradient shifted
         assert calls == ["rows", "rows", "dW"]
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import torch.nn.functional as TF
 
-from conftest import assert_close, assert_same_non_finite, torch_grads
+from conftest import assert_close, assert_conv2d_non_finite_like_torch, torch_grads
 from minifcn.functional import conv2d, conv2d_backward
 from minifcn.functional import winograd
 from minifcn.functional.blas import uses_cblas
@@ -246,14 +245,7 @@ def test_an_inf_takes_the_direct_path_and_lands_where_torch_puts_it(monkeypatch,
     w = rng.standard_normal((4, 3, 3, 3))
     dy = rng.standard_normal((2, 4, 8, 8))
     {"x": x, "w": w, "dy": dy}[where][(0, 0, *index)] = value
-    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
-    ty = TF.conv2d(tx, tw, padding=1)
-    ty.backward(torch.tensor(dy))
-    got_y = conv2d(x, w, None, 1, 1)
-    got_dx, got_dw, _ = conv2d_backward(dy, x, w, 1, 1)
-    for name, got, ref in (("y", got_y, ty.detach().numpy()), ("dx", got_dx, tx.grad.numpy()),
-                           ("dW", got_dw, tw.grad.numpy())):
-        assert_same_non_finite(got, ref, name)
+    assert_conv2d_non_finite_like_torch(x, w, dy)
     want = {"x": ["dx"],            # the input gradient (dy, W finite) still runs it
             "w": ["dW"],            # the weight gradient (dy, x finite) still runs it
             "dy": ["conv"]}[where]  # the forward ran before dy existed
