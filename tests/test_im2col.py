@@ -164,7 +164,7 @@ def test_col2im_taps_without_overlaps_fill_every_pixel(monkeypatch, kernel, stri
     np.testing.assert_array_equal(got, naive_col2im(c, h, w, *stride, *padding, 1, 1))
 
 
-@pytest.mark.parametrize("method", ["taps", "phases"])
+@pytest.mark.parametrize("method", ["taps", "phases", "blocks"])
 def test_col2im_with_negative_padding_zeroes_what_no_window_reaches(monkeypatch, method):
     """The unchecked core takes a negative padding (a band that starts inside the image, as
     _im2col allows): windows then tile only part of the image, and the rest must be 0,
@@ -187,12 +187,13 @@ def test_col2im_phases_and_auto_match_taps_on_any_geometry(kh, kw, sh, sw, ph, p
                                                             w, seed):
     """The unchecked core on what its callers may pass: any padding (negative: a band inside
     the image), kernels smaller or larger than the stride, images that are not a multiple
-    of it, more or fewer windows than fit. 'phases' and 'auto' give 'taps'' sums, which
-    the tests above hold to naive loops (the negative padding to an explicit answer)."""
+    of it, more or fewer windows than fit. 'phases', 'blocks' and 'auto' give 'taps''
+    sums, which the tests above hold to naive loops (the negative padding to an explicit
+    answer)."""
     from minifcn.functional.im2col import _col2im
     col = np.random.default_rng(seed).standard_normal((2, 3, kh, kw, ho, wo))
     ref = _col2im(col, h, w, sh, sw, ph, pw, 1, 1, "taps")
-    for method in ("phases", "auto"):
+    for method in ("phases", "blocks", "auto"):
         np.testing.assert_allclose(_col2im(col, h, w, sh, sw, ph, pw, 1, 1, method), ref,
                                    rtol=1e-12, atol=1e-12, err_msg=method)
 

@@ -210,9 +210,9 @@ def _col2im(col, h, w, sh, sw, ph, pw, dh, dw, method="auto"):
         kh, kw = col.shape[2:4]
         if (dh, dw) != (1, 1) or min(sh, sw) == 1 or (kh <= sh and kw <= sw):
             method = "taps"
-        elif (min(sh, sw) >= COL2IM_BLOCKS_MIN_STRIDE and min(ph, pw) >= 0
+        elif (min(sh, sw) >= COL2IM_BLOCKS_MIN_STRIDE
               and col.shape[0] * col.shape[1] * col.shape[4] * col.shape[5]
-              <= COL2IM_BLOCKS_MAX_TAP_ENTRIES):     # ('blocks' crops: no negative padding)
+              <= COL2IM_BLOCKS_MAX_TAP_ENTRIES):
             method = "blocks"
         else:
             method = "phases"
@@ -220,8 +220,22 @@ def _col2im(col, h, w, sh, sw, ph, pw, dh, dw, method="auto"):
         return _col2im_taps(col, h, w, sh, sw, ph, pw, dh, dw)
     if method == "phases":
         return _col2im_phases(col, h, w, sh, sw, ph, pw)
-    out = _col2im_blocks(col, h + 2 * ph, w + 2 * pw, sh, sw)
-    return np.ascontiguousarray(out[:, :, ph:ph + h, pw:pw + w])
+    return _crop(_col2im_blocks(col, h + 2 * ph, w + 2 * pw, sh, sw), ph, pw, h, w)
+
+
+def _crop(padded, ph, pw, h, w):
+    """Image rows ``0 .. h-1`` are padded rows ``ph .. ph+h-1`` (columns alike): a compact
+    (N, C, h, w) copy. A negative padding puts image pixels before padded row 0, and
+    ``padded`` may end before ``ph + h``: pixels outside it are reached by no window, 0."""
+    n, c, hp, wp = padded.shape
+    if 0 <= ph and ph + h <= hp and 0 <= pw and pw + w <= wp:     # (the usual case)
+        return np.ascontiguousarray(padded[:, :, ph:ph + h, pw:pw + w])
+    out = np.zeros((n, c, h, w), dtype=padded.dtype)
+    r0, r1 = max(ph, 0), min(ph + h, hp)
+    c0, c1 = max(pw, 0), min(pw + w, wp)
+    if r1 > r0 and c1 > c0:
+        out[:, :, r0 - ph:r1 - ph, c0 - pw:c1 - pw] = padded[:, :, r0:r1, c0:c1]
+    return out
 
 
 def _col2im_taps(col, h, w, sh, sw, ph, pw, dh, dw):
