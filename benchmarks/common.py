@@ -12,7 +12,6 @@ of a ratio instead of whichever ran during it.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -25,6 +24,7 @@ import time
 import numpy as np
 
 from minifcn import openblas_core
+from minifcn.cli import int_at_least
 from minifcn.evaluate import check_output_file
 
 
@@ -331,21 +331,8 @@ def validated(errors, tol=VALIDATION_TOL):
 
 # -- command-line arguments, checked before anything is measured ------------------------------
 
-def _int_at_least(minimum, what):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
-        return value
-    parse.__name__ = f"int_at_least_{minimum}"      # argparse names the type in its errors
-    return parse
-
-
-positive_int = _int_at_least(1, "a positive int")          # argparse types
-non_negative_int = _int_at_least(0, "an int >= 0")
+positive_int = int_at_least(1, "a positive int")          # argparse types
+non_negative_int = int_at_least(0, "an int >= 0")
 
 
 def check_json_path(parser, path, flag="--json"):

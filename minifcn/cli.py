@@ -43,6 +43,23 @@ def size_arg(text):
     return tuple(parts)
 
 
+def int_at_least(minimum, what=None):
+    """An argparse type: an int of at least ``minimum``. Errors say what was expected
+    (``what``, e.g. "a positive int"; by default "an int >= minimum") and what came."""
+    what = what or f"an int >= {minimum}"
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    parse.__name__ = f"int_at_least_{minimum}"      # argparse names the type in its errors
+    return parse
+
+
 def positive_float(text):
     try:
         value = float(text)

@@ -28,6 +28,7 @@ import sys
 
 import numpy as np
 
+from .cli import int_at_least
 from .functional._checks import check_positive_size
 from .nn import ConvTranspose2d
 
@@ -104,31 +105,19 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _int_at_least(minimum):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
-
-
 def build_parser():
     p = _Parser(prog="python -m minifcn.sizes",
                 description="Output size of a transposed convolution, computed by "
                             "minifcn.nn.ConvTranspose2d. Without --kernel: the notes' table.")
-    p.add_argument("--in", dest="in_size", type=_int_at_least(1), default=3,
+    p.add_argument("--in", dest="in_size", type=int_at_least(1), default=3,
                    help="input height = width (default 3, as in the notes)")
-    p.add_argument("--kernel", type=_int_at_least(1), help="kernel size")
-    p.add_argument("--stride", type=_int_at_least(1), default=None, help="stride (default 1)")
-    p.add_argument("--padding", type=_int_at_least(0), default=None, help="padding (default 0)")
-    p.add_argument("--dilation", type=_int_at_least(1), default=None, help="dilation (default 1)")
-    p.add_argument("--output-padding", type=_int_at_least(0), default=None,
+    p.add_argument("--kernel", type=int_at_least(1), help="kernel size")
+    p.add_argument("--stride", type=int_at_least(1), default=None, help="stride (default 1)")
+    p.add_argument("--padding", type=int_at_least(0), default=None, help="padding (default 0)")
+    p.add_argument("--dilation", type=int_at_least(1), default=None, help="dilation (default 1)")
+    p.add_argument("--output-padding", type=int_at_least(0), default=None,
                    help="extra rows/columns at the bottom/right (default 0)")
-    p.add_argument("--channels", type=_int_at_least(1), default=3,
+    p.add_argument("--channels", type=int_at_least(1), default=3,
                    help="in = out channels (default 3, as in the notes)")
     return p
 
