@@ -14,10 +14,17 @@ Gradient: ``dloss/dz = softmax(z) - onehot(t)`` at counted pixels, 0 at ignored 
 zero weight gives NaN there), divided by the count for ``'mean'``. If every pixel is
 ignored the loss and the gradient are 0 (torch's ``'mean'`` returns NaN there; a batch of
 pure "void" should not poison training).
+
+On the CPU the layer's forward keeps ``e = exp(z - m)`` and ``s = sum e`` (:class:`Softmax`),
+so that its backward is one pass, ``e * ([t != ignore] * scale / s)``, and ``-scale`` at
+each counted pixel's label: the gradient reuses the forward's exponentials in place,
+where recomputing ``exp(log_softmax)`` cost two more passes over the logits.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from typing import NamedTuple
 
 from ..backend import get_array_module
 from ._select import all_finite, select
@@ -56,11 +63,44 @@ def log_softmax(z, axis=1):
     return shifted
 
 
-def _gather_label(a, labels, valid):
-    """``a[n, labels[n,h,w], h, w]`` (0 where not valid)."""
-    xp = get_array_module(a)
-    safe = xp.where(valid, labels, 0).astype(np.int64)
-    return xp.take_along_axis(a, safe[:, None], axis=1)[:, 0]
+def _label_index(labels, valid, k):
+    """Flat indices into a C-ordered (N, K, H, W) array of ``[n, labels[n, h, w], h, w]``
+    at the counted pixels, in C order of (n, h, w)."""
+    n, h, w = labels.shape
+    hw = h * w
+    pixel = (np.arange(n, dtype=np.int64)[:, None] * (k * hw)
+             + np.arange(hw, dtype=np.int64)[None, :])
+    return (pixel + labels.reshape(n, hw).astype(np.int64) * hw)[valid.reshape(n, hw)]
+
+
+class Softmax(NamedTuple):
+    """What the CPU forward keeps for the backward: ``e = exp(z - max z)`` (N, K, H, W), C
+    order, the logits' dtype; ``s = e.sum(axis=1)`` (N, 1, H, W); ``valid`` the counted
+    pixels (N, H, W); ``at_label`` their labels' flat indices into ``e``."""
+    e: np.ndarray
+    s: np.ndarray
+    valid: np.ndarray
+    at_label: np.ndarray
+
+
+def _softmax_loss(logits, labels, valid, keep_log_probs):
+    """CPU: ``(sum of the counted pixels' losses in float64, Softmax, log_probs or None)``."""
+    shifted = np.subtract(logits, logits.max(axis=1, keepdims=True),
+                          out=np.empty(logits.shape, dtype=logits.dtype))     # C order
+    at_label = _label_index(labels, valid, logits.shape[1])
+    at_label_sum = float(shifted.reshape(-1)[at_label].sum(dtype=np.float64))   # sum of z[t] - m
+    e = np.exp(shifted) if keep_log_probs else np.exp(shifted, out=shifted)
+    s = e.sum(axis=1, keepdims=True)
+    log_s = np.log(s)
+    n, _, h, w = logits.shape
+    # loss_pixel = log s - (z[t] - m)
+    log_s_sum = float(log_s.reshape(n, h * w)[valid.reshape(n, h * w)].sum(dtype=np.float64))
+    total = log_s_sum - at_label_sum
+    log_probs = None
+    if keep_log_probs:
+        log_probs = shifted
+        log_probs -= log_s
+    return total, Softmax(e, s, valid, at_label), log_probs
 
 
 def softmax_cross_entropy(logits, labels, ignore_index=255, reduction="mean",
@@ -70,27 +110,29 @@ def softmax_cross_entropy(logits, labels, ignore_index=255, reduction="mean",
     With ``return_log_probs`` also returns ``log_softmax(logits)`` (None on the GPU, whose
     kernel never forms it), for :func:`softmax_cross_entropy_backward` to reuse."""
     _check(logits, labels, ignore_index, reduction)
-    loss, log_probs, _ = _forward(logits, labels, ignore_index, reduction)
+    loss, log_probs, _ = _forward(logits, labels, ignore_index, reduction, keep="log_probs")
     return (loss, log_probs) if return_log_probs else loss
 
 
-def _forward(logits, labels, ignore_index, reduction):
-    """Checked arguments -> ``(loss, log_probs or None, count of counted pixels)``."""
+def _forward(logits, labels, ignore_index, reduction, keep="softmax"):
+    """Checked arguments -> ``(loss, kept, count of counted pixels)``. ``kept``, for the
+    backward, on the CPU: a :class:`Softmax` (``keep='softmax'``, the layer's) or
+    ``log_softmax(logits)`` (``keep='log_probs'``); None on the GPU or with no pixel
+    counted."""
     xp = get_array_module(logits)
     valid = labels != ignore_index
     count = int(valid.sum())
-    log_probs = None
+    kept = None
     if count == 0:
         total = 0.0
     elif xp is not np:
         from ..kernels import gpu_softmax_cross_entropy   # per-pixel loss, 0 where ignored
         total = float(gpu_softmax_cross_entropy(logits, labels, ignore_index).sum(dtype=np.float64))
     else:
-        log_probs = log_softmax(logits)
-        nll = -_gather_label(log_probs, labels, valid)
-        total = float(xp.where(valid, nll, 0).sum(dtype=np.float64))
+        total, softmax, log_probs = _softmax_loss(logits, labels, valid, keep == "log_probs")
+        kept = log_probs if keep == "log_probs" else softmax
     loss = total / count if reduction == "mean" and count > 0 else total
-    return loss, log_probs, count
+    return loss, kept, count
 
 
 def softmax_cross_entropy_backward(logits, labels, ignore_index=255, reduction="mean",
@@ -114,8 +156,12 @@ def softmax_cross_entropy_backward(logits, labels, ignore_index=255, reduction="
 
 def _backward(logits, labels, ignore_index, reduction, log_probs=None, count=None):
     """Checked arguments -> the gradient. ``count``: the counted pixels, if the caller has
-    it from the forward pass (on the GPU, counting is a host sync)."""
+    it from the forward pass (on the GPU, counting is a host sync). ``log_probs``: the
+    forward's ``log_softmax``, or its :class:`Softmax` (whose ``e`` becomes the gradient,
+    in place)."""
     xp = get_array_module(logits)
+    if isinstance(log_probs, Softmax):
+        return _backward_from_softmax(log_probs, reduction, count)
     valid = labels != ignore_index
     if count is None:
         count = int(valid.sum())
@@ -124,7 +170,8 @@ def _backward(logits, labels, ignore_index, reduction, log_probs=None, count=Non
         denom = count if reduction == "mean" and count > 0 else 1
         return gpu_softmax_cross_entropy_backward(logits, labels, ignore_index, denom)
     if log_probs is None:
-        log_probs = log_softmax(logits)
+        return _backward_from_softmax(_softmax_loss(logits, labels, valid, False)[1],
+                                      reduction, count)
     grad = np.empty(logits.shape, dtype=logits.dtype)                 # C order, whatever
     np.exp(log_probs, out=grad)                                        # the inputs' is: softmax(z)
     n, k, h, w = logits.shape
@@ -138,3 +185,19 @@ def _backward(logits, labels, ignore_index, reduction, log_probs=None, count=Non
     if count < valid.size:                                             # ignored: 0
         select(grad, grad, valid[:, None], all_finite(grad))
     return grad
+
+
+def _backward_from_softmax(kept, reduction, count):
+    """The gradient from the forward's :class:`Softmax`, written over its ``e``:
+    ``e * (valid * scale / s)`` (softmax, scaled, 0 at ignored pixels) in one pass, then
+    ``-scale`` at each counted pixel's label."""
+    e, s, valid, at_label = kept
+    scale = 1.0 / count if reduction == "mean" and count > 0 else 1.0
+    factor = np.divide(e.dtype.type(scale), s)
+    factor *= valid[:, None]
+    finite = all_finite(e)                    # e is NaN where a logit was inf or NaN
+    np.multiply(e, factor, out=e)
+    if not finite:                            # NaN * 0 is NaN: ignored pixels get 0 exactly
+        select(e, e, valid[:, None], False)
+    e.reshape(-1)[at_label] -= e.dtype.type(scale)
+    return e
