@@ -64,15 +64,25 @@ def _thresholds(**values):
             setattr(conv_module, name, value)
 
 
+WINOGRAD_RULE = ("CPU_WINOGRAD_MIN_CHANNELS", "CPU_WINOGRAD_MIN_PIXELS",
+                 "CPU_WINOGRAD_WIDE_MIN_PIXELS", "CPU_WINOGRAD_AVX512_MIN_CHANNELS",
+                 "CPU_WINOGRAD_AVX512_MIN_PIXELS")      # conv._winograd_conv2d's bounds
+
+
+def winograd_rule(on):
+    """Within: conv2d takes Winograd wherever it can (``on``) or nowhere."""
+    return _thresholds(**{name: 1 if on else 1 << 62 for name in WINOGRAD_RULE})
+
+
 def no_winograd():
     """Within: conv2d and conv2d_backward do not take Winograd on the CPU."""
-    return _thresholds(CPU_WINOGRAD_MIN_CHANNELS=1 << 62, CPU_WINOGRAD_AVX512_MIN_CHANNELS=1 << 62)
+    return winograd_rule(False)
 
 
 def im2col_only():
     """Within: conv2d and conv2d_backward take the im2col path on the CPU (neither
     Winograd, nor the implicit, nor the shifted-rows path)."""
-    return _thresholds(CPU_WINOGRAD_MIN_CHANNELS=1 << 62, CPU_WINOGRAD_AVX512_MIN_CHANNELS=1 << 62,
+    return _thresholds(**{name: 1 << 62 for name in WINOGRAD_RULE},
                        CPU_IMPLICIT_CONV2D_MIN_CHANNELS=1 << 62, CPU_SHIFTED_CONV2D_MAX_CHANNELS=0)
 
 

@@ -195,16 +195,18 @@ def main(argv=None):
     args, _, timer, info = start(p, argv, "step")       # (torch: cuDNN's settings set)
     info["repeats"] = args.repeats
     rows = []
+    direct = args.without_winograd and args.device == "cpu"
+    columns = COLUMNS + (DIRECT_COLUMNS if direct else [])
     for i, size in enumerate(args.sizes):
         ours_step, torch_step = _models(size, args.device, args.width, args.batch)
         contenders = {"minifcn": ours_step, "torch": torch_step}
-        if args.without_winograd and args.device == "cpu":
+        if direct:
             contenders["direct"] = _without_winograd(ours_step)
         times = timer.rounds(contenders, args.repeats)
         row = {"size": f"{size}x{size}", "minifcn_ms": statistics.median(times["minifcn"]),
                "torch_ms": statistics.median(times["torch"]),
                "ratio": paired_ratio(times["minifcn"], times["torch"])}
-        if "direct" in times:
+        if direct:
             row.update(direct_ms=statistics.median(times["direct"]),
                        direct_ratio=paired_ratio(times["direct"], times["torch"]),
                        winograd_speedup=paired_ratio(times["direct"], times["minifcn"]))
@@ -219,7 +221,7 @@ def main(argv=None):
         del ours_step, torch_step
         last = i + 1 == len(args.sizes)
         if not last:                       # as it goes: a run cut short keeps what it measured
-            print(table([row], COLUMNS + (DIRECT_COLUMNS if "direct_ms" in row else [])), flush=True)
+            print(table([row], columns), flush=True)
         info["busy_turns"] = timer.busy_turns
         write_json(args.json, {"machine": info, "device": args.device, "width": args.width,
                                "batch": args.batch,
@@ -227,13 +229,13 @@ def main(argv=None):
     print(f"FCN-8s step (width {args.width:g}, batch {args.batch}) on {info.get('gpu', info['cpu'])}")
     if args.device == "cpu":
         print(f"NumPy's BLAS: {info['blas']}")
-    print(table(rows, COLUMNS + (DIRECT_COLUMNS if args.without_winograd else [])))
+    print(table(rows, columns))
     return 0
 
 
 def _without_winograd(step):
     """``step`` with conv2d's Winograd rule switched off for its duration."""
-    from .winograd import winograd_rule
+    from .conv2d import winograd_rule
 
     def direct_step():
         with winograd_rule(False):

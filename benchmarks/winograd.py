@@ -14,7 +14,6 @@ The ``rule`` column says whether ``conv2d`` takes Winograd there by default.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 
@@ -25,6 +24,7 @@ from minifcn.functional import conv2d, conv2d_backward
 
 from .common import (add_json_flag, paired_ratio, positive_int, rel_error, start, table,
                      validated, write_json)
+from .conv2d import winograd_rule
 
 DEFAULT_LAYERS = ["128x128x160", "128x256x80", "256x256x80", "256x256x56", "256x256x28",
                   "256x256x24", "256x256x20", "256x512x40", "256x512x28", "512x512x40",
@@ -43,23 +43,6 @@ def layer_spec(text):
             f"a layer is CxOxS (channels in, channels out, map size; positive ints), "
             f"got {text!r}")
     return values
-
-
-_RULE = ("CPU_WINOGRAD_MIN_CHANNELS", "CPU_WINOGRAD_MIN_PIXELS", "CPU_WINOGRAD_WIDE_MIN_PIXELS",
-         "CPU_WINOGRAD_AVX512_MIN_CHANNELS", "CPU_WINOGRAD_AVX512_MIN_PIXELS")
-
-
-@contextlib.contextmanager
-def winograd_rule(on):
-    """Within: conv2d takes Winograd wherever it can (``on``) or nowhere."""
-    saved = [getattr(conv_module, name) for name in _RULE]
-    for name in _RULE:
-        setattr(conv_module, name, 1 if on else 1 << 62)
-    try:
-        yield
-    finally:
-        for name, value in zip(_RULE, saved):
-            setattr(conv_module, name, value)
 
 
 def takes_winograd(c, o, s):

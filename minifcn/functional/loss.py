@@ -22,9 +22,9 @@ where recomputing ``exp(log_softmax)`` cost two more passes over the logits.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from typing import NamedTuple
+
+import numpy as np
 
 from ..backend import get_array_module
 from ._select import all_finite, select
@@ -170,21 +170,13 @@ def _backward(logits, labels, ignore_index, reduction, log_probs=None, count=Non
         denom = count if reduction == "mean" and count > 0 else 1
         return gpu_softmax_cross_entropy_backward(logits, labels, ignore_index, denom)
     if log_probs is None:
-        return _backward_from_softmax(_softmax_loss(logits, labels, valid, False)[1],
-                                      reduction, count)
-    grad = np.empty(logits.shape, dtype=logits.dtype)                 # C order, whatever
-    np.exp(log_probs, out=grad)                                        # the inputs' is: softmax(z)
-    n, k, h, w = logits.shape
-    per_image = grad.reshape(n, k, h * w)                              # so this is a view
-    at_label = xp.where(valid, labels, 0).astype(np.int64).reshape(n, 1, h * w)
-    xp.put_along_axis(per_image, at_label,                             # - onehot(t)
-                      xp.take_along_axis(per_image, at_label, axis=1) - 1, axis=1)
-    scale = 1.0 / count if reduction == "mean" and count > 0 else 1.0
-    if scale != 1.0:
-        grad *= grad.dtype.type(scale)
-    if count < valid.size:                                             # ignored: 0
-        select(grad, grad, valid[:, None], all_finite(grad))
-    return grad
+        kept = _softmax_loss(logits, labels, valid, False)[1]
+    else:                              # softmax = exp(log_probs): already normalised (s = 1)
+        e = np.exp(log_probs, out=np.empty(logits.shape, dtype=logits.dtype))   # C order
+        n, k, h, w = logits.shape
+        kept = Softmax(e, np.ones((n, 1, h, w), dtype=e.dtype), valid,
+                       _label_index(labels, valid, k))
+    return _backward_from_softmax(kept, reduction, count)
 
 
 def _backward_from_softmax(kept, reduction, count):

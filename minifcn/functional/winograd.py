@@ -240,7 +240,7 @@ def winograd_conv2d(x, weight, ph, pw):
     group, by F(2x2, 3x3): x (N, C, H, W), weight (O, C, 3, 3) -> (N, O, H+2ph-2, W+2pw-2).
     One dtype throughout (float32 or float64). One band of tile rows at a time
     (``WINOGRAD_BAND_BYTES`` of transformed tiles): transform, 16 GEMMs, transform back."""
-    _one_dtype("winograd_conv2d", x, weight)
+    _same_dtype("winograd_conv2d", x, weight)
     o, c = weight.shape[:2]
     return _winograd(x, filter_transform(weight).reshape(16, o, c), ph, pw)
 
@@ -250,16 +250,27 @@ def winograd_conv2d_input_grad(dy, weight, ph, pw):
     F(2x2, 3x3): the convolution of ``dy`` (N, O, Ho, Wo) with the kernel flipped and its
     channel axes swapped, padding ``2 - p`` -> dx (N, C, Ho-2ph+2, Wo-2pw+2). The flipped
     kernel's transform comes from the kernel's (:func:`flipped_filter_transform`)."""
-    _one_dtype("winograd_conv2d_input_grad", dy, weight)
+    _same_dtype("winograd_conv2d_input_grad", dy, weight)
     return _winograd(dy, flipped_filter_transform(filter_transform(weight)), 2 - ph, 2 - pw)
 
 
-def _one_dtype(name, *arrays):
+def _same_dtype(name, *arrays):
     """The Winograd functions compute in their operands' one dtype (conv.py casts first);
     a mix would send every GEMM to matmul's slower fallback, silently."""
     if len({a.dtype for a in arrays}) != 1:
         raise TypeError(f"{name}: operands must share one dtype, got "
                         f"{', '.join(str(a.dtype) for a in arrays)}")
+
+
+def _transformed_bands(x, ph, pw, th, tw, bands):
+    """For one image ``x`` (C, H, W): ``(t0, t1, V)`` per band of tile rows, ``V`` its input
+    transform (4, 4, C, t1-t0, tw) in the workspace (valid until the next band)."""
+    c, dt = x.shape[0], x.dtype
+    xs = _padded_split(x, ph, pw, th, tw, _scratch("xs", dt, c, 2 * th + 2, 2, tw + 1))
+    for t0, t1 in bands:
+        b = t1 - t0
+        yield t0, t1, _input_transform(xs, t0, t1, tw, _scratch("rows", dt, 4, c, b, 2, tw + 1),
+                                       _scratch("v", dt, 4, 4, c, b, tw))
 
 
 def _winograd(x, u, ph, pw):
@@ -274,11 +285,8 @@ def _winograd(x, u, ph, pw):
     bands = _bands(th, max(c, o), tw, x.itemsize)
     dt = x.dtype
     for i in range(n):
-        xs = _padded_split(x[i], ph, pw, th, tw, _scratch("xs", dt, c, 2 * th + 2, 2, tw + 1))
-        for t0, t1 in bands:
+        for t0, t1, v in _transformed_bands(x[i], ph, pw, th, tw, bands):
             b = t1 - t0
-            v = _input_transform(xs, t0, t1, tw, _scratch("rows", dt, 4, c, b, 2, tw + 1),
-                                 _scratch("v", dt, 4, 4, c, b, tw))
             m = _scratch("m", dt, 4, 4, o, b, tw)
             vf, mf = v.reshape(16, c, b * tw), m.reshape(16, o, b * tw)
             for xi in range(16):
@@ -295,7 +303,7 @@ def winograd_conv2d_weight_grad(dy, x, ph, pw):
     dy (N, O, Ho, Wo), x (N, C, H, W) -> dW (O, C, 3, 3). Per band of tile rows:
     ``dU[xi] += E[xi] @ V[xi]^T`` with ``E = A dY A^T`` (16 GEMMs accumulating in place);
     last, ``dW = G^T dU G``."""
-    _one_dtype("winograd_conv2d_weight_grad", dy, x)
+    _same_dtype("winograd_conv2d_weight_grad", dy, x)
     n, c, h, w = x.shape
     o, ho, wo = dy.shape[1:]
     th, tw = _tiles(ho, wo)
@@ -307,12 +315,9 @@ def winograd_conv2d_weight_grad(dy, x, ph, pw):
     if (2 * th, 2 * tw) != (ho, wo):
         dy_tiles.fill(0)
     for i in range(n):
-        xs = _padded_split(x[i], ph, pw, th, tw, _scratch("xs", dt, c, 2 * th + 2, 2, tw + 1))
         dyt_flat[:, :ho, :wo] = dy[i]
-        for t0, t1 in bands:
+        for t0, t1, v in _transformed_bands(x[i], ph, pw, th, tw, bands):
             b = t1 - t0
-            v = _input_transform(xs, t0, t1, tw, _scratch("rows", dt, 4, c, b, 2, tw + 1),
-                                 _scratch("v", dt, 4, 4, c, b, tw))
             # E and its half-way rows take the forward's 'm' and 'z' buffers (same sizes;
             # the forward does not run meanwhile)
             e = _output_transform_adjoint(dy_tiles[:, t0:t1], _scratch("z", dt, 4, 2, o, b, tw),
