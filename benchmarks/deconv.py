@@ -56,7 +56,7 @@ def sweep_shapes():
 
 # 'implicit' is a CPU algorithm ('auto' never takes it on the GPU): on CuPy its phase
 # shuffle is tens of thousands of small copies per call, minutes of the GPU session's time
-ALGORITHMS_TIMED = {"cpu": ["auto", "col2im", "subpixel", "fused", "implicit"],
+ALGORITHMS_TIMED = {"cpu": ["auto", "col2im", "subpixel", "fused", "implicit", "winograd"],
                     "cuda": ["auto", "col2im", "subpixel", "fused"]}
 
 

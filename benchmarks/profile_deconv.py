@@ -48,11 +48,19 @@ STEPS = [
     ("stack the input", "_stack_input"),
     ("GEMMs (blas.gemm)", "gemm"),
     ("phase shuffle", "_shuffle_phases"),
+    ("filter transform (winograd)", "filter_transform"),
+    ("split into windows (winograd)", "_split_windows"),
+    ("input transform (winograd)", "_input_transform"),
+    ("output transform (winograd)", "_output_transform"),
     # the backward's
     ("un-shuffle dy (implicit)", "_unshuffle_phases"),
     ("im2col", "_im2col"),
     ("GEMM (W @ col)", "_weight_times_col"),
     ("GEMM (dy @ col^T)", "_dy_times_col_t"),
+    ("output transform's adjoint (winograd)", "_output_transform_adjoint"),
+    ("input transform's adjoint (winograd)", "_input_transform_adjoint"),
+    ("windows back onto dx (winograd)", "_split_windows_adjoint"),
+    ("filter transform's adjoint (winograd)", "filter_transform_adjoint"),
 ]
 
 

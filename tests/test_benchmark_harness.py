@@ -146,14 +146,18 @@ def test_deconv_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch, cap
     assert saved["machine"]["busy_turns"] >= 0
     assert saved["machine"]["blas"] == openblas_core.describe()   # which GEMM kernels ran
     assert saved["machine"]["malloc"] == "thresholds (test)"    # fix_malloc_thresholds' line
-    assert {r["shape"] for r in saved["rows"]} == {SMALL[0]} and len(saved["rows"]) == 6
+    # torch, then every CPU algorithm (all apply to k4 s2): none refused, none skipped
+    assert [r["impl"] for r in saved["rows"]] == ["torch"] + [
+        f"minifcn {a}" for a in deconv.ALGORITHMS_TIMED["cpu"]]
+    assert {r["shape"] for r in saved["rows"]} == {SMALL[0]}
     assert "[1/2]" in capsys.readouterr().out
     assert not (tmp_path / "d.json.tmp").exists()
 
 
-def test_deconv_on_the_gpu_does_not_time_implicit():
-    assert "implicit" in deconv.ALGORITHMS_TIMED["cpu"]
-    assert "implicit" not in deconv.ALGORITHMS_TIMED["cuda"]
+def test_deconv_on_the_gpu_does_not_time_the_cpu_algorithms():
+    for cpu_only in ("implicit", "winograd"):
+        assert cpu_only in deconv.ALGORITHMS_TIMED["cpu"]
+        assert cpu_only not in deconv.ALGORITHMS_TIMED["cuda"]
 
 
 def test_paired_ratio_is_the_median_of_per_round_ratios():
@@ -170,12 +174,12 @@ def test_deconv_rows_validate_then_time_every_algorithm():
     rows = deconv.run_shape(SMALL, "cpu", Timer("cpu"), 2, torch)
     impls = [r["impl"] for r in rows]
     assert impls == ["torch", "minifcn auto", "minifcn col2im", "minifcn subpixel", "minifcn fused",
-                     "minifcn implicit"]
+                     "minifcn implicit", "minifcn winograd"]
     for r in rows[1:]:
         assert r["max_rel_err"] <= 1e-4 and r["fwd_ratio"] > 0 and r["bwd_ratio"] > 0
     (check,) = deconv.auto_check(rows)
     assert check["auto_fwd"] == "subpixel" and check["auto_bwd"] == "col2im"    # CPU, k4 s2
-    assert check["best_fwd"] in ("col2im", "subpixel", "fused", "implicit")
+    assert check["best_fwd"] in ("col2im", "subpixel", "fused", "implicit", "winograd")
     assert check["auto_fwd_vs_best"] > 0
 
 

@@ -33,9 +33,12 @@ def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def algorithms_for(dilation, groups):
-    return ["col2im", "fused", "auto"] + (["subpixel", "implicit"] if _pair(dilation) == (1, 1)
-                                          and groups == 1 else [])
+def algorithms_for(dilation, groups, kernel=None, stride=None, xp=np):
+    """Every algorithm that applies; 'winograd' (NumPy only) where the kernel is 2 x stride."""
+    plain = _pair(dilation) == (1, 1) and groups == 1
+    return (["col2im", "fused", "auto"] + (["subpixel", "implicit"] if plain else [])
+            + (["winograd"] if plain and xp is np and kernel is not None
+               and tuple(2 * s for s in _pair(stride)) == _pair(kernel) else []))
 
 
 def check_conv_transpose2d(xp, dtype, *, n, cin, cout, h, w, kernel, stride, padding,
@@ -58,7 +61,7 @@ def check_conv_transpose2d(xp, dtype, *, n, cin, cout, h, w, kernel, stride, pad
         {"x": x, "w": wt, "b": b}, dy)
     assert y_ref.shape == dy.shape
 
-    for alg in (algorithms or algorithms_for(dilation, groups)):
+    for alg in (algorithms or algorithms_for(dilation, groups, kernel, stride, xp)):
         args = (stride, padding, output_padding, groups, dilation)
         y = conv_transpose2d(xp.asarray(x), xp.asarray(wt), None if b is None else xp.asarray(b),
                              *args, algorithm=alg)
@@ -312,7 +315,7 @@ def test_conv_input_gradient_is_the_transposed_conv(xp, cfg, seed):
     gy = rng.standard_normal(y.shape)
 
     dx, _, _ = conv2d_backward(xp.asarray(gy), xp.asarray(x), xp.asarray(wt), s, p, d, groups)
-    for alg in algorithms_for(d, groups):
+    for alg in algorithms_for(d, groups, cfg["kernel"], s, xp):
         t = to_np(conv_transpose2d(xp.asarray(gy), xp.asarray(wt), None, s, p, op, groups, d,
                                    algorithm=alg))
         assert t.shape == x.shape
@@ -328,16 +331,16 @@ def test_conv_input_gradient_is_the_transposed_conv(xp, cfg, seed):
 
 
 def test_every_algorithm_on_a_rectangular_padded_geometry(xp):
-    """'col2im', 'subpixel', 'fused' and 'implicit' on one geometry that is unequal in every
-    way (stride (3, 2), padding (1, 2), output_padding (2, 1), a 6x4 kernel that stride 3
-    does not divide), each against torch."""
+    """'col2im', 'subpixel', 'fused', 'implicit' and (on the CPU) 'winograd' on one geometry
+    that is unequal in every way (stride (3, 2), padding (1, 2), output_padding (2, 1), a
+    6x4 kernel, 2 x the stride), each against torch."""
     import torch
     rng = np.random.default_rng(7)
     x_np, wt_np = rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((4, 3, 6, 4))
     ref = TF.conv_transpose2d(torch.from_numpy(x_np), torch.from_numpy(wt_np), None, (3, 2),
                               (1, 2), (2, 1)).numpy()
     x, wt = xp.asarray(x_np), xp.asarray(wt_np)
-    for algorithm in ("col2im", "subpixel", "fused", "implicit"):
+    for algorithm in ("col2im", "subpixel", "fused", "implicit") + (("winograd",) if xp is np else ()):
         got = to_np(conv_transpose2d(x, wt, None, (3, 2), (1, 2), (2, 1), algorithm=algorithm))
         assert_close(got, ref, np.float64, algorithm)
 
@@ -349,13 +352,14 @@ def test_algorithms_return_the_same_dtype(xp):
     x = xp.asarray(rng.standard_normal((1, 2, 4, 4)).astype(np.float32))
     wt = xp.asarray(rng.standard_normal((2, 3, 4, 4)).astype(np.float32))
     b = xp.asarray(rng.standard_normal(3))                                  # float64
-    for alg in ("col2im", "subpixel", "fused", "implicit", "auto"):
+    cpu = ("winograd",) if xp is np else ()
+    for alg in ("col2im", "subpixel", "fused", "implicit", "auto") + cpu:
         assert conv_transpose2d(x, wt, b, 2, 1, algorithm=alg).dtype == np.float32, alg
     # a float32 input with a float64 weight: float64 from every algorithm, at stride 2 and
     # at stride 8 (where the CPU's 'subpixel' runs its channels-last GEMM)
     for k, s in ((4, 2), (16, 8)):
         w64 = xp.asarray(rng.standard_normal((2, 3, k, k)))
-        for alg in ("col2im", "subpixel", "fused", "implicit", "auto"):
+        for alg in ("col2im", "subpixel", "fused", "implicit", "auto") + cpu:
             assert conv_transpose2d(x, w64, None, s, s // 2, algorithm=alg).dtype == np.float64, \
                 (alg, s)
 
@@ -370,8 +374,10 @@ def test_conv_transpose2d_pair_and_int_arguments_agree(xp):
     assert conv_output_size(to_np(a).shape[2], 3, 2, 1) == 4     # it maps back onto 4x4
 
 
-@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused", "implicit"])
+@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused", "implicit", "winograd"])
 def test_conv_transpose2d_non_contiguous_inputs(xp, algorithm):
+    if algorithm == "winograd" and xp is not np:
+        pytest.skip("'winograd' is a CPU algorithm")
     rng = np.random.default_rng(9)
     x = xp.asarray(rng.standard_normal((2, 6, 8, 5)))[:, ::2, ::-2, :]     # (2, 3, 4, 5)
     wt = xp.asarray(rng.standard_normal((3, 2, 4, 4))).transpose(0, 1, 3, 2)
@@ -411,7 +417,18 @@ def test_auto_algorithm_choice_follows_the_measurements():
     # GEMMs reach BLAS (float32/64 with NumPy's OpenBLAS)
     from minifcn.functional.blas import uses_cblas
     want = "implicit" if uses_cblas(np.float32) else "subpixel"
-    assert pick(4, 2, n=8, o=128, hw=32) == pick(4, 2, o=256) == want
+    assert pick(4, 2, o=256) == pick(4, 2, n=8, o=128, hw=16) == want
+    # 'winograd': both directions at k4 s2 with >= 128 channels and inputs from 24x24
+    want = "winograd" if uses_cblas(np.float32) else "subpixel"
+    assert pick(4, 2, n=8, o=128, hw=32) == pick(4, 2, o=256, hw=24) == want
+    assert pick(4, 2, o=256, hw=64, backward=True) == (
+        "winograd" if uses_cblas(np.float32) else "col2im")
+    assert pick(4, 2, o=64, hw=64) == "subpixel"                          # too few channels
+    assert pick(4, 2, o=256, hw=23) == want.replace("winograd", "implicit")  # too few pixels
+    assert pick(8, 4, o=256, hw=64) == "subpixel"                         # only stride 2
+    assert pick(4, 2, o=256, hw=64, dtype=np.float16) == "subpixel"       # no BLAS for it
+    assert pick(4, 2, o=256, hw=64, gpu=True) != "winograd"
+    assert pick(6, 3, o=256, hw=64) == "subpixel" and pick(6, 3, o=256, hw=64, backward=True) == "col2im"
     assert pick(4, 2, o=256, dtype=np.float16) == "subpixel"
     assert pick(4, 2, o=64) == pick(8, 4, o=256) == pick(16, 8, o=256) == "subpixel"
     assert pick(4, 2, o=256, backward=True) == "col2im"
@@ -436,7 +453,7 @@ def test_auto_algorithm_choice_follows_the_measurements():
     assert _pick_algorithm("auto", g) == "col2im"
 
 
-@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused", "implicit", "auto"])
+@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused", "implicit", "winograd", "auto"])
 def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(algorithm):
     """N = 0 (a data loader's last, empty batch): every algorithm returns the empty shapes
     and dW = db = 0, as torch does — none of them may index the first image."""
@@ -453,7 +470,7 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(algorithm)
     assert not dw.any() and not db.any()
 
 
-@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused", "implicit", "auto"])
+@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused", "implicit", "winograd", "auto"])
 @pytest.mark.parametrize("cin,cout", [(0, 3), (2, 0)])
 def test_zero_channels_give_zeros_plus_bias(algorithm, cin, cout):
     """No input channels: the output is the bias alone; no output channels: an empty map.
@@ -487,11 +504,13 @@ NON_FINITE_CASES = [
 
 
 @pytest.mark.parametrize("case", NON_FINITE_CASES)
-@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "implicit", "auto"])
+@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "implicit", "winograd", "auto"])
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_non_finite_values_reach_only_where_torch_puts_them(case, algorithm):
     import torch
     shape, k, s, p, where, index = case
+    if algorithm == "winograd" and k != 2 * s:
+        pytest.skip("'winograd' needs k = 2s")
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape)
     wt = rng.standard_normal((shape[1], 2, k, k))
@@ -508,7 +527,7 @@ def test_non_finite_values_reach_only_where_torch_puts_them(case, algorithm):
         assert_same_non_finite(got, ref, name)
 
 
-@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused", "implicit", "auto"])
+@pytest.mark.parametrize("algorithm", ["col2im", "subpixel", "fused", "implicit", "winograd", "auto"])
 def test_backward_gradients_take_the_dtype_of_all_three(algorithm):
     """dx and dW come in result_type(dy, x, W) whatever the path: 'implicit' narrowed a
     float64 dy to float32, and conv2d_backward's row bands kept dy's dtype."""

@@ -56,12 +56,14 @@ def test_conv2d(n, groups, cpg, k, s, p, d, bias, extra, seed):
 @SETTINGS
 @given(st.integers(1, 2), st.sampled_from([1, 2]), st.integers(1, 2), st.integers(1, 4),
        st.integers(1, 3), st.integers(0, 2), st.integers(1, 2), st.integers(0, 2),
-       st.booleans(), st.sampled_from(["col2im", "subpixel", "fused", "implicit"]),
+       st.booleans(), st.sampled_from(["col2im", "subpixel", "fused", "implicit", "winograd"]),
        st.integers(1, 3),
        st.integers(0, 1000))
 def test_conv_transpose2d(n, groups, cpg, k, s, p, d, op, bias, algorithm, size, seed):
-    if algorithm in ("subpixel", "implicit"):         # these: dilation 1, groups 1
+    if algorithm in ("subpixel", "implicit", "winograd"):     # these: dilation 1, groups 1
         d, groups = 1, 1
+    if algorithm == "winograd":                               # and this one k = 2s
+        k = 2 * s
     op = op % max(s, d)
     out = (size - 1) * s - 2 * p + d * (k - 1) + op + 1
     if out < 1:

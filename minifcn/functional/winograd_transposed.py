@@ -1,0 +1,396 @@
+r"""Transposed convolutions with kernel = 2 x stride, by Winograd's minimal filtering F(3, 2).
+
+FCN's learned upsamplers have ``k = 2s`` (k4 s2, k16 s8, k64 s32). Along one axis the
+transposed convolution stamps tap ``k`` of input ``i`` on output ``o = s*i + k - p``.
+Count outputs from ``-p`` (``o' = o + p``) and split them by phase ``r = o' mod s``:
+output ``o' = s*q + r`` gathers exactly two taps, ``r`` (from input ``q``) and ``r + s``
+(from input ``q - 1``):
+
+    ``y_r[q] = W[r + s] x[q - 1] + W[r] x[q]``.
+
+Every phase is a 2-tap correlation of the *same* input, which is what the sub-pixel
+algorithms exploit (:mod:`.implicit`). Three neighbouring outputs of one phase,
+``q = 3t .. 3t+2``, read the four inputs ``d = x[3t-1 .. 3t+2]`` with taps
+``g = (W[r + s], W[r])``, and Winograd's ``F(3, 2)`` forms them from 4 products
+instead of 6 (points 0, 1, -1, infinity; Lavin & Gray 2016, the algorithm of
+:mod:`.winograd` with the roles of data and filter lengths exchanged):
+
+    ``m0 = (d0 - d2) g0``                 ``m1 = (d1 + d2) (g0 + g1) / 2``
+    ``m2 = (d2 - d1) (g0 - g1) / 2``      ``m3 = (d3 - d1) g1``
+    ``y0 = m0 + m1 + m2``    ``y1 = m1 - m2``    ``y2 = m1 + m2 + m3``
+
+i.e. ``y = A^T [(G g) * (B^T d)]`` with
+
+    ``B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]]``
+    ``G   = [[1, 0], [1/2, 1/2], [1/2, -1/2], [0, 1]]``
+    ``A^T = [[1, 1, 1, 0], [0, 1, -1, 0], [0, 1, 1, 1]]``.
+
+In 2-D, a 4x4 window of ``x`` gives a 3x3 tile of every one of the ``s*s`` phases
+(3*s x 3*s output pixels) from 16 products per (phase, channel pair), where the direct
+sum takes 36: 2.25x fewer multiply-adds. The window is the same for all phases, so one
+input transform ``V = B^T d B`` per (channel, window) serves them all, and the sum over
+input channels at each of the 16 positions ``xi`` is one GEMM for all phases and
+output channels:
+
+    ``M[xi] = U[xi] (s*s*O x C) @ V[xi] (C x windows)``,   ``U = G g G^T`` per (phase, o, c),
+
+then ``Y = A^T M A`` per (phase, o, window), each 3x3 written to the output pixels
+``(s*(3i + a) + r - p, s*(3j + b) + c - p)`` of window ``(i, j)`` (those inside the output;
+the rest are cropped). Windows step by 3 and overlap by one input.
+
+The backward is the same algebra read backwards (each step's adjoint, in reverse order):
+
+- ``E = A dY A^T`` per (phase, o, window), ``dY`` the window's 3x3 of each phase of ``dy``
+  (zero where cropped);
+- ``dx``: ``dV[xi] = U[xi]^T @ E[xi]``, then ``B dV B^T`` added back onto the window's
+  4x4 inputs (:func:`_input_transform_adjoint`; neighbouring windows share an input);
+- ``dW``: ``dU[xi] = sum over windows of E[xi] @ V[xi]^T`` (computed transposed, as
+  ``V[xi] @ E[xi]^T``), then ``dg = G^T dU G``, each phase's four taps put back where
+  they came from.
+
+Layout, so that every NumPy pass runs over long contiguous rows (the transforms are
+NumPy additions; where NumPy iterates in runs of a window row's ~10 values, the passes
+cost 2-3x more): ``x`` is copied once into its windows' grid split by residue mod 3 along
+both axes (:func:`_split_windows`), each window row gets one spare column (its values
+are computed and never used; they cost the GEMMs ``1 / (windows per row)`` more
+columns), and the results are written to the output by one strided copy per (position,
+phase). Work runs in bands of images or window rows (``BAND_BYTES``), in the scratch
+buffers of :mod:`.winograd`. Arithmetic: coefficients 0, +-1 and +-1/2; ``inf`` inputs
+would give ``inf - inf = NaN`` (callers take this path for finite operands only).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .blas import gemm
+from .winograd import _same_dtype, _scratch
+
+B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], dtype=np.float64)
+G = np.array([[1, 0], [0.5, 0.5], [0.5, -0.5], [0, 1]], dtype=np.float64)
+A_T = np.array([[1, 1, 1, 0], [0, 1, -1, 0], [0, 1, 1, 1]], dtype=np.float64)
+G_KRON = np.kron(G, G)          # (16, 4): U[4a + b] = sum over (u, v) of G_KRON[4a + b, 2u + v] g[u, v]
+
+BAND_BYTES = 16 << 20           # per band at most: bytes of its products (or transformed windows, if more)
+
+
+def applies(kh, kw, sh, sw, dh=1, dw=1, groups=1):
+    """Does this transposed convolution have the form F(3, 2) needs: ``k = 2s`` on both
+    axes, dilation 1, one group?"""
+    return (kh, kw) == (2 * sh, 2 * sw) and (dh, dw) == (1, 1) and groups == 1
+
+
+class _Axis:
+    """One axis: stride ``s``, padding ``p``, ``size_in`` inputs, ``size_out`` outputs.
+    Phase ``r`` output ``q`` is output pixel ``s*q + r - p``; window ``t`` (of ``count``)
+    is phase outputs ``q = 3(first + t) .. +2``, inputs ``3(first + t) - 1 .. +2``."""
+
+    def __init__(self, s, p, size_in, size_out):
+        self.s, self.p, self.size_in, self.size_out = s, p, size_in, size_out
+        q_first, q_last = p // s, (p + size_out - 1) // s
+        self.first = q_first // 3
+        self.count = q_last // 3 - self.first + 1 if size_out > 0 else 0
+
+
+def _reach(period, start, count, size):
+    """For ``index = period*t + start``, ``t`` in ``[0, count)``: the ``t`` whose index
+    lies in ``[0, size)``, as ``(t_lo, t_hi, index of t_lo)``."""
+    t_lo = max(0, -(start // period))
+    t_hi = max(t_lo, min(count, -(-(size - start) // period)))
+    return t_lo, t_hi, period * t_lo + start
+
+
+def filter_transform(weight):
+    """``U = G g G^T`` for every (phase (r, c), o, c_in), transposed: weight (C, O, 2sh, 2sw)
+    -> ``U^T`` (16, C, sh*sw*O), phase ``(r, c)``'s columns at ``(r*sw + c)*O`` (the GEMMs
+    read ``U[xi]`` as the transposed view ``U^T[xi].T``). Phase ``(r, c)``'s taps:
+    ``g[u, v] = W[:, :, r + (1-u)*sh, c + (1-v)*sw]`` (``u = 0`` meets the window's earlier
+    input). ``C`` stays first, as in the weight, so that the copies below move runs of
+    ``O`` values (with ``O`` first they moved runs of ``sw``, 8x slower at s = 2)."""
+    c, o, kh, kw = weight.shape
+    sh, sw = kh // 2, kw // 2
+    w6 = weight.reshape(c, o, 2, sh, 2, sw)         # [c, o, U, r, V, t] = W[c, o, U*sh + r, V*sw + t]
+    g = np.empty((2, 2, c, sh, sw, o), dtype=weight.dtype)
+    for u in range(2):
+        for v in range(2):
+            g[u, v] = w6[:, :, 1 - u, :, 1 - v, :].transpose(0, 2, 3, 1)
+    u_t = _scratch("wt_u", weight.dtype, 16, c, sh * sw * o)
+    np.matmul(G_KRON.astype(weight.dtype), g.reshape(4, -1), out=u_t.reshape(16, -1))
+    return u_t
+
+
+def filter_transform_adjoint(du_t, o, sh, sw):
+    """The weight gradient from ``dU^T`` (16, C, sh*sw*O) (:func:`filter_transform`'s
+    layout): ``dg = G^T dU G``, each phase's four taps put back -> (C, O, 2sh, 2sw)."""
+    c = du_t.shape[1]
+    dg = (G_KRON.T.astype(du_t.dtype) @ du_t.reshape(16, -1)).reshape(2, 2, c, sh, sw, o)
+    taps = np.empty((c, 2, sh, 2, sw, o), dtype=du_t.dtype)     # [c, U, r, V, t, o]
+    for u in range(2):
+        for v in range(2):
+            taps[:, 1 - u, :, 1 - v] = dg[u, v]
+    return np.ascontiguousarray(taps.reshape(c, 4 * sh * sw, o).transpose(0, 2, 1)).reshape(
+        c, o, 2 * sh, 2 * sw)
+
+
+BAND_MIN_WINDOWS = 512          # windows per band where images allow: the GEMMs' width
+
+
+def _bands(n, rows, cols, per_window_bytes):
+    """Bands ``[(n0, n1, t0, t1), ...]`` of images ``n0 .. n1-1`` and window rows ``t0 ..
+    t1-1``: whole images, enough for ``BAND_MIN_WINDOWS`` windows (the GEMMs' width:
+    (512 x 256) @ (256 x N) ran at 164 GFLOP/s with N = 132, 209 with 528) while they fit
+    ``BAND_BYTES``; an image larger than that in bands of window rows."""
+    if n == 0 or rows == 0:
+        return []
+    per_image = rows * cols * per_window_bytes
+    if per_image <= BAND_BYTES:
+        k = max(1, min(n, -(-BAND_MIN_WINDOWS // (rows * cols)), BAND_BYTES // max(per_image, 1)))
+        k = -(-n // -(-n // k))                 # as even as that allows: no runt band
+        return [(n0, min(n0 + k, n), 0, rows) for n0 in range(0, n, k)]
+    k = max(1, BAND_BYTES // (cols * per_window_bytes))
+    k = -(-rows // -(-rows // k))
+    return [(i, i + 1, t0, min(t0 + k, rows)) for i in range(n) for t0 in range(0, rows, k)]
+
+
+def _split_windows(x, ay, ax, t0, out):
+    """The inputs of window rows ``t0 ..`` (all window columns) of images ``x`` (nb, C, H,
+    W), split by residue mod 3, zero outside ``x``: into ``out`` (C, nb, 3, 3, rows+1,
+    tx+1), ``out[c, n, mr, mc, i, j] = x[n, c, 3(ay.first + t0 + i) + mr - 1,
+    3(ax.first + j) + mc - 1]``. Window ``(i, j)`` reads rows ``(mr, i)`` for mr = 0..2 and
+    ``(0, i+1)``, and columns likewise: in this layout each of those is one contiguous
+    block per (channel, image)."""
+    out.fill(0)
+    h, w = x.shape[2:]
+    rows, cols = out.shape[4], out.shape[5]
+    for mr in range(3):
+        i_lo, i_hi, r0 = _reach(3, 3 * (ay.first + t0) + mr - 1, rows, h)
+        for mc in range(3):
+            j_lo, j_hi, c0 = _reach(3, 3 * ax.first + mc - 1, cols, w)
+            if i_hi > i_lo and j_hi > j_lo:
+                src = x[:, :, r0:r0 + 3 * (i_hi - i_lo) - 2:3, c0:c0 + 3 * (j_hi - j_lo) - 2:3]
+                out[:, :, mr, mc, i_lo:i_hi, j_lo:j_hi] = src.transpose(1, 0, 2, 3)
+    return out
+
+
+def _split_windows_adjoint(xs_bar, ay, ax, t0, dx):
+    """Adds ``xs_bar``, a gradient in :func:`_split_windows`'s layout, onto ``dx`` (nb, C,
+    H, W) (its entries inside ``x``; the rest is padding)."""
+    h, w = dx.shape[2:]
+    rows, cols = xs_bar.shape[4], xs_bar.shape[5]
+    for mr in range(3):
+        i_lo, i_hi, r0 = _reach(3, 3 * (ay.first + t0) + mr - 1, rows, h)
+        for mc in range(3):
+            j_lo, j_hi, c0 = _reach(3, 3 * ax.first + mc - 1, cols, w)
+            if i_hi > i_lo and j_hi > j_lo:
+                dst = dx[:, :, r0:r0 + 3 * (i_hi - i_lo) - 2:3, c0:c0 + 3 * (j_hi - j_lo) - 2:3]
+                dst += xs_bar[:, :, mr, mc, i_lo:i_hi, j_lo:j_hi].transpose(1, 0, 2, 3)
+
+
+def _input_transform(xs, rows_buf, v):
+    """``V = B^T d B`` per (channel, window): xs (C, nb, 3, 3, ty+1, tx+1) (see
+    :func:`_split_windows`) -> v (4, 4, C, nb*ty*(tx+1)) (window column tx: spare).
+    ``rows_buf`` (4*C*nb*3*ty*(tx+1),) gets ``B^T`` along the window rows on the way."""
+    c, nb, _, _, ty1, tx1 = xs.shape
+    ty = ty1 - 1
+    size = ty * tx1
+    d = [xs[:, :, k % 3, :, k // 3:k // 3 + ty] for k in range(4)]  # row k of each window
+    rb = rows_buf.reshape(4, c, nb, 3, ty, tx1)
+    np.subtract(d[0], d[2], out=rb[0])
+    np.add(d[1], d[2], out=rb[1])
+    np.subtract(d[2], d[1], out=rb[2])
+    np.subtract(d[3], d[1], out=rb[3])
+    flat = rows_buf.reshape(4, c, nb, 3 * size)
+    e = [flat[..., 0:size], flat[..., size:2 * size], flat[..., 2 * size:3 * size],
+         flat[..., 1:size + 1]]                                          # column k of each window
+    vv = v.reshape(4, 4, c, nb, size)
+    np.subtract(e[0], e[2], out=vv[:, 0])
+    np.add(e[1], e[2], out=vv[:, 1])
+    np.subtract(e[2], e[1], out=vv[:, 2])
+    np.subtract(e[3], e[1], out=vv[:, 3])
+    return v
+
+
+def _input_transform_adjoint(dv, rows_buf, xs_bar):
+    """The adjoint of :func:`_input_transform`, ``B dV B^T`` added up over the windows
+    that share an input: dv (4, 4, C, nb*ty*(tx+1)) (zero in the spare column) ->
+    xs_bar (C, nb, 3, 3, ty+1, tx+1)."""
+    c, nb, _, _, ty1, tx1 = xs_bar.shape
+    ty = ty1 - 1
+    size = ty * tx1
+    dv = dv.reshape(4, 4, c, nb, size)
+    flat = rows_buf.reshape(4, c, nb, 3 * size)
+    e0, e1, e2 = flat[..., 0:size], flat[..., size:2 * size], flat[..., 2 * size:3 * size]
+    np.copyto(e0, dv[:, 0])                      # column 0 took  v0
+    np.subtract(dv[:, 1], dv[:, 2], out=e1)      # column 1: v1 - v2 - v3
+    e1 -= dv[:, 3]
+    np.add(dv[:, 1], dv[:, 2], out=e2)           # column 2: -v0 + v1 + v2
+    e2 -= dv[:, 0]
+    flat[..., 1:size + 1] += dv[:, 3]            # column 3 (column 0, one window on): v3
+    rb = rows_buf.reshape(4, c, nb, 3, ty, tx1)
+    xs_bar[:, :, :, :, ty] = 0
+    np.copyto(xs_bar[:, :, 0, :, :ty], rb[0])
+    np.subtract(rb[1], rb[2], out=xs_bar[:, :, 1, :, :ty])
+    xs_bar[:, :, 1, :, :ty] -= rb[3]
+    np.add(rb[1], rb[2], out=xs_bar[:, :, 2, :, :ty])
+    xs_bar[:, :, 2, :, :ty] -= rb[0]
+    xs_bar[:, :, 0, :, 1:] += rb[3]
+    return xs_bar
+
+
+def _combine(m, out):
+    """``A^T`` along axis 0: m (4, ...) -> out (3, ...)."""
+    np.add(m[0], m[1], out=out[0])
+    out[0] += m[2]
+    np.subtract(m[1], m[2], out=out[1])
+    np.add(m[1], m[2], out=out[2])
+    out[2] += m[3]
+    return out
+
+
+def _spread(t, out):
+    """``A`` along axis 0, the adjoint of :func:`_combine`: t (3, ...) -> out (4, ...)."""
+    np.copyto(out[0], t[0])
+    np.add(t[0], t[1], out=out[1])
+    out[1] += t[2]
+    np.subtract(t[0], t[1], out=out[2])
+    out[2] += t[2]
+    np.copyto(out[3], t[2])
+    return out
+
+
+def _output_pixels(ay, ax, t0, rows, cols, a, r, b, c, size_out):
+    """Where tile position ``(a, b)`` of phase ``(r, c)`` of window rows ``t0 ..
+    t0+rows-1`` lands: ``(window slice, output slice)`` along each axis, or None."""
+    ho, wo = size_out
+    i_lo, i_hi, y0 = _reach(3 * ay.s, ay.s * (3 * (ay.first + t0) + a) + r - ay.p, rows, ho)
+    j_lo, j_hi, x0 = _reach(3 * ax.s, ax.s * (3 * ax.first + b) + c - ax.p, cols, wo)
+    if i_hi <= i_lo or j_hi <= j_lo:
+        return None
+    return ((slice(i_lo, i_hi), slice(y0, y0 + 3 * ay.s * (i_hi - i_lo) - 1, 3 * ay.s)),
+            (slice(j_lo, j_hi), slice(x0, x0 + 3 * ax.s * (j_hi - j_lo) - 1, 3 * ax.s)))
+
+
+def _output_transform(m, z, tile, y, ay, ax, t0):
+    """``Y = A^T M A`` per (phase, o, window), written to the output: m (4, 4, sh, sw, O,
+    nb, rows, tx+1) -> y (nb, O, Ho, Wo) (this band's images). ``z`` (3, 4, ...) and
+    ``tile`` (3, sh, sw, O, nb, rows, tx+1) hold the two halves."""
+    _combine(m, z)                                       # along the window rows
+    rows, cols = m.shape[6], m.shape[7] - 1
+    yt = y.transpose(1, 0, 2, 3)                         # (O, nb, Ho, Wo)
+    for a in range(3):
+        _combine(z[a], tile)                             # along the window columns
+        for r in range(ay.s):
+            for b in range(3):
+                for c in range(ax.s):
+                    at = _output_pixels(ay, ax, t0, rows, cols, a, r, b, c, y.shape[2:])
+                    if at is not None:
+                        (wi, oi), (wj, oj) = at
+                        yt[:, :, oi, oj] = tile[b, r, c, :, :, wi, wj]
+
+
+def _output_transform_adjoint(dy, tile, z, e, ay, ax, t0):
+    """``E = A dY A^T`` per (phase, o, window): dy (nb, O, Ho, Wo) -> e (4, 4, sh, sw, O,
+    nb, rows, tx+1), zero where no output pixel is (cropped, or the spare column)."""
+    rows, cols = e.shape[6], e.shape[7] - 1
+    dyt = dy.transpose(1, 0, 2, 3)
+    for a in range(3):
+        for r in range(ay.s):
+            for b in range(3):
+                for c in range(ax.s):
+                    t = tile[b, r, c]
+                    at = _output_pixels(ay, ax, t0, rows, cols, a, r, b, c, dy.shape[2:])
+                    if at is None:
+                        t.fill(0)
+                        continue
+                    (wi, oi), (wj, oj) = at
+                    t[:, :, wi, wj] = dyt[:, :, oi, oj]
+                    # zero the rest (cropped windows, the spare column), not the whole tile
+                    t[:, :, :wi.start].fill(0)
+                    t[:, :, wi.stop:].fill(0)
+                    t[:, :, wi, :wj.start].fill(0)
+                    t[:, :, wi, wj.stop:].fill(0)
+        _spread(tile, z[a])                              # along the window columns
+    _spread(z, e)                                        # along the window rows
+    return e
+
+
+def _geometry(x_shape, weight, size_out, stride, padding):
+    n, c, h, w = x_shape
+    o = weight.shape[1]
+    sh, sw = stride
+    ay, ax = _Axis(sh, padding[0], h, size_out[0]), _Axis(sw, padding[1], w, size_out[1])
+    per_window = 16 * max(c, sh * sw * o) * weight.itemsize
+    return n, c, o, ay, ax, _bands(n, ay.count, ax.count + 1, per_window)
+
+
+def _transformed_band(x, c, ay, ax, n0, n1, t0, t1, dt):
+    """V of one band (images ``n0 .. n1-1``, window rows ``t0 .. t1-1``), (16, C, windows)."""
+    nb, rows, cols = n1 - n0, t1 - t0, ax.count + 1
+    xs = _split_windows(x[n0:n1], ay, ax, t0, _scratch("wt_xs", dt, c, nb, 3, 3, rows + 1, cols))
+    v = _input_transform(xs, _scratch("wt_rows", dt, 4 * c * nb * 3 * rows * cols),
+                         _scratch("wt_v", dt, 4, 4, c, nb * rows * cols))
+    return v.reshape(16, c, nb * rows * cols)
+
+
+def winograd_conv_transpose2d(x, weight, stride, padding, size_out):
+    """``conv_transpose2d(x, weight, stride, padding)`` with ``k = 2*stride``, cropped or
+    extended to ``size_out`` (output_padding), by F(3, 2) per phase: x (N, C, H, W),
+    weight (C, O, 2sh, 2sw) -> (N, O, Ho, Wo). One dtype (float32 or float64)."""
+    _same_dtype("winograd_conv_transpose2d", x, weight)
+    n, c, o, ay, ax, bands = _geometry(x.shape, weight, size_out, stride, padding)
+    sh, sw = ay.s, ax.s
+    dt = x.dtype
+    y = np.empty((n, o) + tuple(size_out), dtype=dt)
+    if ay.count == 0 or ax.count == 0:
+        y.fill(0)
+        return y
+    u_t = filter_transform(weight)
+    cols = ax.count + 1
+    for n0, n1, t0, t1 in bands:
+        nb, rows = n1 - n0, t1 - t0
+        v = _transformed_band(x, c, ay, ax, n0, n1, t0, t1, dt)
+        m = _scratch("wt_m", dt, 16, sh * sw * o, nb * rows * cols)
+        for xi in range(16):
+            gemm(u_t[xi].T, v[xi], m[xi])
+        shape = (sh, sw, o, nb, rows, cols)
+        _output_transform(m.reshape((4, 4) + shape), _scratch("wt_z", dt, 3, 4, *shape),
+                          _scratch("wt_tile", dt, 3, *shape), y[n0:n1], ay, ax, t0)
+    return y
+
+
+def winograd_conv_transpose2d_backward(dy, x, weight, stride, padding, need_dx=True,
+                                       need_dw=True):
+    """``(dx, dW)`` of :func:`winograd_conv_transpose2d` (None for those not asked for):
+    dy (N, O, Ho, Wo), x (N, C, H, W), weight (C, O, 2sh, 2sw). Per band: ``E = A dY A^T``;
+    ``dV[xi] = U[xi]^T @ E[xi]`` and its input transform's adjoint for ``dx``;
+    ``dU^T[xi] += V[xi] @ E[xi]^T`` for ``dW = G^T dU G``."""
+    _same_dtype("winograd_conv_transpose2d_backward", dy, x, weight)
+    n, c, o, ay, ax, bands = _geometry(x.shape, weight, dy.shape[2:], stride, padding)
+    sh, sw = ay.s, ax.s
+    dt = x.dtype
+    po, cols = sh * sw * o, ax.count + 1
+    dx = np.zeros(x.shape, dtype=dt) if need_dx else None
+    du_t = np.zeros((16, c, po), dtype=dt) if need_dw else None
+    if ay.count and ax.count and (need_dx or need_dw):
+        u_t = filter_transform(weight) if need_dx else None
+        for n0, n1, t0, t1 in bands:
+            nb, rows = n1 - n0, t1 - t0
+            shape = (sh, sw, o, nb, rows, cols)
+            e = _output_transform_adjoint(dy[n0:n1], _scratch("wt_tile", dt, 3, *shape),
+                                          _scratch("wt_z", dt, 3, 4, *shape),
+                                          _scratch("wt_m", dt, 4, 4, *shape), ay, ax, t0)
+            e = e.reshape(16, po, nb * rows * cols)
+            if need_dw:
+                v = _transformed_band(x, c, ay, ax, n0, n1, t0, t1, dt)
+                for xi in range(16):
+                    gemm(v[xi], e[xi].T, du_t[xi], accumulate=True)
+            if need_dx:
+                dv = _scratch("wt_v", dt, 4, 4, c, nb * rows * cols)
+                dvf = dv.reshape(16, c, nb * rows * cols)
+                for xi in range(16):
+                    gemm(u_t[xi], e[xi], dvf[xi])
+                xs_bar = _input_transform_adjoint(
+                    dv, _scratch("wt_rows", dt, 4 * c * nb * 3 * rows * cols),
+                    _scratch("wt_xs", dt, c, nb, 3, 3, rows + 1, cols))
+                _split_windows_adjoint(xs_bar, ay, ax, t0, dx[n0:n1])
+    dw = filter_transform_adjoint(du_t, o, sh, sw) if need_dw else None
+    return dx, dw
