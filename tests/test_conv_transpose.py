@@ -392,7 +392,7 @@ def test_conv_transpose2d_non_contiguous_inputs(xp, algorithm):
         np.testing.assert_array_equal(to_np(g), to_np(r))
 
 
-def test_auto_algorithm_choice_follows_the_measurements():
+def test_auto_algorithm_choice_follows_the_measurements(monkeypatch):
     """'auto' resolves as benchmarks/RESULTS.md measured: on the CPU sub-pixel forward from
     stride 2 and backward from stride 4 with few channels; on the GPU only for a large col
     matrix; never
@@ -418,7 +418,14 @@ def test_auto_algorithm_choice_follows_the_measurements():
     from minifcn.functional.blas import uses_cblas
     want = "implicit" if uses_cblas(np.float32) else "subpixel"
     assert pick(4, 2, o=256) == pick(4, 2, n=8, o=128, hw=16) == want
-    # 'winograd': both directions at k4 s2 with >= 128 channels and inputs from 24x24
+    # 'winograd': both directions at k4 s2 with >= 128 channels and inputs from 24x24,
+    # where the GEMM kernels are AVX2 (with AVX-512 ones the GEMMs it saves cost less than
+    # its transforms)
+    import minifcn.functional.conv as conv
+    monkeypatch.setattr(conv, "AVX512_GEMM", True)
+    assert pick(4, 2, n=8, o=128, hw=32) == ("implicit" if uses_cblas(np.float32) else "subpixel")
+    assert pick(4, 2, n=8, o=128, hw=32, backward=True) == "col2im"
+    monkeypatch.setattr(conv, "AVX512_GEMM", False)
     want = "winograd" if uses_cblas(np.float32) else "subpixel"
     assert pick(4, 2, n=8, o=128, hw=32) == pick(4, 2, o=256, hw=24) == want
     assert pick(4, 2, o=256, hw=64, backward=True) == (

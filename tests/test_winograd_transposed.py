@@ -174,9 +174,10 @@ def test_output_transform_and_its_adjoint():
         dy = rng.standard_normal(y.shape)
         dy[:, :, :max(first_row, 0)] = 0                  # rows this band does not reach
         y[np.isnan(y)] = 0
-        e = wt._output_transform_adjoint(dy, np.full((3,) + shape, 7.0),
-                                         np.empty((3, 4) + shape), np.empty((4, 4) + shape),
-                                         ay, ax, t0)
+        e = wt._output_transform_adjoint(dy, np.full(shape, 7.0), np.full((3, 4) + shape, 7.0),
+                                         np.full((2, 4) + shape, 7.0), ay, ax, t0)
+        assert len(e) == 16 and all(ei.shape == (s * s * o, nb * rows * cols) for ei in e)
+        e = np.stack(e).reshape(m.shape)
         assert not e[..., -1].any()                       # the spare column gets nothing
         lhs, rhs = np.vdot(y, dy), np.vdot(m[..., :-1], e[..., :-1])
         assert abs(lhs - rhs) <= 1e-11 * max(1.0, abs(lhs)), (s, p, t0)
@@ -240,9 +241,11 @@ def test_forward_and_both_gradients_match_torch(monkeypatch, dtype, n, c, o, h, 
 
 @pytest.mark.skipif(not uses_cblas(np.float32), reason="'auto' takes Winograd with BLAS only")
 def test_auto_takes_winograd_on_a_wide_k4_s2_layer_and_matches_torch(monkeypatch):
-    """The public functions on a shape 'auto' sends to Winograd (256 -> 128, 24x24),
-    float32, bias included, against torch; the Winograd functions are seen to run."""
+    """The public functions on a shape 'auto' sends to Winograd (256 -> 128, 24x24, with
+    AVX2 GEMM kernels), float32, bias included, against torch; the Winograd functions
+    are seen to run."""
     import minifcn.functional.conv as conv
+    monkeypatch.setattr(conv, "AVX512_GEMM", False)
     calls = []
     for name in ("winograd_conv_transpose2d", "winograd_conv_transpose2d_backward"):
         real = getattr(conv, name)

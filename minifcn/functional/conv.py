@@ -1134,13 +1134,16 @@ def _pick_algorithm(algorithm, g, backward=False):
 
     - both directions: 'winograd' at k4 s2 with at least
       ``CPU_WINOGRAD_TRANSPOSED_MIN_CHANNELS`` channels in and out and inputs of at least
-      ``CPU_WINOGRAD_TRANSPOSED_MIN_PIXELS`` per image, in float32/float64. Its GEMMs do
-      4/9 of the others' multiply-adds, but its windows are 3x3 input pixels, so its GEMMs
-      are 9x narrower, and its transforms cost per channel: measured (interleaved with
-      torch, the machine's BLAS pinned to AVX2), 256->128 b8 32x32 ran 1.66x / 1.70x of
-      torch's time where the best of the others ran 2.24x / 2.01x, 256 channels at 64x64
-      1.37x / 1.00x against 1.90x / 1.51x; but 256 channels at 16x16 (b4) 2.25x against
-      2.03x, and 128->64 2.52x against 1.93x. Other strides: not measured enough;
+      ``CPU_WINOGRAD_TRANSPOSED_MIN_PIXELS`` per image, in float32/float64, where NumPy's
+      BLAS runs AVX2 GEMM kernels (``AVX512_GEMM`` false). Its GEMMs do 4/9 of the
+      others' multiply-adds, but its windows are 3x3 input pixels, so its GEMMs are 9x
+      narrower, and its transforms, NumPy passes, cost per channel. Measured interleaved
+      with torch: with AVX2 kernels, 256->128 b8 32x32 ran 1.66x / 1.70x of torch's time
+      where the best of the others ran 2.24x / 2.01x, and 256 channels at 64x64 1.37x /
+      1.00x against 1.90x / 1.51x; but 256 channels at 16x16 (b4) 2.25x against 2.03x,
+      and 128->64 2.52x against 1.93x. With AVX-512 kernels the GEMMs take half the time
+      and the transforms do not: 256->128 b8 1.16x / 1.12x against 0.98x / 1.05x, so
+      none. Other strides: not measured enough;
     - forward: 'subpixel' whenever it applies with s > 1 and s dividing k — its GEMM
       writes s*s*(H+A-1)*(W+B-1) values per channel where 'col2im' writes k*k*H*W, and
       the overlap sum happens inside the GEMM; but 'implicit' at stride 2 with at least
@@ -1194,7 +1197,7 @@ def _pick_algorithm(algorithm, g, backward=False):
                 algorithm = "fused"
             else:
                 algorithm = "subpixel" if fits and col_entries > GPU_SUBPIXEL_MIN_COL else "col2im"
-        elif (winograd_ok and (g.sh, g.sw) == (2, 2) and uses_cblas(g.dtype)
+        elif (winograd_ok and (g.sh, g.sw) == (2, 2) and uses_cblas(g.dtype) and not AVX512_GEMM
               and min(g.c, g.o) >= CPU_WINOGRAD_TRANSPOSED_MIN_CHANNELS
               and g.h * g.w >= CPU_WINOGRAD_TRANSPOSED_MIN_PIXELS):
             algorithm = "winograd"

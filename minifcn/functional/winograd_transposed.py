@@ -219,20 +219,27 @@ def _input_transform_adjoint(dv, rows_buf, xs_bar):
     dv = dv.reshape(4, 4, c, nb, size)
     flat = rows_buf.reshape(4, c, nb, 3 * size)
     e0, e1, e2 = flat[..., 0:size], flat[..., size:2 * size], flat[..., 2 * size:3 * size]
-    np.copyto(e0, dv[:, 0])                      # column 0 took  v0
-    np.subtract(dv[:, 1], dv[:, 2], out=e1)      # column 1: v1 - v2 - v3
-    e1 -= dv[:, 3]
-    np.add(dv[:, 1], dv[:, 2], out=e2)           # column 2: -v0 + v1 + v2
-    e2 -= dv[:, 0]
-    flat[..., 1:size + 1] += dv[:, 3]            # column 3 (column 0, one window on): v3
+    v0, v1, v2, v3 = dv[:, 0], dv[:, 1], dv[:, 2], dv[:, 3]
+    np.subtract(v1, v2, out=e1)                  # column 1: v1 - v2 - v3
+    e1 -= v3
+    np.add(v1, v2, out=e2)                       # column 2: -v0 + v1 + v2
+    e2 -= v0
+    # column 0: v0, and v3 of the window before (column 3 is column 0 one window on);
+    # the last v3 would land on column 1's first value: it is a spare column's, zero
+    e0[..., :1] = v0[..., :1]
+    np.add(v0[..., 1:], v3[..., :-1], out=e0[..., 1:])
     rb = rows_buf.reshape(4, c, nb, 3, ty, tx1)
-    xs_bar[:, :, :, :, ty] = 0
-    np.copyto(xs_bar[:, :, 0, :, :ty], rb[0])
+    # rows likewise: row 0 takes rb0, and rb3 of the window above; row 3 is row 0 of the
+    # next window, so the last window row's rb3 goes to the extra split row
+    top = xs_bar[:, :, 0]                        # (C, nb, 3, ty+1, tx+1)
+    top[:, :, :, :1] = rb[0][:, :, :, :1]
+    np.add(rb[0][:, :, :, 1:], rb[3][:, :, :, :-1], out=top[:, :, :, 1:ty])
+    top[:, :, :, ty] = rb[3][:, :, :, ty - 1]
     np.subtract(rb[1], rb[2], out=xs_bar[:, :, 1, :, :ty])
     xs_bar[:, :, 1, :, :ty] -= rb[3]
     np.add(rb[1], rb[2], out=xs_bar[:, :, 2, :, :ty])
     xs_bar[:, :, 2, :, :ty] -= rb[0]
-    xs_bar[:, :, 0, :, 1:] += rb[3]
+    xs_bar[:, :, 1:, :, ty] = 0
     return xs_bar
 
 
@@ -243,17 +250,6 @@ def _combine(m, out):
     np.subtract(m[1], m[2], out=out[1])
     np.add(m[1], m[2], out=out[2])
     out[2] += m[3]
-    return out
-
-
-def _spread(t, out):
-    """``A`` along axis 0, the adjoint of :func:`_combine`: t (3, ...) -> out (4, ...)."""
-    np.copyto(out[0], t[0])
-    np.add(t[0], t[1], out=out[1])
-    out[1] += t[2]
-    np.subtract(t[0], t[1], out=out[2])
-    out[2] += t[2]
-    np.copyto(out[3], t[2])
     return out
 
 
@@ -287,30 +283,48 @@ def _output_transform(m, z, tile, y, ay, ax, t0):
                         yt[:, :, oi, oj] = tile[b, r, c, :, :, wi, wj]
 
 
-def _output_transform_adjoint(dy, tile, z, e, ay, ax, t0):
-    """``E = A dY A^T`` per (phase, o, window): dy (nb, O, Ho, Wo) -> e (4, 4, sh, sw, O,
-    nb, rows, tx+1), zero where no output pixel is (cropped, or the spare column)."""
-    rows, cols = e.shape[6], e.shape[7] - 1
+def _gather_tiles(dyt, out, ay, ax, t0, a, b):
+    """Tile position ``(a, b)`` of every phase and window, read from ``dyt`` (O, nb, Ho,
+    Wo) into ``out`` (sh, sw, O, nb, rows, tx+1); zero where no output pixel is (cropped
+    windows, the spare column), and only there."""
+    rows, cols = out.shape[4], out.shape[5] - 1
+    for r in range(ay.s):
+        for c in range(ax.s):
+            t = out[r, c]
+            at = _output_pixels(ay, ax, t0, rows, cols, a, r, b, c, dyt.shape[2:])
+            if at is None:
+                t.fill(0)
+                continue
+            (wi, oi), (wj, oj) = at
+            t[:, :, wi, wj] = dyt[:, :, oi, oj]
+            t[:, :, :wi.start].fill(0)
+            t[:, :, wi.stop:].fill(0)
+            t[:, :, wi, :wj.start].fill(0)
+            t[:, :, wi, wj.stop:].fill(0)
+
+
+def _output_transform_adjoint(dy, middle, z, e, ay, ax, t0):
+    """``E = A dY A^T`` per (phase, o, window), ``A = [[1, 0, 0], [1, 1, 1], [1, -1, 1],
+    [0, 0, 1]]``: dy (nb, O, Ho, Wo) -> the 16 matrices ``E[xi]`` (sh*sw*O, windows),
+    zero where no output pixel is. ``A``'s first and last rows copy, so those positions
+    are not computed: tile columns 0 and 2 of ``dY`` are read straight into ``z`` (3, 4,
+    sh, sw, O, nb, rows, tx+1) as its columns 0 and 3 (column 1 into ``middle``), and
+    rows 0 and 3 of ``E`` are rows 0 and 2 of ``z``; ``e`` (2, 4, ...) holds rows 1 and 2."""
     dyt = dy.transpose(1, 0, 2, 3)
     for a in range(3):
-        for r in range(ay.s):
-            for b in range(3):
-                for c in range(ax.s):
-                    t = tile[b, r, c]
-                    at = _output_pixels(ay, ax, t0, rows, cols, a, r, b, c, dy.shape[2:])
-                    if at is None:
-                        t.fill(0)
-                        continue
-                    (wi, oi), (wj, oj) = at
-                    t[:, :, wi, wj] = dyt[:, :, oi, oj]
-                    # zero the rest (cropped windows, the spare column), not the whole tile
-                    t[:, :, :wi.start].fill(0)
-                    t[:, :, wi.stop:].fill(0)
-                    t[:, :, wi, :wj.start].fill(0)
-                    t[:, :, wi, wj.stop:].fill(0)
-        _spread(tile, z[a])                              # along the window columns
-    _spread(z, e)                                        # along the window rows
-    return e
+        za = z[a]
+        _gather_tiles(dyt, za[0], ay, ax, t0, a, 0)
+        _gather_tiles(dyt, middle, ay, ax, t0, a, 1)
+        _gather_tiles(dyt, za[3], ay, ax, t0, a, 2)
+        np.add(za[0], za[3], out=za[1])                  # along the window columns
+        np.subtract(za[1], middle, out=za[2])
+        za[1] += middle
+    np.add(z[0], z[2], out=e[0])                         # along the window rows
+    np.subtract(e[0], z[1], out=e[1])
+    e[0] += z[1]
+    rows_of_e = (z[0], e[0], e[1], z[2])
+    po = z.shape[2] * z.shape[3] * z.shape[4]
+    return [rows_of_e[i][j].reshape(po, -1) for i in range(4) for j in range(4)]
 
 
 def _geometry(x_shape, weight, size_out, stride, padding):
@@ -375,10 +389,9 @@ def winograd_conv_transpose2d_backward(dy, x, weight, stride, padding, need_dx=T
         for n0, n1, t0, t1 in bands:
             nb, rows = n1 - n0, t1 - t0
             shape = (sh, sw, o, nb, rows, cols)
-            e = _output_transform_adjoint(dy[n0:n1], _scratch("wt_tile", dt, 3, *shape),
+            e = _output_transform_adjoint(dy[n0:n1], _scratch("wt_tile", dt, *shape),
                                           _scratch("wt_z", dt, 3, 4, *shape),
-                                          _scratch("wt_m", dt, 4, 4, *shape), ay, ax, t0)
-            e = e.reshape(16, po, nb * rows * cols)
+                                          _scratch("wt_m", dt, 2, 4, *shape), ay, ax, t0)
             if need_dw:
                 v = _transformed_band(x, c, ay, ax, n0, n1, t0, t1, dt)
                 for xi in range(16):
