@@ -90,7 +90,7 @@ def _band_inputs(seed, nb, c, h, w, s, p, t0=0):
     x = rng.standard_normal((nb, c, h, w))
     size_out = ((h - 1) * s - 2 * p + 2 * s, (w - 1) * s - 2 * p + 2 * s)
     ay, ax = wt._Axis(s, p, h, size_out[0]), wt._Axis(s, p, w, size_out[1])
-    rows, cols = ay.count - t0, ax.count + 1
+    rows, cols = ay.count - t0, ax.count
     return rng, x, ay, ax, rows, cols
 
 
@@ -98,13 +98,12 @@ def test_input_transform_is_the_matrices_window_by_window():
     """``_split_windows`` + ``_input_transform`` give ``B^T d B`` on every 4x4 window of
     the input (window (i, j) reads rows ``3(first + t0 + i) - 1 ..`` and columns
     ``3(first + j) - 1 ..``, zero outside), for a band that starts past the first window
-    row; the spare column is never read by the checks."""
-    for s, p, t0 in ((2, 1, 1), (2, 4, 0), (3, 0, 1)):
+    row, into buffers full of garbage."""
+    for s, p, t0 in ((2, 1, 1), (2, 4, 0), (3, 0, 1), (2, 9, 0)):
         c, nb, h, w = 2, 2, 8, 10
         rng, x, ay, ax, rows, cols = _band_inputs(5, nb, c, h, w, s, p, t0)
-        xs = wt._split_windows(x, ay, ax, t0, np.full((c, nb, 3, 3, rows + 1, cols), 7.0))
-        v = wt._input_transform(xs, np.empty(4 * c * nb * 3 * rows * cols),
-                                np.empty((4, 4, c, nb * rows * cols)))
+        d = wt._split_windows(x, ay, ax, t0, np.full((4, 4, c, nb, rows, cols), 7.0))
+        v = wt._input_transform(d.reshape(4, 4, c, -1), np.full((4, 4, c, nb * rows * cols), 7.0))
         v = v.reshape(4, 4, c, nb, rows, cols)
         pad = 3 * (ay.first + ax.first + rows + cols + 4)
         xpad = np.zeros((nb, c, h + 2 * pad, w + 2 * pad))
@@ -112,7 +111,7 @@ def test_input_transform_is_the_matrices_window_by_window():
         for n in range(nb):
             for ch in range(c):
                 for i in range(rows):
-                    for j in range(cols - 1):
+                    for j in range(cols):
                         r0 = 3 * (ay.first + t0 + i) - 1 + pad
                         c0 = 3 * (ax.first + j) - 1 + pad
                         d = xpad[n, ch, r0:r0 + 4, c0:c0 + 4]
@@ -122,21 +121,19 @@ def test_input_transform_is_the_matrices_window_by_window():
 
 def test_input_transform_adjoint_and_split_adjoint():
     """``_input_transform_adjoint`` and ``_split_windows_adjoint`` are the adjoints of the
-    forward's two steps: ``<V(x), dv> = <x, V^T(dv)>``, with ``dv`` zero in the spare
-    column (as the backward's is)."""
+    forward's two steps: ``<V(x), dv> = <x, V^T(dv)>`` (neighbouring windows share
+    inputs, so ``V^T`` adds several windows' gradients onto one pixel)."""
     for s, p, t0 in ((2, 1, 0), (2, 1, 1), (3, 4, 0)):
         c, nb, h, w = 3, 2, 9, 7
         rng, x, ay, ax, rows, cols = _band_inputs(6, nb, c, h, w, s, p, t0)
-        xs = wt._split_windows(x, ay, ax, t0, np.empty((c, nb, 3, 3, rows + 1, cols)))
-        v = wt._input_transform(xs, np.empty(4 * c * nb * 3 * rows * cols),
-                                np.empty((4, 4, c, nb * rows * cols))).copy()
-        dv = rng.standard_normal(v.shape).reshape(4, 4, c, nb, rows, cols)
-        dv[..., -1] = 0
-        dv = dv.reshape(v.shape)
-        xs_bar = wt._input_transform_adjoint(dv, np.empty(4 * c * nb * 3 * rows * cols),
-                                             np.full((c, nb, 3, 3, rows + 1, cols), 7.0))
+        windows = nb * rows * cols
+        d = wt._split_windows(x, ay, ax, t0, np.empty((4, 4, c, nb, rows, cols)))
+        v = wt._input_transform(d.reshape(4, 4, c, windows), np.empty((4, 4, c, windows))).copy()
+        dv = rng.standard_normal(v.shape)
+        grid = wt._input_transform_adjoint(dv, np.full((4, 4, c, windows), 7.0))
         dx = np.zeros_like(x)
-        wt._split_windows_adjoint(xs_bar, ay, ax, t0, dx)
+        wt._split_windows_adjoint([[g.reshape(c, nb, rows, cols) for g in row] for row in grid],
+                                  ay, ax, t0, dx)
         lhs, rhs = np.vdot(v, dv), np.vdot(x, dx)
         assert abs(lhs - rhs) <= 1e-11 * max(1.0, abs(lhs)), (s, p, t0, lhs, rhs)
 
@@ -156,7 +153,7 @@ def test_output_transform_and_its_adjoint():
         first_row = s * 3 * (ay.first + t0) - p          # the band's first output row
         want = np.full_like(y, np.nan)
         for i in range(rows):
-            for j in range(cols - 1):
+            for j in range(cols):
                 for r in range(s):
                     for c in range(s):
                         tile = wt.A_T @ m[:, :, r, c, :, :, i, j].transpose(3, 2, 0, 1) @ wt.A_T.T
@@ -178,8 +175,7 @@ def test_output_transform_and_its_adjoint():
                                          np.full((2, 4) + shape, 7.0), ay, ax, t0)
         assert len(e) == 16 and all(ei.shape == (s * s * o, nb * rows * cols) for ei in e)
         e = np.stack(e).reshape(m.shape)
-        assert not e[..., -1].any()                       # the spare column gets nothing
-        lhs, rhs = np.vdot(y, dy), np.vdot(m[..., :-1], e[..., :-1])
+        lhs, rhs = np.vdot(y, dy), np.vdot(m, e)
         assert abs(lhs - rhs) <= 1e-11 * max(1.0, abs(lhs)), (s, p, t0)
 
 
@@ -216,7 +212,7 @@ def test_forward_and_both_gradients_match_torch(monkeypatch, dtype, n, c, o, h, 
     if bands == "one window row":
         monkeypatch.setattr(wt, "BAND_BYTES", 1)
     elif bands == "two images":
-        per_image = (16 * max(c, stride[0] * stride[1] * o) * ay.count * (ax.count + 1)
+        per_image = (16 * max(c, stride[0] * stride[1] * o) * ay.count * ax.count
                      * np.dtype(dtype).itemsize)
         monkeypatch.setattr(wt, "BAND_MIN_WINDOWS", 1 << 30)
         monkeypatch.setattr(wt, "BAND_BYTES", 2 * per_image)
@@ -292,7 +288,7 @@ def test_float32_rounding_stays_near_the_direct_sums():
 def test_the_kept_workspace_carries_nothing_from_one_call_to_the_next():
     """The scratch buffers are kept between calls: a smaller call after a larger one
     finds the larger one's values where it needs zeros (its borders, cropped windows,
-    the spare column). A sequence of shapes, forward and both gradients against torch,
+    windows past an edge). A sequence of shapes, forward and both gradients against torch,
     and every earlier result unchanged afterwards (none lives in the scratch)."""
     seq = [(2, 6, 5, 13, 12, 2, 1), (1, 4, 3, 5, 7, 2, 0), (1, 6, 5, 9, 8, 3, 2),
            (2, 6, 5, 13, 12, 2, 1), (1, 2, 2, 2, 3, 2, 1)]

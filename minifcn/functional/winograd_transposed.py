@@ -48,15 +48,20 @@ The backward is the same algebra read backwards (each step's adjoint, in reverse
   ``V[xi] @ E[xi]^T``), then ``dg = G^T dU G``, each phase's four taps put back where
   they came from.
 
-Layout, so that every NumPy pass runs over long contiguous rows (the transforms are
-NumPy additions; where NumPy iterates in runs of a window row's ~10 values, the passes
-cost 2-3x more): ``x`` is copied once into its windows' grid split by residue mod 3 along
-both axes (:func:`_split_windows`), each window row gets one spare column (its values
-are computed and never used; they cost the GEMMs ``1 / (windows per row)`` more
-columns), and the results are written to the output by one strided copy per (position,
-phase). Work runs in bands of images or window rows (``BAND_BYTES``), in the scratch
-buffers of :mod:`.winograd`. Arithmetic: coefficients 0, +-1 and +-1/2; ``inf`` inputs
-would give ``inf - inf = NaN`` (callers take this path for finite operands only).
+Layout, so that every NumPy pass runs over long contiguous runs (the transforms are
+NumPy additions; passes that NumPy iterates in runs of a window row's ~10 values cost
+about 3x more): the 16 inputs of every window are copied out of ``x`` once, into 16
+planes, one per position in the window (:func:`_split_windows`); each transform step is
+then whole-plane arithmetic, and the results go to the output by one strided copy per
+(position, phase). Work runs in bands of images or window rows (``BAND_BYTES``), in the
+scratch buffers of :mod:`.winograd`. Arithmetic: coefficients 0, +-1 and +-1/2; ``inf``
+inputs would give ``inf - inf = NaN`` (callers take this path for finite operands only).
+
+When it pays: the GEMMs are 9x narrower than the sub-pixel algorithms' (one column per
+window of 3x3 input pixels, not per pixel), and the transforms cost per channel, so it
+needs wide layers on large enough maps, and GEMMs slow enough that 2.25x fewer
+multiply-adds outweigh the transforms: ``conv._pick_algorithm`` takes it at k4 s2 with
+128+ channels from 24x24 inputs, with AVX2 GEMM kernels (``benchmarks/RESULTS.md``).
 """
 from __future__ import annotations
 
@@ -151,105 +156,105 @@ def _bands(n, rows, cols, per_window_bytes):
     return [(i, i + 1, t0, min(t0 + k, rows)) for i in range(n) for t0 in range(0, rows, k)]
 
 
+def _place(dst, wi, wj, src):
+    """``dst[..., wi, wj] = src`` and zero in the rest of ``dst``'s last two axes (slices
+    ``wi``, ``wj`` of them), without writing that part twice."""
+    dst[..., wi, wj] = src
+    dst[..., :wi.start, :].fill(0)
+    dst[..., wi.stop:, :].fill(0)
+    dst[..., wi, :wj.start].fill(0)
+    dst[..., wi, wj.stop:].fill(0)
+
+
+def _window_inputs(ay, ax, t0, rows, cols, u, v, size_in):
+    """Where input ``(u, v)`` of windows ``(t0 + i, j)`` lies in ``x``: ``(window slice,
+    x slice)`` along each axis, or None where no window's input ``(u, v)`` is inside."""
+    h, w = size_in
+    i_lo, i_hi, r0 = _reach(3, 3 * (ay.first + t0) + u - 1, rows, h)
+    j_lo, j_hi, c0 = _reach(3, 3 * ax.first + v - 1, cols, w)
+    if i_hi <= i_lo or j_hi <= j_lo:
+        return None
+    return ((slice(i_lo, i_hi), slice(r0, r0 + 3 * (i_hi - i_lo) - 2, 3)),
+            (slice(j_lo, j_hi), slice(c0, c0 + 3 * (j_hi - j_lo) - 2, 3)))
+
+
 def _split_windows(x, ay, ax, t0, out):
-    """The inputs of window rows ``t0 ..`` (all window columns) of images ``x`` (nb, C, H,
-    W), split by residue mod 3, zero outside ``x``: into ``out`` (C, nb, 3, 3, rows+1,
-    tx+1), ``out[c, n, mr, mc, i, j] = x[n, c, 3(ay.first + t0 + i) + mr - 1,
-    3(ax.first + j) + mc - 1]``. Window ``(i, j)`` reads rows ``(mr, i)`` for mr = 0..2 and
-    ``(0, i+1)``, and columns likewise: in this layout each of those is one contiguous
-    block per (channel, image)."""
-    out.fill(0)
-    h, w = x.shape[2:]
-    rows, cols = out.shape[4], out.shape[5]
-    for mr in range(3):
-        i_lo, i_hi, r0 = _reach(3, 3 * (ay.first + t0) + mr - 1, rows, h)
-        for mc in range(3):
-            j_lo, j_hi, c0 = _reach(3, 3 * ax.first + mc - 1, cols, w)
-            if i_hi > i_lo and j_hi > j_lo:
-                src = x[:, :, r0:r0 + 3 * (i_hi - i_lo) - 2:3, c0:c0 + 3 * (j_hi - j_lo) - 2:3]
-                out[:, :, mr, mc, i_lo:i_hi, j_lo:j_hi] = src.transpose(1, 0, 2, 3)
+    """The 16 inputs of each window of window rows ``t0 ..`` (all window columns) of
+    images ``x`` (nb, C, H, W), zero outside ``x``: into ``out`` (4, 4, C, nb, rows, tx),
+    ``out[u, v, c, n, i, j] = x[n, c, 3(ay.first + t0 + i) + u - 1, 3(ax.first + j) + v - 1]``.
+    Neighbouring windows share an input (``u = 3`` of one is ``u = 0`` of the next), so
+    ``x`` is read 16/9 times over; in return each transform step below is whole planes."""
+    rows, cols = out.shape[4:]
+    for u in range(4):
+        for v in range(4):
+            at = _window_inputs(ay, ax, t0, rows, cols, u, v, x.shape[2:])
+            if at is None:
+                out[u, v].fill(0)
+                continue
+            (wi, xi), (wj, xj) = at
+            _place(out[u, v], wi, wj, x[:, :, xi, xj].transpose(1, 0, 2, 3))
     return out
 
 
-def _split_windows_adjoint(xs_bar, ay, ax, t0, dx):
-    """Adds ``xs_bar``, a gradient in :func:`_split_windows`'s layout, onto ``dx`` (nb, C,
-    H, W) (its entries inside ``x``; the rest is padding)."""
-    h, w = dx.shape[2:]
-    rows, cols = xs_bar.shape[4], xs_bar.shape[5]
-    for mr in range(3):
-        i_lo, i_hi, r0 = _reach(3, 3 * (ay.first + t0) + mr - 1, rows, h)
-        for mc in range(3):
-            j_lo, j_hi, c0 = _reach(3, 3 * ax.first + mc - 1, cols, w)
-            if i_hi > i_lo and j_hi > j_lo:
-                dst = dx[:, :, r0:r0 + 3 * (i_hi - i_lo) - 2:3, c0:c0 + 3 * (j_hi - j_lo) - 2:3]
-                dst += xs_bar[:, :, mr, mc, i_lo:i_hi, j_lo:j_hi].transpose(1, 0, 2, 3)
+def _split_windows_adjoint(d_bar, ay, ax, t0, dx):
+    """Adds ``d_bar``, a gradient in :func:`_split_windows`'s layout (a 4x4 grid of (C,
+    nb, rows, tx) arrays), onto ``dx`` (nb, C, H, W), where the inputs lie inside ``x``."""
+    rows, cols = d_bar[0][0].shape[2:]
+    for u in range(4):
+        for v in range(4):
+            at = _window_inputs(ay, ax, t0, rows, cols, u, v, dx.shape[2:])
+            if at is not None:
+                (wi, xi), (wj, xj) = at
+                dst = dx[:, :, xi, xj]
+                dst += d_bar[u][v][:, :, wi, wj].transpose(1, 0, 2, 3)
 
 
-def _input_transform(xs, rows_buf, v):
-    """``V = B^T d B`` per (channel, window): xs (C, nb, 3, 3, ty+1, tx+1) (see
-    :func:`_split_windows`) -> v (4, 4, C, nb*ty*(tx+1)) (window column tx: spare).
-    ``rows_buf`` (4*C*nb*3*ty*(tx+1),) gets ``B^T`` along the window rows on the way."""
-    c, nb, _, _, ty1, tx1 = xs.shape
-    ty = ty1 - 1
-    size = ty * tx1
-    d = [xs[:, :, k % 3, :, k // 3:k // 3 + ty] for k in range(4)]  # row k of each window
-    rb = rows_buf.reshape(4, c, nb, 3, ty, tx1)
-    np.subtract(d[0], d[2], out=rb[0])
-    np.add(d[1], d[2], out=rb[1])
-    np.subtract(d[2], d[1], out=rb[2])
-    np.subtract(d[3], d[1], out=rb[3])
-    flat = rows_buf.reshape(4, c, nb, 3 * size)
-    e = [flat[..., 0:size], flat[..., size:2 * size], flat[..., 2 * size:3 * size],
-         flat[..., 1:size + 1]]                                          # column k of each window
-    vv = v.reshape(4, 4, c, nb, size)
-    np.subtract(e[0], e[2], out=vv[:, 0])
-    np.add(e[1], e[2], out=vv[:, 1])
-    np.subtract(e[2], e[1], out=vv[:, 2])
-    np.subtract(e[3], e[1], out=vv[:, 3])
-    return v
+def _b_transform(d, out):
+    """``B^T`` along axis 0: d (4, ...) -> out (4, ...), ``(d0 - d2, d1 + d2, d2 - d1,
+    d3 - d1)``."""
+    np.subtract(d[0], d[2], out=out[0])
+    np.add(d[1], d[2], out=out[1])
+    np.subtract(d[2], d[1], out=out[2])
+    np.subtract(d[3], d[1], out=out[3])
+    return out
 
 
-def _input_transform_adjoint(dv, rows_buf, xs_bar):
-    """The adjoint of :func:`_input_transform`, ``B dV B^T`` added up over the windows
-    that share an input: dv (4, 4, C, nb*ty*(tx+1)) (zero in the spare column) ->
-    xs_bar (C, nb, 3, 3, ty+1, tx+1)."""
-    c, nb, _, _, ty1, tx1 = xs_bar.shape
-    ty = ty1 - 1
-    size = ty * tx1
-    dv = dv.reshape(4, 4, c, nb, size)
-    flat = rows_buf.reshape(4, c, nb, 3 * size)
-    e0, e1, e2 = flat[..., 0:size], flat[..., size:2 * size], flat[..., 2 * size:3 * size]
-    v0, v1, v2, v3 = dv[:, 0], dv[:, 1], dv[:, 2], dv[:, 3]
-    np.subtract(v1, v2, out=e1)                  # column 1: v1 - v2 - v3
-    e1 -= v3
-    np.add(v1, v2, out=e2)                       # column 2: -v0 + v1 + v2
-    e2 -= v0
-    # column 0: v0, and v3 of the window before (column 3 is column 0 one window on);
-    # the last v3 would land on column 1's first value: it is a spare column's, zero
-    e0[..., :1] = v0[..., :1]
-    np.add(v0[..., 1:], v3[..., :-1], out=e0[..., 1:])
-    rb = rows_buf.reshape(4, c, nb, 3, ty, tx1)
-    # rows likewise: row 0 takes rb0, and rb3 of the window above; row 3 is row 0 of the
-    # next window, so the last window row's rb3 goes to the extra split row
-    top = xs_bar[:, :, 0]                        # (C, nb, 3, ty+1, tx+1)
-    top[:, :, :, :1] = rb[0][:, :, :, :1]
-    np.add(rb[0][:, :, :, 1:], rb[3][:, :, :, :-1], out=top[:, :, :, 1:ty])
-    top[:, :, :, ty] = rb[3][:, :, :, ty - 1]
-    np.subtract(rb[1], rb[2], out=xs_bar[:, :, 1, :, :ty])
-    xs_bar[:, :, 1, :, :ty] -= rb[3]
-    np.add(rb[1], rb[2], out=xs_bar[:, :, 2, :, :ty])
-    xs_bar[:, :, 2, :, :ty] -= rb[0]
-    xs_bar[:, :, 1:, :, ty] = 0
-    return xs_bar
+def _b_adjoint(v, tmp):
+    """``B`` along a list of 4 arrays, the adjoint of :func:`_b_transform`: ``(v0, v1 - v2
+    - v3, v1 + v2 - v0, v3)``. The outer two are ``v``'s own arrays (no copy); the middle
+    two are computed into ``tmp`` (2, ...)."""
+    np.subtract(v[1], v[2], out=tmp[0])
+    tmp[0] -= v[3]
+    np.add(v[1], v[2], out=tmp[1])
+    tmp[1] -= v[0]
+    return [v[0], tmp[0], tmp[1], v[3]]
+
+
+def _input_transform(d, rows_buf):
+    """``V = B^T d B`` per (channel, window), in place: d (4, 4, C, N), the windows'
+    inputs (:func:`_split_windows`), becomes V; ``rows_buf`` (4, 4, C, N) holds ``B^T d``
+    on the way. Each step is four passes over whole (4, C, N) blocks."""
+    _b_transform(d, rows_buf)                                 # along the window rows
+    _b_transform(rows_buf.transpose(1, 0, 2, 3), d.transpose(1, 0, 2, 3))   # the columns
+    return d
+
+
+def _input_transform_adjoint(dv, tmp):
+    """The adjoint of :func:`_input_transform`, ``B dV B^T``: dv (4, 4, C, N) -> a 4x4 grid
+    (nested lists) of (C, N) arrays. Its outer rows and columns are ``dv``'s own planes
+    (``B``'s outer rows copy); the rest is computed into ``tmp`` (4, 4, C, N)."""
+    cols = _b_adjoint([dv[:, b] for b in range(4)], tmp[:2])          # along the columns
+    grid = [_b_adjoint([cols[b][a] for a in range(4)], tmp[2:, b]) for b in range(4)]
+    return [[grid[b][a] for b in range(4)] for a in range(4)]         # grid[a][b]
 
 
 def _combine(m, out):
-    """``A^T`` along axis 0: m (4, ...) -> out (3, ...)."""
-    np.add(m[0], m[1], out=out[0])
-    out[0] += m[2]
+    """``A^T`` along axis 0: m (4, ...) -> out (3, ...); ``m1 + m2`` once, for both outer
+    rows."""
+    np.add(m[1], m[2], out=out[0])
+    np.add(out[0], m[3], out=out[2])
+    out[0] += m[0]
     np.subtract(m[1], m[2], out=out[1])
-    np.add(m[1], m[2], out=out[2])
-    out[2] += m[3]
     return out
 
 
@@ -267,10 +272,10 @@ def _output_pixels(ay, ax, t0, rows, cols, a, r, b, c, size_out):
 
 def _output_transform(m, z, tile, y, ay, ax, t0):
     """``Y = A^T M A`` per (phase, o, window), written to the output: m (4, 4, sh, sw, O,
-    nb, rows, tx+1) -> y (nb, O, Ho, Wo) (this band's images). ``z`` (3, 4, ...) and
-    ``tile`` (3, sh, sw, O, nb, rows, tx+1) hold the two halves."""
+    nb, rows, tx) -> y (nb, O, Ho, Wo) (this band's images). ``z`` (3, 4, ...) and
+    ``tile`` (3, sh, sw, O, nb, rows, tx) hold the two halves."""
     _combine(m, z)                                       # along the window rows
-    rows, cols = m.shape[6], m.shape[7] - 1
+    rows, cols = m.shape[6], m.shape[7]
     yt = y.transpose(1, 0, 2, 3)                         # (O, nb, Ho, Wo)
     for a in range(3):
         _combine(z[a], tile)                             # along the window columns
@@ -285,22 +290,16 @@ def _output_transform(m, z, tile, y, ay, ax, t0):
 
 def _gather_tiles(dyt, out, ay, ax, t0, a, b):
     """Tile position ``(a, b)`` of every phase and window, read from ``dyt`` (O, nb, Ho,
-    Wo) into ``out`` (sh, sw, O, nb, rows, tx+1); zero where no output pixel is (cropped
-    windows, the spare column), and only there."""
-    rows, cols = out.shape[4], out.shape[5] - 1
+    Wo) into ``out`` (sh, sw, O, nb, rows, tx); zero where no output pixel is (cropped)."""
+    rows, cols = out.shape[4:]
     for r in range(ay.s):
         for c in range(ax.s):
-            t = out[r, c]
             at = _output_pixels(ay, ax, t0, rows, cols, a, r, b, c, dyt.shape[2:])
             if at is None:
-                t.fill(0)
-                continue
-            (wi, oi), (wj, oj) = at
-            t[:, :, wi, wj] = dyt[:, :, oi, oj]
-            t[:, :, :wi.start].fill(0)
-            t[:, :, wi.stop:].fill(0)
-            t[:, :, wi, :wj.start].fill(0)
-            t[:, :, wi, wj.stop:].fill(0)
+                out[r, c].fill(0)
+            else:
+                (wi, oi), (wj, oj) = at
+                _place(out[r, c], wi, wj, dyt[:, :, oi, oj])
 
 
 def _output_transform_adjoint(dy, middle, z, e, ay, ax, t0):
@@ -308,7 +307,7 @@ def _output_transform_adjoint(dy, middle, z, e, ay, ax, t0):
     [0, 0, 1]]``: dy (nb, O, Ho, Wo) -> the 16 matrices ``E[xi]`` (sh*sw*O, windows),
     zero where no output pixel is. ``A``'s first and last rows copy, so those positions
     are not computed: tile columns 0 and 2 of ``dY`` are read straight into ``z`` (3, 4,
-    sh, sw, O, nb, rows, tx+1) as its columns 0 and 3 (column 1 into ``middle``), and
+    sh, sw, O, nb, rows, tx) as its columns 0 and 3 (column 1 into ``middle``), and
     rows 0 and 3 of ``E`` are rows 0 and 2 of ``z``; ``e`` (2, 4, ...) holds rows 1 and 2."""
     dyt = dy.transpose(1, 0, 2, 3)
     for a in range(3):
@@ -333,16 +332,16 @@ def _geometry(x_shape, weight, size_out, stride, padding):
     sh, sw = stride
     ay, ax = _Axis(sh, padding[0], h, size_out[0]), _Axis(sw, padding[1], w, size_out[1])
     per_window = 16 * max(c, sh * sw * o) * weight.itemsize
-    return n, c, o, ay, ax, _bands(n, ay.count, ax.count + 1, per_window)
+    return n, c, o, ay, ax, _bands(n, ay.count, ax.count, per_window)
 
 
 def _transformed_band(x, c, ay, ax, n0, n1, t0, t1, dt):
     """V of one band (images ``n0 .. n1-1``, window rows ``t0 .. t1-1``), (16, C, windows)."""
-    nb, rows, cols = n1 - n0, t1 - t0, ax.count + 1
-    xs = _split_windows(x[n0:n1], ay, ax, t0, _scratch("wt_xs", dt, c, nb, 3, 3, rows + 1, cols))
-    v = _input_transform(xs, _scratch("wt_rows", dt, 4 * c * nb * 3 * rows * cols),
-                         _scratch("wt_v", dt, 4, 4, c, nb * rows * cols))
-    return v.reshape(16, c, nb * rows * cols)
+    windows = (n1 - n0) * (t1 - t0) * ax.count
+    d = _split_windows(x[n0:n1], ay, ax, t0,
+                       _scratch("wt_d", dt, 4, 4, c, n1 - n0, t1 - t0, ax.count))
+    v = _input_transform(d.reshape(4, 4, c, windows), _scratch("wt_rows", dt, 4, 4, c, windows))
+    return v.reshape(16, c, windows)
 
 
 def winograd_conv_transpose2d(x, weight, stride, padding, size_out):
@@ -358,7 +357,7 @@ def winograd_conv_transpose2d(x, weight, stride, padding, size_out):
         y.fill(0)
         return y
     u_t = filter_transform(weight)
-    cols = ax.count + 1
+    cols = ax.count
     for n0, n1, t0, t1 in bands:
         nb, rows = n1 - n0, t1 - t0
         v = _transformed_band(x, c, ay, ax, n0, n1, t0, t1, dt)
@@ -381,7 +380,7 @@ def winograd_conv_transpose2d_backward(dy, x, weight, stride, padding, need_dx=T
     n, c, o, ay, ax, bands = _geometry(x.shape, weight, dy.shape[2:], stride, padding)
     sh, sw = ay.s, ax.s
     dt = x.dtype
-    po, cols = sh * sw * o, ax.count + 1
+    po, cols = sh * sw * o, ax.count
     dx = np.zeros(x.shape, dtype=dt) if need_dx else None
     du_t = np.zeros((16, c, po), dtype=dt) if need_dw else None
     if ay.count and ax.count and (need_dx or need_dw):
@@ -397,13 +396,13 @@ def winograd_conv_transpose2d_backward(dy, x, weight, stride, padding, need_dx=T
                 for xi in range(16):
                     gemm(v[xi], e[xi].T, du_t[xi], accumulate=True)
             if need_dx:
-                dv = _scratch("wt_v", dt, 4, 4, c, nb * rows * cols)
-                dvf = dv.reshape(16, c, nb * rows * cols)
+                windows = nb * rows * cols
+                dv = _scratch("wt_dv", dt, 4, 4, c, windows)
+                dvf = dv.reshape(16, c, windows)
                 for xi in range(16):
                     gemm(u_t[xi], e[xi], dvf[xi])
-                xs_bar = _input_transform_adjoint(
-                    dv, _scratch("wt_rows", dt, 4 * c * nb * 3 * rows * cols),
-                    _scratch("wt_xs", dt, c, nb, 3, 3, rows + 1, cols))
-                _split_windows_adjoint(xs_bar, ay, ax, t0, dx[n0:n1])
+                grid = _input_transform_adjoint(dv, _scratch("wt_rows", dt, 4, 4, c, windows))
+                d_bar = [[plane.reshape(c, nb, rows, cols) for plane in row] for row in grid]
+                _split_windows_adjoint(d_bar, ay, ax, t0, dx[n0:n1])
     dw = filter_transform_adjoint(du_t, o, sh, sw) if need_dw else None
     return dx, dw
