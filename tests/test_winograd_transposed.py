@@ -131,11 +131,15 @@ def test_input_transform_adjoint_and_split_adjoint():
         v = wt._input_transform(d.reshape(4, 4, c, windows), np.empty((4, 4, c, windows))).copy()
         dv = rng.standard_normal(v.shape)
         grid = wt._input_transform_adjoint(dv, np.full((4, 4, c, windows), 7.0))
+        d_bar = [[g.reshape(c, nb, rows, cols) for g in row] for row in grid]
         dx = np.zeros_like(x)
-        wt._split_windows_adjoint([[g.reshape(c, nb, rows, cols) for g in row] for row in grid],
-                                  ay, ax, t0, dx)
+        wt._split_windows_adjoint(d_bar, ay, ax, t0, dx, False)
         lhs, rhs = np.vdot(v, dv), np.vdot(x, dx)
         assert abs(lhs - rhs) <= 1e-11 * max(1.0, abs(lhs)), (s, p, t0, lhs, rhs)
+        if t0 == 0:            # a band of whole images: its 9 unshared inputs are written
+            written = np.zeros_like(x)
+            wt._split_windows_adjoint(d_bar, ay, ax, t0, written, True)
+            np.testing.assert_allclose(written, dx, rtol=1e-14, atol=1e-14)
 
 
 def test_output_transform_and_its_adjoint():

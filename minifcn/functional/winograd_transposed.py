@@ -196,17 +196,22 @@ def _split_windows(x, ay, ax, t0, out):
     return out
 
 
-def _split_windows_adjoint(d_bar, ay, ax, t0, dx):
+def _split_windows_adjoint(d_bar, ay, ax, t0, dx, whole_images):
     """Adds ``d_bar``, a gradient in :func:`_split_windows`'s layout (a 4x4 grid of (C,
-    nb, rows, tx) arrays), onto ``dx`` (nb, C, H, W), where the inputs lie inside ``x``."""
+    nb, rows, tx) arrays), onto ``dx`` (nb, C, H, W) (zeros where no band has added yet),
+    where the inputs lie inside ``x``. Inputs 0-2 of each window along both axes are each
+    pixel's once, so for bands of ``whole_images`` those 9 are written, not added (no
+    band before has touched these pixels), and the 7 shared ones added after them."""
     rows, cols = d_bar[0][0].shape[2:]
-    for u in range(4):
-        for v in range(4):
-            at = _window_inputs(ay, ax, t0, rows, cols, u, v, dx.shape[2:])
-            if at is not None:
-                (wi, xi), (wj, xj) = at
-                dst = dx[:, :, xi, xj]
-                dst += d_bar[u][v][:, :, wi, wj].transpose(1, 0, 2, 3)
+    for u, v in sorted(((u, v) for u in range(4) for v in range(4)), key=lambda uv: 3 in uv):
+        at = _window_inputs(ay, ax, t0, rows, cols, u, v, dx.shape[2:])
+        if at is not None:
+            (wi, xi), (wj, xj) = at
+            src = d_bar[u][v][:, :, wi, wj].transpose(1, 0, 2, 3)
+            if whole_images and u < 3 and v < 3:
+                dx[:, :, xi, xj] = src
+            else:
+                dx[:, :, xi, xj] += src
 
 
 def _b_transform(d, out):
@@ -403,6 +408,6 @@ def winograd_conv_transpose2d_backward(dy, x, weight, stride, padding, need_dx=T
                     gemm(u_t[xi], e[xi], dvf[xi])
                 grid = _input_transform_adjoint(dv, _scratch("wt_rows", dt, 4, 4, c, windows))
                 d_bar = [[plane.reshape(c, nb, rows, cols) for plane in row] for row in grid]
-                _split_windows_adjoint(d_bar, ay, ax, t0, dx[n0:n1])
+                _split_windows_adjoint(d_bar, ay, ax, t0, dx[n0:n1], (t0, t1) == (0, ay.count))
     dw = filter_transform_adjoint(du_t, o, sh, sw) if need_dw else None
     return dx, dw
