@@ -131,9 +131,12 @@ def test_transposed_conv_is_matrix_transpose(case):
     c = c.reshape((w.shape[0],) + windows + (-1,))[:, :x.shape[2], :x.shape[3]]
     c = c.reshape(x[0].size, -1)
     assert_close(x.reshape(x.shape[0], -1) @ c, ref.reshape(x.shape[0], -1), "C.T @ y")
-    for algorithm in ("col2im", "subpixel", "fused", "implicit"):
-        if algorithm in ("subpixel", "implicit") and case["dilation"] != (1, 1):
+    kernel_is_twice_the_stride = tuple(w.shape[2:]) == tuple(2 * s for s in case["stride"])
+    for algorithm in ("col2im", "subpixel", "fused", "implicit", "winograd"):
+        if algorithm in ("subpixel", "implicit", "winograd") and case["dilation"] != (1, 1):
             continue                                           # these need dilation 1
+        if algorithm == "winograd" and not kernel_is_twice_the_stride:
+            continue                                           # and this one k = 2s
         ours = conv_transpose2d(x, w, None, case["stride"], case["padding"],
                                 case["output_padding"], 1, case["dilation"], algorithm)
         assert_close(ours, by_matrix, f"conv_transpose2d({algorithm!r}) vs C^T y")
