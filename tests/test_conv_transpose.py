@@ -418,14 +418,27 @@ def test_auto_algorithm_choice_follows_the_measurements(monkeypatch):
     from minifcn.functional.blas import uses_cblas
     want = "implicit" if uses_cblas(np.float32) else "subpixel"
     assert pick(4, 2, o=256) == pick(4, 2, n=8, o=128, hw=16) == want
-    # 'winograd': both directions at k4 s2 with >= 128 channels and inputs from 24x24,
-    # where the GEMM kernels are AVX2 (with AVX-512 ones the GEMMs it saves cost less than
-    # its transforms)
+    # 'winograd': both directions at k4 s2; with AVX2 GEMM kernels from 128 channels and
+    # 24x24 inputs; with AVX-512 ones (faster GEMMs, the same transforms) from 256 channels
+    # in, 128 out, and 4096 input pixels in the batch
     import minifcn.functional.conv as conv
     monkeypatch.setattr(conv, "AVX512_GEMM", True)
-    assert pick(4, 2, n=8, o=128, hw=32) == ("implicit" if uses_cblas(np.float32) else "subpixel")
-    assert pick(4, 2, n=8, o=128, hw=32, backward=True) == "col2im"
+    wino = "winograd" if uses_cblas(np.float32) else None
+
+    def pick_io(c, o, n, hw, backward=False):
+        g = SimpleNamespace(kh=4, kw=4, sh=2, sw=2, dh=1, dw=1, groups=1, gpu=False, n=n, o=o,
+                            c=c, h=hw, w=hw, ho=2 * hw, wo=2 * hw, dtype=np.dtype(np.float32))
+        return _pick_algorithm("auto", g, backward)
+
+    assert pick_io(256, 128, 8, 32) == pick_io(256, 128, 8, 32, backward=True) == (wino or "subpixel")
+    assert pick_io(256, 256, 1, 64) == (wino or "subpixel")
+    assert pick_io(256, 128, 1, 32) == ("implicit" if wino else "subpixel")     # 1024 pixels
+    assert pick_io(128, 128, 4, 32) == ("implicit" if wino else "subpixel")     # 128 in
+    assert pick_io(256, 128, 1, 32, backward=True) == "col2im"
+    assert pick_io(256, 64, 8, 32) == "subpixel"                                # 64 out
     monkeypatch.setattr(conv, "AVX512_GEMM", False)
+    assert pick_io(256, 128, 1, 32) == pick_io(128, 128, 4, 32) == (wino or "subpixel")
+    assert pick_io(256, 128, 1, 32, backward=True) == (wino or "col2im")
     want = "winograd" if uses_cblas(np.float32) else "subpixel"
     assert pick(4, 2, n=8, o=128, hw=32) == pick(4, 2, o=256, hw=24) == want
     assert pick(4, 2, o=256, hw=64, backward=True) == (

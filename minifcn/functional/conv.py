@@ -1124,7 +1124,9 @@ GPU_FUSED_MAX_PER_PIXEL = 4096      # ... if no output pixel's own sum is longer
 CPU_SUBPIXEL_MAX_BACKWARD_CHANNELS = 32 * 32   # C_in * C_out up to which its backward pays
 CPU_IMPLICIT_MIN_CHANNELS = 128     # min(C_in, C_out) from which the CPU forward runs 'implicit'
 CPU_WINOGRAD_TRANSPOSED_MIN_CHANNELS = 128   # ... and both directions 'winograd' at k4 s2,
-CPU_WINOGRAD_TRANSPOSED_MIN_PIXELS = 24 * 24   # ... from inputs this large (per image)
+CPU_WINOGRAD_TRANSPOSED_MIN_PIXELS = 24 * 24   # ... from inputs this large (per image);
+CPU_WINOGRAD_TRANSPOSED_AVX512_MIN_IN_CHANNELS = 256   # with AVX-512 GEMM kernels, from C_in this
+CPU_WINOGRAD_TRANSPOSED_AVX512_MIN_PIXELS = 4096       # ... and input pixels in the batch
 
 
 def _pick_algorithm(algorithm, g, backward=False):
@@ -1132,18 +1134,23 @@ def _pick_algorithm(algorithm, g, backward=False):
 
     On the CPU:
 
-    - both directions: 'winograd' at k4 s2 with at least
-      ``CPU_WINOGRAD_TRANSPOSED_MIN_CHANNELS`` channels in and out and inputs of at least
-      ``CPU_WINOGRAD_TRANSPOSED_MIN_PIXELS`` per image, in float32/float64, where NumPy's
-      BLAS runs AVX2 GEMM kernels (``AVX512_GEMM`` false). Its GEMMs do 4/9 of the
+    - both directions: 'winograd' at k4 s2, float32/float64. Its GEMMs do 4/9 of the
       others' multiply-adds, but its windows are 3x3 input pixels, so its GEMMs are 9x
-      narrower, and its transforms, NumPy passes, cost per channel. Measured interleaved
-      with torch: with AVX2 kernels, 256->128 b8 32x32 ran 1.66x / 1.70x of torch's time
-      where the best of the others ran 2.24x / 2.01x, and 256 channels at 64x64 1.37x /
-      1.00x against 1.90x / 1.51x; but 256 channels at 16x16 (b4) 2.25x against 2.03x,
-      and 128->64 2.52x against 1.93x. With AVX-512 kernels the GEMMs take half the time
-      and the transforms do not: 256->128 b8 1.16x / 1.12x against 0.98x / 1.05x, so
-      none. Other strides: not measured enough;
+      narrower, and its transforms, NumPy passes, cost per channel: it needs wide layers
+      on enough pixels, the more so the faster the GEMMs. With AVX2 GEMM kernels
+      (``AVX512_GEMM`` false), from ``CPU_WINOGRAD_TRANSPOSED_MIN_CHANNELS`` channels in
+      and out and inputs of ``CPU_WINOGRAD_TRANSPOSED_MIN_PIXELS`` per image; measured
+      interleaved with torch (fourteenth session), it was the fastest on every such shape
+      tried: 256->128 b8 32x32 1.38x / 1.41x of torch's time against the best other's
+      1.87x / 2.06x, 128 channels b4 32x32 1.56x / 1.49x against 1.90x / 1.89x, 256->128 on
+      one 32x32 image 1.69x / 1.78x against 1.84x / 1.98x; but 256 channels at 16x16 (b4)
+      2.25x against 2.03x. With AVX-512 kernels the GEMMs take half the time and the
+      transforms do not: from ``CPU_WINOGRAD_TRANSPOSED_AVX512_MIN_IN_CHANNELS`` channels
+      in (128 out) and ``CPU_WINOGRAD_TRANSPOSED_AVX512_MIN_PIXELS`` input pixels in the
+      batch: 256->128 b8 32x32 1.08x / 1.10x against 1.15x / 1.31x, 256 channels on one
+      64x64 image 1.04x / 0.75x against 1.12x / 0.91x; but 256->128 on one 32x32 image
+      1.51x / 1.49x against 1.12x / 1.30x, 128 channels b4 32x32 1.33x against 1.21x
+      forward. Other strides: not measured enough;
     - forward: 'subpixel' whenever it applies with s > 1 and s dividing k — its GEMM
       writes s*s*(H+A-1)*(W+B-1) values per channel where 'col2im' writes k*k*H*W, and
       the overlap sum happens inside the GEMM; but 'implicit' at stride 2 with at least
@@ -1197,9 +1204,13 @@ def _pick_algorithm(algorithm, g, backward=False):
                 algorithm = "fused"
             else:
                 algorithm = "subpixel" if fits and col_entries > GPU_SUBPIXEL_MIN_COL else "col2im"
-        elif (winograd_ok and (g.sh, g.sw) == (2, 2) and uses_cblas(g.dtype) and not AVX512_GEMM
-              and min(g.c, g.o) >= CPU_WINOGRAD_TRANSPOSED_MIN_CHANNELS
-              and g.h * g.w >= CPU_WINOGRAD_TRANSPOSED_MIN_PIXELS):
+        elif winograd_ok and (g.sh, g.sw) == (2, 2) and uses_cblas(g.dtype) and (
+                (g.c >= CPU_WINOGRAD_TRANSPOSED_AVX512_MIN_IN_CHANNELS
+                 and g.o >= CPU_WINOGRAD_TRANSPOSED_MIN_CHANNELS
+                 and g.n * g.h * g.w >= CPU_WINOGRAD_TRANSPOSED_AVX512_MIN_PIXELS)
+                if AVX512_GEMM else
+                (min(g.c, g.o) >= CPU_WINOGRAD_TRANSPOSED_MIN_CHANNELS
+                 and g.h * g.w >= CPU_WINOGRAD_TRANSPOSED_MIN_PIXELS)):
             algorithm = "winograd"
         elif backward:
             algorithm = ("subpixel" if fits and min(g.sh, g.sw) >= 4
