@@ -501,6 +501,12 @@ def test_zero_channels_give_zeros_plus_bias(algorithm, cin, cout):
     y = conv_transpose2d(x, wt, bias, 2, 1, algorithm=algorithm)
     assert y.shape == (2, cout, 8, 8)
     np.testing.assert_array_equal(y, np.broadcast_to(bias[None, :, None, None], y.shape))
+    # and the backward: zero gradients of the right shapes ('winograd' died reshaping its
+    # empty products with O = 0)
+    dx, dw, db = conv_transpose2d_backward(np.ones(y.shape), x, wt, 2, 1, algorithm=algorithm)
+    assert (dx.shape, dw.shape, db.shape) == (x.shape, wt.shape, (cout,))
+    assert not dx.any() and not dw.any()
+    np.testing.assert_array_equal(db, np.full(cout, 2 * 8 * 8.0))
 
 
 # Where the sub-pixel and implicit algorithms pad with zeros (the phases' zero taps when s

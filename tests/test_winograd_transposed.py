@@ -44,22 +44,25 @@ def test_one_window_is_the_direct_2d_sum():
 
 def test_phase_taps_are_the_ones_that_reach_each_output():
     """The module's claim: output ``o = s*q + r - p`` of a k = 2s transposed convolution
-    is ``W[r + s] x[q - 1] + W[r] x[q]``. Checked in 1-D against the stamp formula
-    ``y[s*i + k - p] += x[i] W[k]`` written as loops."""
+    is ``W[r + s] x[q - 1] + W[r] x[q]`` (``x`` zero outside its ``n`` inputs). Checked in
+    1-D against the stamp formula ``y[s*i + k - p] += x[i] W[k]`` written as loops, with
+    output_padding reaching past the last stamp (``q`` up to ``n + 1``)."""
     rng = np.random.default_rng(2)
-    for s, p, n in ((2, 1, 5), (2, 0, 4), (3, 2, 6), (4, 5, 3), (1, 0, 4)):
+    for s, p, n, op in ((2, 1, 5, 0), (2, 0, 4, 1), (3, 2, 6, 2), (4, 5, 3, 0), (1, 0, 4, 0),
+                        (2, 1, 3, 1)):
         x, w = rng.standard_normal(n), rng.standard_normal(2 * s)
-        size = (n - 1) * s - 2 * p + 2 * s
+        size = (n - 1) * s - 2 * p + 2 * s + op
         stamped = np.zeros(size)
         for i in range(n):
             for k in range(2 * s):
                 if 0 <= s * i + k - p < size:
                     stamped[s * i + k - p] += x[i] * w[k]
-        xpad = np.concatenate([[0.0], x, [0.0]])            # x[-1] = x[n] = 0
+        xz = np.concatenate([[0.0], x, [0.0, 0.0]])          # xz[q + 1] = x[q], zero outside
         for o in range(size):
             q, r = divmod(o + p, s)
-            want = w[r + s] * xpad[q - 1 + 1] + w[r] * (xpad[q + 1] if q <= n else 0.0)
-            assert stamped[o] == pytest.approx(want, abs=1e-12), (s, p, o)
+            assert 0 <= q <= n + 1
+            want = w[r + s] * xz[q] + w[r] * xz[q + 1]
+            assert stamped[o] == pytest.approx(want, abs=1e-12), (s, p, op, o)
 
 
 def test_filter_transform_and_its_adjoint():
@@ -90,7 +93,7 @@ def _band_inputs(seed, nb, c, h, w, s, p, t0=0):
     x = rng.standard_normal((nb, c, h, w))
     size_out = ((h - 1) * s - 2 * p + 2 * s, (w - 1) * s - 2 * p + 2 * s)
     ay, ax = wt._Axis(s, p, h, size_out[0]), wt._Axis(s, p, w, size_out[1])
-    rows, cols = ay.count - t0, ax.count
+    rows, cols = ay.windows - t0, ax.windows
     return rng, x, ay, ax, rows, cols
 
 
@@ -99,21 +102,22 @@ def test_input_transform_is_the_matrices_window_by_window():
     the input (window (i, j) reads rows ``3(first + t0 + i) - 1 ..`` and columns
     ``3(first + j) - 1 ..``, zero outside), for a band that starts past the first window
     row, into buffers full of garbage."""
-    for s, p, t0 in ((2, 1, 1), (2, 4, 0), (3, 0, 1), (2, 9, 0)):
-        c, nb, h, w = 2, 2, 8, 10
+    for s, p, t0, h in ((2, 1, 1, 8), (2, 4, 0, 8), (3, 0, 1, 8), (2, 9, 0, 14)):
+        c, nb, w = 2, 2, 14                 # p = 9: windows start past the first (first_window 1)
         rng, x, ay, ax, rows, cols = _band_inputs(5, nb, c, h, w, s, p, t0)
+        assert rows > 0 and cols > 0 and (p < 6 or ay.first_window == 1)
         d = wt._split_windows(x, ay, ax, t0, np.full((4, 4, c, nb, rows, cols), 7.0))
         v = wt._input_transform(d.reshape(4, 4, c, -1), np.full((4, 4, c, nb * rows * cols), 7.0))
         v = v.reshape(4, 4, c, nb, rows, cols)
-        pad = 3 * (ay.first + ax.first + rows + cols + 4)
+        pad = 3 * (ay.first_window + ax.first_window + rows + cols + 4)
         xpad = np.zeros((nb, c, h + 2 * pad, w + 2 * pad))
         xpad[:, :, pad:pad + h, pad:pad + w] = x
         for n in range(nb):
             for ch in range(c):
                 for i in range(rows):
                     for j in range(cols):
-                        r0 = 3 * (ay.first + t0 + i) - 1 + pad
-                        c0 = 3 * (ax.first + j) - 1 + pad
+                        r0 = 3 * (ay.first_window + t0 + i) - 1 + pad
+                        c0 = 3 * (ax.first_window + j) - 1 + pad
                         d = xpad[n, ch, r0:r0 + 4, c0:c0 + 4]
                         np.testing.assert_allclose(v[:, :, ch, n, i, j], wt.B_T @ d @ wt.B_T.T,
                                                    atol=1e-14)
@@ -154,7 +158,7 @@ def test_output_transform_and_its_adjoint():
         y = np.full((nb, o, ho, wo), np.nan)
         shape = (s, s, o, nb, rows, cols)
         wt._output_transform(m, np.empty((3, 4) + shape), np.empty((3,) + shape), y, ay, ax, t0)
-        first_row = s * 3 * (ay.first + t0) - p          # the band's first output row
+        first_row = s * 3 * (ay.first_window + t0) - p          # the band's first output row
         want = np.full_like(y, np.nan)
         for i in range(rows):
             for j in range(cols):
@@ -163,8 +167,8 @@ def test_output_transform_and_its_adjoint():
                         tile = wt.A_T @ m[:, :, r, c, :, :, i, j].transpose(3, 2, 0, 1) @ wt.A_T.T
                         for a in range(3):
                             for b in range(3):
-                                oy = s * (3 * (ay.first + t0 + i) + a) + r - p
-                                ox = s * (3 * (ax.first + j) + b) + c - p
+                                oy = s * (3 * (ay.first_window + t0 + i) + a) + r - p
+                                ox = s * (3 * (ax.first_window + j) + b) + c - p
                                 if 0 <= oy < ho and 0 <= ox < wo:
                                     assert np.isnan(want[:, :, oy, ox]).all()   # once
                                     want[:, :, oy, ox] = tile[:, :, a, b]
@@ -199,30 +203,35 @@ SHAPES = [(2, 3, 4, 8, 8, (2, 2), (1, 1), (0, 0)), (1, 5, 3, 9, 7, (2, 2), (0, 0
           (1, 2, 3, 1, 2, (2, 2), (1, 0), (1, 1)), (5, 2, 2, 4, 4, (3, 2), (1, 1), (2, 0))]
 
 
-@pytest.mark.parametrize("bands", ["default", "one window row", "two images"])
+@pytest.mark.parametrize("bands", ["default", "one window row", "two window rows", "two images"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("n,c,o,h,w,stride,padding,output_padding", SHAPES)
 def test_forward_and_both_gradients_match_torch(monkeypatch, dtype, n, c, o, h, w, stride,
                                                 padding, output_padding, bands):
     """``winograd_conv_transpose2d`` and its backward on their own against torch. Bands of
-    one window row make several bands per image (dx and dW sum over them), bands of two
-    images leave a last band of one where the batch is odd."""
+    one or two window rows make several bands per image (dx and dW sum over them; two
+    rows over an odd number leave a shorter last band), bands of two images leave a last
+    band of one where the batch is odd."""
     rng, x, weight = _data(dtype, n, c, o, h, w, *stride)
     fn = lambda x, w: TF.conv_transpose2d(x, w, None, stride, padding, output_padding)  # noqa: E731
     y_ref, _ = torch_grads(fn, {"x": x, "w": weight})
     dy = rng.standard_normal(y_ref.shape).astype(dtype)
     _, g = torch_grads(fn, {"x": x, "w": weight}, dy)
-    _, _, _, ay, ax, _ = wt._geometry(x.shape, weight, y_ref.shape[2:], stride, padding)
+    _, _, _, ay, ax, _ = wt._plan(x.shape, weight, y_ref.shape[2:], stride, padding)
+    per_row = ax.windows * wt.window_bytes(c, o, *stride, np.dtype(dtype).itemsize)
     if bands == "one window row":
         monkeypatch.setattr(wt, "BAND_BYTES", 1)
+    elif bands == "two window rows":
+        monkeypatch.setattr(wt, "BAND_BYTES", 2 * per_row)
     elif bands == "two images":
-        per_image = (16 * max(c, stride[0] * stride[1] * o) * ay.count * ax.count
-                     * np.dtype(dtype).itemsize)
         monkeypatch.setattr(wt, "BAND_MIN_WINDOWS", 1 << 30)
-        monkeypatch.setattr(wt, "BAND_BYTES", 2 * per_image)
-    taken = wt._geometry(x.shape, weight, y_ref.shape[2:], stride, padding)[-1]
+        monkeypatch.setattr(wt, "BAND_BYTES", 2 * ay.windows * per_row)
+    taken = wt._plan(x.shape, weight, y_ref.shape[2:], stride, padding)[-1]
     if bands == "one window row":
-        assert taken == [(i, i + 1, t, t + 1) for i in range(n) for t in range(ay.count)]
+        assert taken == [(i, i + 1, t, t + 1) for i in range(n) for t in range(ay.windows)]
+    elif bands == "two window rows" and ay.windows > 2:
+        assert taken == [(i, i + 1, t, min(t + 2, ay.windows)) for i in range(n)
+                         for t in range(0, ay.windows, 2)]
     elif bands == "two images":
         assert [n1 - n0 for n0, n1, _, _ in taken] == [2] * (n // 2) + [1] * (n % 2)
     y = wt.winograd_conv_transpose2d(x, weight, stride, padding, y_ref.shape[2:])
@@ -252,6 +261,8 @@ def test_auto_takes_winograd_on_a_wide_k4_s2_layer_and_matches_torch(monkeypatch
         monkeypatch.setattr(conv, name, lambda *a, real=real, name=name, **k: (
             calls.append(name), real(*a, **k))[1])
     rng = np.random.default_rng(4)
+    # offsets: zero-mean float32 sums over 256 channels (the bias gradient, say) can cancel
+    # to ~0, and then a relative error measures rounding, not correctness
     x = (rng.standard_normal((2, 256, 24, 24)) + 0.5).astype(np.float32)
     weight = (rng.standard_normal((256, 128, 4, 4)) / 32 + 0.01).astype(np.float32)
     bias = rng.standard_normal(128).astype(np.float32)
@@ -324,3 +335,12 @@ def test_explicit_winograd_refuses_what_it_cannot_compute():
     with pytest.raises(TypeError, match="operands must share one dtype"):
         wt.winograd_conv_transpose2d(x.astype(np.float32), np.zeros((2, 3, 4, 4)), (2, 2),
                                      (1, 1), (8, 8))
+    # called directly, the module's own functions name what does not fit
+    with pytest.raises(ValueError, match=r"kernel must be 2 x stride, got weight \(2, 3, 4, 4\) "
+                                         r"with stride \(3, 3\)"):
+        wt.winograd_conv_transpose2d(x, np.zeros((2, 3, 4, 4)), (3, 3), (1, 1), (8, 8))
+    with pytest.raises(ValueError, match="same C"):
+        wt.winograd_conv_transpose2d(x, np.zeros((5, 3, 4, 4)), (2, 2), (1, 1), (8, 8))
+    with pytest.raises(ValueError, match=r"dy must be \(N, O, Ho, Wo\) = \(1, 3, ...\)"):
+        wt.winograd_conv_transpose2d_backward(np.zeros((1, 4, 8, 8)), x, np.zeros((2, 3, 4, 4)),
+                                              (2, 2), (1, 1))

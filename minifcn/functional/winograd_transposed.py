@@ -34,9 +34,9 @@ output channels:
 
     ``M[xi] = U[xi] (s*s*O x C) @ V[xi] (C x windows)``,   ``U = G g G^T`` per (phase, o, c),
 
-then ``Y = A^T M A`` per (phase, o, window), each 3x3 written to the output pixels
-``(s*(3i + a) + r - p, s*(3j + b) + c - p)`` of window ``(i, j)`` (those inside the output;
-the rest are cropped). Windows step by 3 and overlap by one input.
+then ``Y = A^T M A`` per (phase, o, window): tile position ``(a, b)`` of phase ``(r, t)``
+of window ``(i, j)`` is output pixel ``(s*(3i + a) + r - p, s*(3j + b) + t - p)`` (those
+inside the output; the rest are cropped). Windows step by 3 and overlap by one input.
 
 The backward is the same algebra read backwards (each step's adjoint, in reverse order):
 
@@ -48,21 +48,32 @@ The backward is the same algebra read backwards (each step's adjoint, in reverse
   ``V[xi] @ E[xi]^T``), then ``dg = G^T dU G``, each phase's four taps put back where
   they came from.
 
-Layout, so that every NumPy pass runs over long contiguous runs (the transforms are
-NumPy additions; passes that NumPy iterates in runs of a window row's ~10 values cost
-about 3x more): the 16 inputs of every window are copied out of ``x`` once, into 16
-planes, one per position in the window (:func:`_split_windows`); each transform step is
-then whole-plane arithmetic, and the results go to the output by one strided copy per
-(position, phase). Work runs in bands of images or window rows (``BAND_BYTES``), in the
-scratch buffers of :mod:`.winograd`. Arithmetic: coefficients 0, +-1 and +-1/2; ``inf``
-inputs would give ``inf - inf = NaN`` (callers take this path for finite operands only).
+Layout: the transforms are NumPy additions, and a NumPy pass over a view that breaks
+into short runs costs several times one over contiguous memory (a pass in runs of 132
+values took 0.10 ms, the same pass contiguous 0.03 ms). So the 16 inputs of every window
+are copied out of ``x`` once, into 16 planes, one per position in the window
+(:func:`_split_windows`); each transform step is then arithmetic on whole planes, and the
+results go to the output by one strided copy per (position, phase).
+
+Memory: ``U^T`` and ``dU^T`` hold 16 values per 4 taps (4x the weight). Work runs in
+bands of images or window rows; a band's products ``M`` take at most ``BAND_BYTES`` (or
+one window row's, if more), and its other buffers (``V``, the row transforms, ``z``,
+the tiles) about 3x as much again. They are :mod:`.winograd`'s scratch buffers, kept
+between calls per thread (``winograd.release_workspace`` frees them).
+
+Arithmetic: coefficients 0, +-1 and +-1/2. An ``inf`` input would give ``inf - inf =
+NaN`` in ``B^T d`` where the direct sum gives ``inf``, so callers (:mod:`.conv`) take
+this path for finite operands only; and the transformed values are sums of up to 4
+inputs, so operands within a factor of ~4 of the dtype's largest value can overflow to
+``inf`` where the direct sum would not. Float32 and float64 go straight to BLAS; other
+float dtypes run (their GEMMs through ``numpy.matmul``).
 
 When it pays: the GEMMs are 9x narrower than the sub-pixel algorithms' (one column per
 window of 3x3 input pixels, not per pixel), and the transforms cost per channel, so it
 needs wide layers on large enough maps, and GEMMs slow enough that 2.25x fewer
 multiply-adds outweigh the transforms: ``conv._pick_algorithm`` takes it at k4 s2 with
-128+ channels from 24x24 inputs with AVX2 GEMM kernels, and from 256 channels in and 4096
-input pixels with AVX-512 ones (``benchmarks/RESULTS.md``).
+128+ channels from 24x24 inputs with AVX2 GEMM kernels, and from 256 channels in (128
+out) and 4096 input pixels a batch with AVX-512 ones (``benchmarks/RESULTS.md``).
 """
 from __future__ import annotations
 
@@ -77,6 +88,7 @@ A_T = np.array([[1, 1, 1, 0], [0, 1, -1, 0], [0, 1, 1, 1]], dtype=np.float64)
 G_KRON = np.kron(G, G)          # (16, 4): U[4a + b] = sum over (u, v) of G_KRON[4a + b, 2u + v] g[u, v]
 
 BAND_BYTES = 16 << 20           # per band at most: bytes of its products (or transformed windows, if more)
+BAND_MIN_WINDOWS = 512          # windows per band where images allow: the GEMMs' width
 
 
 def applies(kh, kw, sh, sw, dh=1, dw=1, groups=1):
@@ -85,16 +97,36 @@ def applies(kh, kw, sh, sw, dh=1, dw=1, groups=1):
     return (kh, kw) == (2 * sh, 2 * sw) and (dh, dw) == (1, 1) and groups == 1
 
 
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def _check(name, x, weight, stride, padding):
+    """What the two entry points need and :mod:`.conv` has checked before calling them;
+    called directly, they say what is wrong instead of failing in a GEMM."""
+    (sh, sw), (ph, pw) = stride, padding
+    if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[0]:
+        raise ValueError(f"{name}: x must be (N, C, H, W) and weight (C, O, kh, kw) with the "
+                         f"same C, got x {x.shape} and weight {weight.shape}")
+    if min(sh, sw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"{name}: stride must be >= 1 and padding >= 0, got stride "
+                         f"{stride}, padding {padding}")
+    if weight.shape[2:] != (2 * sh, 2 * sw):
+        raise ValueError(f"{name}: the kernel must be 2 x stride, got weight {weight.shape} "
+                         f"with stride {stride}")
+
+
 class _Axis:
     """One axis: stride ``s``, padding ``p``, ``size_in`` inputs, ``size_out`` outputs.
-    Phase ``r`` output ``q`` is output pixel ``s*q + r - p``; window ``t`` (of ``count``)
-    is phase outputs ``q = 3(first + t) .. +2``, inputs ``3(first + t) - 1 .. +2``."""
+    Phase ``r`` output ``q`` is output pixel ``s*q + r - p``; window ``t`` (of
+    ``windows``) covers phase outputs ``q = 3(first_window + t) .. +2`` and reads inputs
+    ``3(first_window + t) - 1 .. +2``."""
 
     def __init__(self, s, p, size_in, size_out):
         self.s, self.p, self.size_in, self.size_out = s, p, size_in, size_out
         q_first, q_last = p // s, (p + size_out - 1) // s
-        self.first = q_first // 3
-        self.count = q_last // 3 - self.first + 1 if size_out > 0 else 0
+        self.first_window = q_first // 3
+        self.windows = q_last // 3 - self.first_window + 1 if size_out > 0 else 0
 
 
 def _reach(period, start, count, size):
@@ -106,12 +138,14 @@ def _reach(period, start, count, size):
 
 
 def filter_transform(weight):
-    """``U = G g G^T`` for every (phase (r, c), o, c_in), transposed: weight (C, O, 2sh, 2sw)
-    -> ``U^T`` (16, C, sh*sw*O), phase ``(r, c)``'s columns at ``(r*sw + c)*O`` (the GEMMs
-    read ``U[xi]`` as the transposed view ``U^T[xi].T``). Phase ``(r, c)``'s taps:
-    ``g[u, v] = W[:, :, r + (1-u)*sh, c + (1-v)*sw]`` (``u = 0`` meets the window's earlier
-    input). ``C`` stays first, as in the weight, so that the copies below move runs of
-    ``O`` values (with ``O`` first they moved runs of ``sw``, 8x slower at s = 2)."""
+    """``U = G g G^T`` for every (phase (r, t), output channel, input channel), transposed:
+    weight (C, O, 2sh, 2sw) -> ``U^T`` (16, C, sh*sw*O), phase ``(r, t)``'s columns at
+    ``(r*sw + t)*O`` (the GEMMs read ``U[xi]`` as the transposed view ``U^T[xi].T``).
+    Phase ``(r, t)``'s taps: ``g[u, v] = W[:, :, r + (1-u)*sh, t + (1-v)*sw]`` (``u = 0``
+    meets the window's earlier input). ``C`` stays first, as in the weight, so that the
+    copies below move runs of ``O`` values (with ``O`` first they moved runs of ``sw``:
+    2.4 ms against 0.23 ms for 256 -> 128 at s = 2). The result is a scratch buffer that
+    the next call overwrites."""
     c, o, kh, kw = weight.shape
     sh, sw = kh // 2, kw // 2
     w6 = weight.reshape(c, o, 2, sh, 2, sw)         # [c, o, U, r, V, t] = W[c, o, U*sh + r, V*sw + t]
@@ -133,11 +167,10 @@ def filter_transform_adjoint(du_t, o, sh, sw):
     for u in range(2):
         for v in range(2):
             taps[:, 1 - u, :, 1 - v] = dg[u, v]
-    return np.ascontiguousarray(taps.reshape(c, 4 * sh * sw, o).transpose(0, 2, 1)).reshape(
-        c, o, 2 * sh, 2 * sw)
+    # (c, [U, r, V, t] = the 4*sh*sw taps, o) -> (c, o, taps) = (C, O, kh, kw)
+    taps = taps.reshape(c, 4 * sh * sw, o).transpose(0, 2, 1)
+    return np.ascontiguousarray(taps).reshape(c, o, 2 * sh, 2 * sw)
 
-
-BAND_MIN_WINDOWS = 512          # windows per band where images allow: the GEMMs' width
 
 
 def _bands(n, rows, cols, per_window_bytes):
@@ -145,15 +178,15 @@ def _bands(n, rows, cols, per_window_bytes):
     t1-1``: whole images, enough for ``BAND_MIN_WINDOWS`` windows (the GEMMs' width:
     (512 x 256) @ (256 x N) ran at 164 GFLOP/s with N = 132, 209 with 528) while they fit
     ``BAND_BYTES``; an image larger than that in bands of window rows."""
-    if n == 0 or rows == 0:
+    if n == 0 or rows == 0 or cols == 0:
         return []
     per_image = rows * cols * per_window_bytes
     if per_image <= BAND_BYTES:
-        k = max(1, min(n, -(-BAND_MIN_WINDOWS // (rows * cols)), BAND_BYTES // max(per_image, 1)))
-        k = -(-n // -(-n // k))                 # as even as that allows: no runt band
+        k = max(1, min(n, _ceil_div(BAND_MIN_WINDOWS, rows * cols), BAND_BYTES // per_image))
+        k = _ceil_div(n, _ceil_div(n, k))       # as even as that allows: no runt band
         return [(n0, min(n0 + k, n), 0, rows) for n0 in range(0, n, k)]
     k = max(1, BAND_BYTES // (cols * per_window_bytes))
-    k = -(-rows // -(-rows // k))
+    k = _ceil_div(rows, _ceil_div(rows, k))
     return [(i, i + 1, t0, min(t0 + k, rows)) for i in range(n) for t0 in range(0, rows, k)]
 
 
@@ -171,8 +204,8 @@ def _window_inputs(ay, ax, t0, rows, cols, u, v, size_in):
     """Where input ``(u, v)`` of windows ``(t0 + i, j)`` lies in ``x``: ``(window slice,
     x slice)`` along each axis, or None where no window's input ``(u, v)`` is inside."""
     h, w = size_in
-    i_lo, i_hi, r0 = _reach(3, 3 * (ay.first + t0) + u - 1, rows, h)
-    j_lo, j_hi, c0 = _reach(3, 3 * ax.first + v - 1, cols, w)
+    i_lo, i_hi, r0 = _reach(3, 3 * (ay.first_window + t0) + u - 1, rows, h)
+    j_lo, j_hi, c0 = _reach(3, 3 * ax.first_window + v - 1, cols, w)
     if i_hi <= i_lo or j_hi <= j_lo:
         return None
     return ((slice(i_lo, i_hi), slice(r0, r0 + 3 * (i_hi - i_lo) - 2, 3)),
@@ -181,10 +214,11 @@ def _window_inputs(ay, ax, t0, rows, cols, u, v, size_in):
 
 def _split_windows(x, ay, ax, t0, out):
     """The 16 inputs of each window of window rows ``t0 ..`` (all window columns) of
-    images ``x`` (nb, C, H, W), zero outside ``x``: into ``out`` (4, 4, C, nb, rows, tx),
-    ``out[u, v, c, n, i, j] = x[n, c, 3(ay.first + t0 + i) + u - 1, 3(ax.first + j) + v - 1]``.
-    Neighbouring windows share an input (``u = 3`` of one is ``u = 0`` of the next), so
-    ``x`` is read 16/9 times over; in return each transform step below is whole planes."""
+    images ``x`` (nb, C, H, W), zero outside ``x``: into ``out`` (4, 4, C, nb, rows, cols),
+    ``out[u, v, c, n, i, j] = x[n, c, 3(i0 + i) + u - 1, 3(j0 + j) + v - 1]`` with ``i0 =
+    ay.first_window + t0`` and ``j0 = ax.first_window``. Neighbouring windows share an
+    input (``u = 3`` of one is ``u = 0`` of the next), so ``x`` is read 16/9 times over;
+    in return each transform step below is whole planes."""
     rows, cols = out.shape[4:]
     for u in range(4):
         for v in range(4):
@@ -192,27 +226,32 @@ def _split_windows(x, ay, ax, t0, out):
             if at is None:
                 out[u, v].fill(0)
                 continue
-            (wi, xi), (wj, xj) = at
-            _place(out[u, v], wi, wj, x[:, :, xi, xj].transpose(1, 0, 2, 3))
+            (wi, x_rows), (wj, x_cols) = at
+            _place(out[u, v], wi, wj, x[:, :, x_rows, x_cols].transpose(1, 0, 2, 3))
     return out
 
 
 def _split_windows_adjoint(d_bar, ay, ax, t0, dx, whole_images):
     """Adds ``d_bar``, a gradient in :func:`_split_windows`'s layout (a 4x4 grid of (C,
-    nb, rows, tx) arrays), onto ``dx`` (nb, C, H, W) (zeros where no band has added yet),
-    where the inputs lie inside ``x``. Inputs 0-2 of each window along both axes are each
-    pixel's once, so for bands of ``whole_images`` those 9 are written, not added (no
-    band before has touched these pixels), and the 7 shared ones added after them."""
+    nb, rows, cols) arrays), onto ``dx`` (nb, C, H, W) (zeros where no band has added
+    yet), where the inputs lie inside ``x``.
+
+    Each pixel is input ``(u, v)`` with ``u, v <= 2`` of exactly one window (windows step
+    by 3); only inputs with a 3 are shared with a neighbour. So for a band of
+    ``whole_images`` (no other band touches its pixels) the 9 unshared positions are
+    written, not added, and the 7 shared ones added after them."""
     rows, cols = d_bar[0][0].shape[2:]
-    for u, v in sorted(((u, v) for u in range(4) for v in range(4)), key=lambda uv: 3 in uv):
+    positions = [(u, v) for u in range(3) for v in range(3)]             # written first,
+    positions += [(u, v) for u in range(4) for v in range(4) if 3 in (u, v)]   # then added
+    for u, v in positions:
         at = _window_inputs(ay, ax, t0, rows, cols, u, v, dx.shape[2:])
         if at is not None:
-            (wi, xi), (wj, xj) = at
+            (wi, x_rows), (wj, x_cols) = at
             src = d_bar[u][v][:, :, wi, wj].transpose(1, 0, 2, 3)
             if whole_images and u < 3 and v < 3:
-                dx[:, :, xi, xj] = src
+                dx[:, :, x_rows, x_cols] = src
             else:
-                dx[:, :, xi, xj] += src
+                dx[:, :, x_rows, x_cols] += src
 
 
 def _b_transform(d, out):
@@ -264,12 +303,12 @@ def _combine(m, out):
     return out
 
 
-def _output_pixels(ay, ax, t0, rows, cols, a, r, b, c, size_out):
-    """Where tile position ``(a, b)`` of phase ``(r, c)`` of window rows ``t0 ..
+def _output_pixels(ay, ax, t0, rows, cols, a, r, b, t, size_out):
+    """Where tile position ``(a, b)`` of phase ``(r, t)`` of window rows ``t0 ..
     t0+rows-1`` lands: ``(window slice, output slice)`` along each axis, or None."""
     ho, wo = size_out
-    i_lo, i_hi, y0 = _reach(3 * ay.s, ay.s * (3 * (ay.first + t0) + a) + r - ay.p, rows, ho)
-    j_lo, j_hi, x0 = _reach(3 * ax.s, ax.s * (3 * ax.first + b) + c - ax.p, cols, wo)
+    i_lo, i_hi, y0 = _reach(3 * ay.s, ay.s * (3 * (ay.first_window + t0) + a) + r - ay.p, rows, ho)
+    j_lo, j_hi, x0 = _reach(3 * ax.s, ax.s * (3 * ax.first_window + b) + t - ax.p, cols, wo)
     if i_hi <= i_lo or j_hi <= j_lo:
         return None
     return ((slice(i_lo, i_hi), slice(y0, y0 + 3 * ay.s * (i_hi - i_lo) - 1, 3 * ay.s)),
@@ -278,8 +317,8 @@ def _output_pixels(ay, ax, t0, rows, cols, a, r, b, c, size_out):
 
 def _output_transform(m, z, tile, y, ay, ax, t0):
     """``Y = A^T M A`` per (phase, o, window), written to the output: m (4, 4, sh, sw, O,
-    nb, rows, tx) -> y (nb, O, Ho, Wo) (this band's images). ``z`` (3, 4, ...) and
-    ``tile`` (3, sh, sw, O, nb, rows, tx) hold the two halves."""
+    nb, rows, cols) -> y (nb, O, Ho, Wo) (this band's images). ``z`` (3, 4, ...) and
+    ``tile`` (3, sh, sw, O, nb, rows, cols) hold the two halves."""
     _combine(m, z)                                       # along the window rows
     rows, cols = m.shape[6], m.shape[7]
     yt = y.transpose(1, 0, 2, 3)                         # (O, nb, Ho, Wo)
@@ -287,25 +326,25 @@ def _output_transform(m, z, tile, y, ay, ax, t0):
         _combine(z[a], tile)                             # along the window columns
         for r in range(ay.s):
             for b in range(3):
-                for c in range(ax.s):
-                    at = _output_pixels(ay, ax, t0, rows, cols, a, r, b, c, y.shape[2:])
+                for t in range(ax.s):
+                    at = _output_pixels(ay, ax, t0, rows, cols, a, r, b, t, y.shape[2:])
                     if at is not None:
-                        (wi, oi), (wj, oj) = at
-                        yt[:, :, oi, oj] = tile[b, r, c, :, :, wi, wj]
+                        (wi, y_rows), (wj, y_cols) = at
+                        yt[:, :, y_rows, y_cols] = tile[b, r, t, :, :, wi, wj]
 
 
 def _gather_tiles(dyt, out, ay, ax, t0, a, b):
     """Tile position ``(a, b)`` of every phase and window, read from ``dyt`` (O, nb, Ho,
-    Wo) into ``out`` (sh, sw, O, nb, rows, tx); zero where no output pixel is (cropped)."""
+    Wo) into ``out`` (sh, sw, O, nb, rows, cols); zero where no output pixel is (cropped)."""
     rows, cols = out.shape[4:]
     for r in range(ay.s):
-        for c in range(ax.s):
-            at = _output_pixels(ay, ax, t0, rows, cols, a, r, b, c, dyt.shape[2:])
+        for t in range(ax.s):
+            at = _output_pixels(ay, ax, t0, rows, cols, a, r, b, t, dyt.shape[2:])
             if at is None:
-                out[r, c].fill(0)
+                out[r, t].fill(0)
             else:
-                (wi, oi), (wj, oj) = at
-                _place(out[r, c], wi, wj, dyt[:, :, oi, oj])
+                (wi, y_rows), (wj, y_cols) = at
+                _place(out[r, t], wi, wj, dyt[:, :, y_rows, y_cols])
 
 
 def _output_transform_adjoint(dy, middle, z, e, ay, ax, t0):
@@ -313,7 +352,7 @@ def _output_transform_adjoint(dy, middle, z, e, ay, ax, t0):
     [0, 0, 1]]``: dy (nb, O, Ho, Wo) -> the 16 matrices ``E[xi]`` (sh*sw*O, windows),
     zero where no output pixel is. ``A``'s first and last rows copy, so those positions
     are not computed: tile columns 0 and 2 of ``dY`` are read straight into ``z`` (3, 4,
-    sh, sw, O, nb, rows, tx) as its columns 0 and 3 (column 1 into ``middle``), and
+    sh, sw, O, nb, rows, cols) as its columns 0 and 3 (column 1 into ``middle``), and
     rows 0 and 3 of ``E`` are rows 0 and 2 of ``z``; ``e`` (2, 4, ...) holds rows 1 and 2."""
     dyt = dy.transpose(1, 0, 2, 3)
     for a in range(3):
@@ -328,24 +367,32 @@ def _output_transform_adjoint(dy, middle, z, e, ay, ax, t0):
     np.subtract(e[0], z[1], out=e[1])
     e[0] += z[1]
     rows_of_e = (z[0], e[0], e[1], z[2])
-    po = z.shape[2] * z.shape[3] * z.shape[4]
-    return [rows_of_e[i][j].reshape(po, -1) for i in range(4) for j in range(4)]
+    po, windows = z.shape[2] * z.shape[3] * z.shape[4], z.shape[5] * z.shape[6] * z.shape[7]
+    return [rows_of_e[i][j].reshape(po, windows) for i in range(4) for j in range(4)]
 
 
-def _geometry(x_shape, weight, size_out, stride, padding):
+def window_bytes(c, o, sh, sw, itemsize):
+    """Bytes of one window's transformed inputs or products, whichever is more (what the
+    bands are sized by): 16 values per input channel, or per (phase, output channel)."""
+    return 16 * max(c, sh * sw * o) * itemsize
+
+
+def _plan(x_shape, weight, size_out, stride, padding):
+    """``(n, c, o, ay, ax, bands)``: the sizes, the two axes (:class:`_Axis`) and the bands
+    (:func:`_bands`) of one call."""
     n, c, h, w = x_shape
     o = weight.shape[1]
     sh, sw = stride
     ay, ax = _Axis(sh, padding[0], h, size_out[0]), _Axis(sw, padding[1], w, size_out[1])
-    per_window = 16 * max(c, sh * sw * o) * weight.itemsize
-    return n, c, o, ay, ax, _bands(n, ay.count, ax.count, per_window)
+    per_window = window_bytes(c, o, sh, sw, weight.itemsize)
+    return n, c, o, ay, ax, _bands(n, ay.windows, ax.windows, per_window)
 
 
 def _transformed_band(x, c, ay, ax, n0, n1, t0, t1, dt):
     """V of one band (images ``n0 .. n1-1``, window rows ``t0 .. t1-1``), (16, C, windows)."""
-    windows = (n1 - n0) * (t1 - t0) * ax.count
+    windows = (n1 - n0) * (t1 - t0) * ax.windows
     d = _split_windows(x[n0:n1], ay, ax, t0,
-                       _scratch("wt_d", dt, 4, 4, c, n1 - n0, t1 - t0, ax.count))
+                       _scratch("wt_d", dt, 4, 4, c, n1 - n0, t1 - t0, ax.windows))
     v = _input_transform(d.reshape(4, 4, c, windows), _scratch("wt_rows", dt, 4, 4, c, windows))
     return v.reshape(16, c, windows)
 
@@ -353,17 +400,18 @@ def _transformed_band(x, c, ay, ax, n0, n1, t0, t1, dt):
 def winograd_conv_transpose2d(x, weight, stride, padding, size_out):
     """``conv_transpose2d(x, weight, stride, padding)`` with ``k = 2*stride``, cropped or
     extended to ``size_out`` (output_padding), by F(3, 2) per phase: x (N, C, H, W),
-    weight (C, O, 2sh, 2sw) -> (N, O, Ho, Wo). One dtype (float32 or float64)."""
+    weight (C, O, 2sh, 2sw) -> (N, O, Ho, Wo). One dtype (float32 or float64 to reach BLAS)."""
     _same_dtype("winograd_conv_transpose2d", x, weight)
-    n, c, o, ay, ax, bands = _geometry(x.shape, weight, size_out, stride, padding)
+    _check("winograd_conv_transpose2d", x, weight, stride, padding)
+    n, c, o, ay, ax, bands = _plan(x.shape, weight, size_out, stride, padding)
     sh, sw = ay.s, ax.s
     dt = x.dtype
     y = np.empty((n, o) + tuple(size_out), dtype=dt)
-    if ay.count == 0 or ax.count == 0:
+    if ay.windows == 0 or ax.windows == 0:
         y.fill(0)
         return y
     u_t = filter_transform(weight)
-    cols = ax.count
+    cols = ax.windows
     for n0, n1, t0, t1 in bands:
         nb, rows = n1 - n0, t1 - t0
         v = _transformed_band(x, c, ay, ax, n0, n1, t0, t1, dt)
@@ -383,17 +431,23 @@ def winograd_conv_transpose2d_backward(dy, x, weight, stride, padding, need_dx=T
     ``dV[xi] = U[xi]^T @ E[xi]`` and its input transform's adjoint for ``dx``;
     ``dU^T[xi] += V[xi] @ E[xi]^T`` for ``dW = G^T dU G``."""
     _same_dtype("winograd_conv_transpose2d_backward", dy, x, weight)
-    n, c, o, ay, ax, bands = _geometry(x.shape, weight, dy.shape[2:], stride, padding)
+    _check("winograd_conv_transpose2d_backward", x, weight, stride, padding)
+    if dy.ndim != 4 or dy.shape[:2] != (x.shape[0], weight.shape[1]):
+        raise ValueError(f"winograd_conv_transpose2d_backward: dy must be (N, O, Ho, Wo) = "
+                         f"({x.shape[0]}, {weight.shape[1]}, ...), got {dy.shape}")
+    n, c, o, ay, ax, bands = _plan(x.shape, weight, dy.shape[2:], stride, padding)
     sh, sw = ay.s, ax.s
     dt = x.dtype
-    po, cols = sh * sw * o, ax.count
+    po, cols = sh * sw * o, ax.windows
     dx = np.zeros(x.shape, dtype=dt) if need_dx else None
     du_t = np.zeros((16, c, po), dtype=dt) if need_dw else None
-    if ay.count and ax.count and (need_dx or need_dw):
+    if ay.windows and ax.windows and (need_dx or need_dw):
         u_t = filter_transform(weight) if need_dx else None
         for n0, n1, t0, t1 in bands:
             nb, rows = n1 - n0, t1 - t0
             shape = (sh, sw, o, nb, rows, cols)
+            # the forward's buffers, smaller: 'wt_tile' holds the middle tile column,
+            # 'wt_m' rows 1 and 2 of E (the forward does not run meanwhile)
             e = _output_transform_adjoint(dy[n0:n1], _scratch("wt_tile", dt, *shape),
                                           _scratch("wt_z", dt, 3, 4, *shape),
                                           _scratch("wt_m", dt, 2, 4, *shape), ay, ax, t0)
@@ -409,6 +463,6 @@ def winograd_conv_transpose2d_backward(dy, x, weight, stride, padding, need_dx=T
                     gemm(u_t[xi], e[xi], dvf[xi])
                 grid = _input_transform_adjoint(dv, _scratch("wt_rows", dt, 4, 4, c, windows))
                 d_bar = [[plane.reshape(c, nb, rows, cols) for plane in row] for row in grid]
-                _split_windows_adjoint(d_bar, ay, ax, t0, dx[n0:n1], (t0, t1) == (0, ay.count))
+                _split_windows_adjoint(d_bar, ay, ax, t0, dx[n0:n1], (t0, t1) == (0, ay.windows))
     dw = filter_transform_adjoint(du_t, o, sh, sw) if need_dw else None
     return dx, dw
