@@ -126,24 +126,56 @@ def test_input_transform_is_the_matrices_window_by_window():
 def test_input_transform_adjoint_and_split_adjoint():
     """``_input_transform_adjoint`` and ``_split_windows_adjoint`` are the adjoints of the
     forward's two steps: ``<V(x), dv> = <x, V^T(dv)>`` (neighbouring windows share
-    inputs, so ``V^T`` adds several windows' gradients onto one pixel)."""
-    for s, p, t0 in ((2, 1, 0), (2, 1, 1), (3, 4, 0)):
+    inputs, so ``V^T`` adds several windows' gradients onto one pixel). Both use their
+    inputs up as scratch, so each call gets its own copy of ``dv``."""
+    for s, p, t0 in ((2, 1, 0), (2, 1, 1), (3, 4, 0), (2, 0, 0)):
         c, nb, h, w = 3, 2, 9, 7
         rng, x, ay, ax, rows, cols = _band_inputs(6, nb, c, h, w, s, p, t0)
         windows = nb * rows * cols
         d = wt._split_windows(x, ay, ax, t0, np.empty((4, 4, c, nb, rows, cols)))
         v = wt._input_transform(d.reshape(4, 4, c, windows), np.empty((4, 4, c, windows))).copy()
         dv = rng.standard_normal(v.shape)
-        grid = wt._input_transform_adjoint(dv, np.full((4, 4, c, windows), 7.0))
-        d_bar = [[g.reshape(c, nb, rows, cols) for g in row] for row in grid]
-        dx = np.zeros_like(x)
-        wt._split_windows_adjoint(d_bar, ay, ax, t0, dx, False)
+
+        def input_gradient(whole_images):
+            grid = wt._input_transform_adjoint(dv.copy(), np.full((4, 4, c, windows), 7.0))
+            d_bar = [[g.reshape(c, nb, rows, cols) for g in row] for row in grid]
+            dx = np.zeros_like(x)
+            wt._split_windows_adjoint(d_bar, ay, ax, t0, dx, whole_images)
+            return dx
+
+        dx = input_gradient(False)
         lhs, rhs = np.vdot(v, dv), np.vdot(x, dx)
         assert abs(lhs - rhs) <= 1e-11 * max(1.0, abs(lhs)), (s, p, t0, lhs, rhs)
         if t0 == 0:            # a band of whole images: its 9 unshared inputs are written
-            written = np.zeros_like(x)
-            wt._split_windows_adjoint(d_bar, ay, ax, t0, written, True)
-            np.testing.assert_allclose(written, dx, rtol=1e-14, atol=1e-14)
+            np.testing.assert_allclose(input_gradient(True), dx, rtol=1e-14, atol=1e-14)
+
+
+def test_split_windows_shares_inputs_between_neighbours():
+    """``_split_windows``: every one of the 16 planes against the definition by loops
+    (the 7 planes of shared inputs are derived from their neighbours' by shifts), and its
+    adjoint by ``<split(x), g> = <x, split^T(g)>``, on bands that start at and past the
+    first window row, with paddings that put windows past each edge."""
+    for s, p, t0, h, w in ((2, 1, 0, 9, 7), (2, 1, 1, 9, 7), (3, 4, 0, 6, 8), (2, 0, 0, 4, 5),
+                           (2, 5, 1, 13, 10)):
+        c, nb = 2, 2
+        rng, x, ay, ax, rows, cols = _band_inputs(8, nb, c, h, w, s, p, t0)
+        d = wt._split_windows(x, ay, ax, t0, np.full((4, 4, c, nb, rows, cols), 7.0))
+        pad = 3 * (rows + cols + ay.first_window + ax.first_window + 4)
+        xpad = np.zeros((nb, c, h + 2 * pad, w + 2 * pad))
+        xpad[:, :, pad:pad + h, pad:pad + w] = x
+        for u in range(4):
+            for v in range(4):
+                for i in range(rows):
+                    for j in range(cols):
+                        r = 3 * (ay.first_window + t0 + i) + u - 1 + pad
+                        q = 3 * (ax.first_window + j) + v - 1 + pad
+                        np.testing.assert_array_equal(d[u, v, :, :, i, j], xpad[:, :, r, q].T)
+        g = rng.standard_normal(d.shape)
+        dx = np.zeros_like(x)
+        wt._split_windows_adjoint([[g[u, v].copy() for v in range(4)] for u in range(4)],
+                                  ay, ax, t0, dx, False)
+        lhs, rhs = np.vdot(d, g), np.vdot(x, dx)
+        assert abs(lhs - rhs) <= 1e-11 * max(1.0, abs(lhs)), (s, p, t0, lhs, rhs)
 
 
 def test_output_transform_and_its_adjoint():

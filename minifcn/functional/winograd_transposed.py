@@ -200,12 +200,13 @@ def _place(dst, wi, wj, src):
     dst[..., wi, wj.stop:].fill(0)
 
 
-def _window_inputs(ay, ax, t0, rows, cols, u, v, size_in):
-    """Where input ``(u, v)`` of windows ``(t0 + i, j)`` lies in ``x``: ``(window slice,
-    x slice)`` along each axis, or None where no window's input ``(u, v)`` is inside."""
+def _window_inputs(ay, ax, t0, rows, cols, u, v, size_in, j0=0):
+    """Where input ``(u, v)`` of windows ``(t0 + i, j0 + j)`` lies in ``x``: ``(window
+    slice, x slice)`` along each axis, or None where no window's input ``(u, v)`` is
+    inside."""
     h, w = size_in
     i_lo, i_hi, r0 = _reach(3, 3 * (ay.first_window + t0) + u - 1, rows, h)
-    j_lo, j_hi, c0 = _reach(3, 3 * ax.first_window + v - 1, cols, w)
+    j_lo, j_hi, c0 = _reach(3, 3 * (ax.first_window + j0) + v - 1, cols, w)
     if i_hi <= i_lo or j_hi <= j_lo:
         return None
     return ((slice(i_lo, i_hi), slice(r0, r0 + 3 * (i_hi - i_lo) - 2, 3)),
@@ -216,42 +217,85 @@ def _split_windows(x, ay, ax, t0, out):
     """The 16 inputs of each window of window rows ``t0 ..`` (all window columns) of
     images ``x`` (nb, C, H, W), zero outside ``x``: into ``out`` (4, 4, C, nb, rows, cols),
     ``out[u, v, c, n, i, j] = x[n, c, 3(i0 + i) + u - 1, 3(j0 + j) + v - 1]`` with ``i0 =
-    ay.first_window + t0`` and ``j0 = ax.first_window``. Neighbouring windows share an
-    input (``u = 3`` of one is ``u = 0`` of the next), so ``x`` is read 16/9 times over;
-    in return each transform step below is whole planes."""
+    ay.first_window + t0`` and ``j0 = ax.first_window``.
+
+    Windows step by 3, so inputs 0-2 along each axis are each pixel's once: those 9
+    planes are strided copies out of ``x``. Input 3 of a window is input 0 of the next
+    one, so the 7 planes with a 3 are the planes with a 0 shifted by one window (one
+    contiguous copy each, :func:`_shifted`), all but the last window row or column,
+    which are copied from ``x``."""
     rows, cols = out.shape[4:]
-    for u in range(4):
-        for v in range(4):
-            at = _window_inputs(ay, ax, t0, rows, cols, u, v, x.shape[2:])
-            if at is None:
-                out[u, v].fill(0)
-                continue
+    xt = x.transpose(1, 0, 2, 3)                                      # (C, nb, H, W)
+
+    def from_x(dst, t0_, rows_, j0, cols_, u, v):
+        at = _window_inputs(ay, ax, t0_, rows_, cols_, u, v, x.shape[2:], j0)
+        if at is None:
+            dst.fill(0)
+        else:
             (wi, x_rows), (wj, x_cols) = at
-            _place(out[u, v], wi, wj, x[:, :, x_rows, x_cols].transpose(1, 0, 2, 3))
+            _place(dst, wi, wj, xt[:, :, x_rows, x_cols])
+
+    for u in range(3):
+        for v in range(3):
+            from_x(out[u, v], t0, rows, 0, cols, u, v)
+    for v in range(3):                       # input 3 down = input 0 of the window below
+        _shifted(out[3, v], out[0, v], cols)
+        from_x(out[3, v, :, :, rows - 1:], t0 + rows - 1, 1, 0, cols, 3, v)
+    for u in range(4):                       # input 3 across = input 0 of the next window
+        _shifted(out[u, 3], out[u, 0], 1)
+        from_x(out[u, 3, :, :, :, cols - 1:], t0, rows, cols - 1, 1, u, 3)
     return out
 
 
-def _split_windows_adjoint(d_bar, ay, ax, t0, dx, whole_images):
-    """Adds ``d_bar``, a gradient in :func:`_split_windows`'s layout (a 4x4 grid of (C,
-    nb, rows, cols) arrays), onto ``dx`` (nb, C, H, W) (zeros where no band has added
-    yet), where the inputs lie inside ``x``.
+def _shifted(dst, src, k):
+    """``dst = src`` moved ``k`` places back in memory order (both contiguous, one
+    shape): ``dst.flat[i] = src.flat[i + k]``; the last ``k`` values of ``dst`` are left
+    as they were. With ``k`` one row (or one value), each window takes its neighbour's
+    below (or to the right); the last one in each row (or image) takes the next row's
+    first, which the caller overwrites."""
+    dst.reshape(-1)[:-k] = src.reshape(-1)[k:]
 
-    Each pixel is input ``(u, v)`` with ``u, v <= 2`` of exactly one window (windows step
-    by 3); only inputs with a 3 are shared with a neighbour. So for a band of
-    ``whole_images`` (no other band touches its pixels) the 9 unshared positions are
-    written, not added, and the 7 shared ones added after them."""
+
+def _split_windows_adjoint(d_bar, ay, ax, t0, dx, whole_images):
+    """Adds ``d_bar``, a gradient in :func:`_split_windows`'s layout (a 4x4 grid of
+    contiguous (C, nb, rows, cols) arrays, used up as scratch), onto ``dx`` (nb, C, H, W)
+    (zeros where no band has added yet), where the inputs lie inside ``x``.
+
+    The forward's steps backwards: the 7 planes with a 3 are added onto the planes with a
+    0, one window on (contiguous adds), except their last window row or column, which
+    go to ``dx`` directly; then the 9 planes of each pixel's own inputs go to ``dx``. For
+    a band of ``whole_images`` (no other band touches its pixels) those 9 are written,
+    not added: no two of them, and none of the last rows or columns, share a pixel."""
     rows, cols = d_bar[0][0].shape[2:]
-    positions = [(u, v) for u in range(3) for v in range(3)]             # written first,
-    positions += [(u, v) for u in range(4) for v in range(4) if 3 in (u, v)]   # then added
-    for u, v in positions:
-        at = _window_inputs(ay, ax, t0, rows, cols, u, v, dx.shape[2:])
+    dxt = dx.transpose(1, 0, 2, 3)                                    # (C, nb, H, W)
+
+    def to_dx(src, t0_, rows_, j0, cols_, u, v, write=False):
+        at = _window_inputs(ay, ax, t0_, rows_, cols_, u, v, dx.shape[2:], j0)
         if at is not None:
             (wi, x_rows), (wj, x_cols) = at
-            src = d_bar[u][v][:, :, wi, wj].transpose(1, 0, 2, 3)
-            if whole_images and u < 3 and v < 3:
-                dx[:, :, x_rows, x_cols] = src
+            if write:
+                dxt[:, :, x_rows, x_cols] = src[:, :, wi, wj]
             else:
-                dx[:, :, x_rows, x_cols] += src
+                dxt[:, :, x_rows, x_cols] += src[:, :, wi, wj]
+
+    for u in range(4):                       # input 3 across onto input 0 of the next window
+        to_dx(d_bar[u][3][:, :, :, cols - 1:], t0, rows, cols - 1, 1, u, 3)
+        d_bar[u][3][:, :, :, cols - 1] = 0
+        _shifted_add(d_bar[u][0], d_bar[u][3], 1)
+    for v in range(3):                       # input 3 down onto input 0 of the window below
+        to_dx(d_bar[3][v][:, :, rows - 1:], t0 + rows - 1, 1, 0, cols, 3, v)
+        d_bar[3][v][:, :, rows - 1] = 0
+        _shifted_add(d_bar[0][v], d_bar[3][v], cols)
+    for u in range(3):
+        for v in range(3):
+            to_dx(d_bar[u][v], t0, rows, 0, cols, u, v, write=whole_images)
+
+
+def _shifted_add(dst, src, k):
+    """The adjoint of :func:`_shifted`: ``dst.flat[i + k] += src.flat[i]`` (both
+    contiguous); the caller has zeroed the values of ``src`` that would land on the next
+    row's (or image's) first window."""
+    dst.reshape(-1)[k:] += src.reshape(-1)[:-k]
 
 
 def _b_transform(d, out):
