@@ -51,9 +51,10 @@ The backward is the same algebra read backwards (each step's adjoint, in reverse
 Layout: the transforms are NumPy additions, and a NumPy pass over a view that breaks
 into short runs costs several times one over contiguous memory (a pass in runs of 132
 values took 0.10 ms, the same pass contiguous 0.03 ms). So the 16 inputs of every window
-are copied out of ``x`` once, into 16 planes, one per position in the window
-(:func:`_split_windows`); each transform step is then arithmetic on whole planes, and the
-results go to the output by one strided copy per (position, phase).
+go into 16 planes, one per position in the window (:func:`_split_windows`: 9 strided
+copies out of ``x``, and 7 planes of inputs shared with a neighbour shifted from the
+neighbour's); each transform step is then arithmetic on whole planes, and the results go
+to the output by one strided copy per (position, phase).
 
 Memory: ``U^T`` and ``dU^T`` hold 16 values per 4 taps (4x the weight). Work runs in
 bands of images or window rows; a band's products ``M`` take at most ``BAND_BYTES`` (or
