@@ -417,10 +417,10 @@ def test_auto_algorithm_choice_follows_the_measurements(monkeypatch):
     # GEMMs reach BLAS (float32/64 with NumPy's OpenBLAS)
     from minifcn.functional.blas import uses_cblas
     want = "implicit" if uses_cblas(np.float32) else "subpixel"
-    assert pick(4, 2, o=256) == pick(4, 2, n=8, o=128, hw=16) == want
+    assert pick(4, 2, o=256) == pick(4, 2, n=2, o=128, hw=16) == want
     # 'winograd': both directions at k4 s2; with AVX2 GEMM kernels from 128 channels and
-    # 24x24 inputs; with AVX-512 ones (faster GEMMs, the same transforms) from 256 channels
-    # in, 128 out, and 4096 input pixels in the batch
+    # 1024 input pixels in the batch; with AVX-512 ones (faster GEMMs, the same
+    # transforms) from 256 channels in, 128 out, and 4096 input pixels in the batch
     import minifcn.functional.conv as conv
     monkeypatch.setattr(conv, "AVX512_GEMM", True)
     wino = "winograd" if uses_cblas(np.float32) else None
@@ -440,11 +440,13 @@ def test_auto_algorithm_choice_follows_the_measurements(monkeypatch):
     assert pick_io(256, 128, 1, 32) == pick_io(128, 128, 4, 32) == (wino or "subpixel")
     assert pick_io(256, 128, 1, 32, backward=True) == (wino or "col2im")
     want = "winograd" if uses_cblas(np.float32) else "subpixel"
-    assert pick(4, 2, n=8, o=128, hw=32) == pick(4, 2, o=256, hw=24) == want
+    assert pick(4, 2, n=8, o=128, hw=32) == pick(4, 2, o=256, hw=32) == want
+    assert pick(4, 2, n=4, o=256, hw=16) == pick(4, 2, n=8, o=128, hw=16) == want
     assert pick(4, 2, o=256, hw=64, backward=True) == (
         "winograd" if uses_cblas(np.float32) else "col2im")
     assert pick(4, 2, o=64, hw=64) == "subpixel"                          # too few channels
-    assert pick(4, 2, o=256, hw=23) == want.replace("winograd", "implicit")  # too few pixels
+    assert pick(4, 2, o=256, hw=31) == want.replace("winograd", "implicit")  # too few pixels
+    assert pick(4, 2, n=2, o=256, hw=16) == want.replace("winograd", "implicit")
     assert pick(8, 4, o=256, hw=64) == "subpixel"                         # only stride 2
     assert pick(4, 2, o=256, hw=64, dtype=np.float16) == "subpixel"       # no BLAS for it
     assert pick(4, 2, o=256, hw=64, gpu=True) != "winograd"

@@ -1124,7 +1124,7 @@ GPU_FUSED_MAX_PER_PIXEL = 4096      # ... if no output pixel's own sum is longer
 CPU_SUBPIXEL_MAX_BACKWARD_CHANNELS = 32 * 32   # C_in * C_out up to which its backward pays
 CPU_IMPLICIT_MIN_CHANNELS = 128     # min(C_in, C_out) from which the CPU forward runs 'implicit'
 CPU_WINOGRAD_TRANSPOSED_MIN_CHANNELS = 128   # ... and both directions 'winograd' at k4 s2,
-CPU_WINOGRAD_TRANSPOSED_MIN_PIXELS = 24 * 24   # ... from inputs this large (per image);
+CPU_WINOGRAD_TRANSPOSED_MIN_PIXELS = 1024   # ... from this many input pixels in the batch;
 CPU_WINOGRAD_TRANSPOSED_AVX512_MIN_IN_CHANNELS = 256   # with AVX-512 GEMM kernels, from C_in this
 CPU_WINOGRAD_TRANSPOSED_AVX512_MIN_PIXELS = 4096       # ... and input pixels in the batch
 
@@ -1139,18 +1139,22 @@ def _pick_algorithm(algorithm, g, backward=False):
       narrower, and its transforms, NumPy passes, cost per channel: it needs wide layers
       on enough pixels, the more so the faster the GEMMs. With AVX2 GEMM kernels
       (``AVX512_GEMM`` false), from ``CPU_WINOGRAD_TRANSPOSED_MIN_CHANNELS`` channels in
-      and out and inputs of ``CPU_WINOGRAD_TRANSPOSED_MIN_PIXELS`` per image; measured
-      interleaved with torch (fourteenth session), it was the fastest on every such shape
-      tried: 256->128 b8 32x32 1.38x / 1.41x of torch's time against the best other's
-      1.87x / 2.06x, 128 channels b4 32x32 1.56x / 1.49x against 1.90x / 1.89x, 256->128 on
-      one 32x32 image 1.69x / 1.78x against 1.84x / 1.98x; but 256 channels at 16x16 (b4)
-      2.25x against 2.03x. With AVX-512 kernels the GEMMs take half the time and the
-      transforms do not: from ``CPU_WINOGRAD_TRANSPOSED_AVX512_MIN_IN_CHANNELS`` channels
-      in (128 out) and ``CPU_WINOGRAD_TRANSPOSED_AVX512_MIN_PIXELS`` input pixels in the
-      batch: 256->128 b8 32x32 1.08x / 1.10x against 1.15x / 1.31x, 256 channels on one
-      64x64 image 1.04x / 0.75x against 1.12x / 0.91x; but 256->128 on one 32x32 image
-      1.51x / 1.49x against 1.12x / 1.30x, 128 channels b4 32x32 1.33x against 1.21x
-      forward. Other strides: not measured enough;
+      and out and ``CPU_WINOGRAD_TRANSPOSED_MIN_PIXELS`` input pixels in the batch.
+      Measured interleaved with torch on the final code (fourteenth session), ratios to
+      torch's time forward / backward against the best other algorithm's: 256->128 b8
+      32x32 1.20x / 1.20x against 1.68x / 1.78x; 256->128 on one 32x32 image 1.63x / 1.69x
+      against 1.81x / 1.93x; 256 channels b4 16x16 1.78x / 1.74x against 2.13x / 2.30x;
+      128 channels b8 16x16 2.09x / 2.18x against 2.17x / 2.53x; 128 channels b4 32x32
+      1.41x / 1.55x against 1.90x / 2.01x; but with 512 input pixels (256 channels b2
+      16x16) 2.13x / 2.30x against 2.00x / 1.91x, (128 channels b2 16x16) 2.60x / 2.66x
+      against 2.14x / 2.47x, and 128->64 b8 32x32 2.06x forward against 1.95x. With
+      AVX-512 kernels the GEMMs take half the time and the transforms do not: from
+      ``CPU_WINOGRAD_TRANSPOSED_AVX512_MIN_IN_CHANNELS`` channels in (128 out) and
+      ``CPU_WINOGRAD_TRANSPOSED_AVX512_MIN_PIXELS`` input pixels in the batch: 256->128
+      b8 32x32 0.92x / 0.91x against 0.98x / 1.11x; but 256->128 on one 32x32 image 1.42x /
+      1.36x against 1.11x / 1.23x, 256 channels b2 24x24 1.32x forward against 1.16x, and
+      128 channels b4 32x32 1.19x / 1.19x against 1.22x / 1.25x (even: left out). Other
+      strides: not measured enough;
     - forward: 'subpixel' whenever it applies with s > 1 and s dividing k — its GEMM
       writes s*s*(H+A-1)*(W+B-1) values per channel where 'col2im' writes k*k*H*W, and
       the overlap sum happens inside the GEMM; but 'implicit' at stride 2 with at least
@@ -1210,7 +1214,7 @@ def _pick_algorithm(algorithm, g, backward=False):
                  and g.n * g.h * g.w >= CPU_WINOGRAD_TRANSPOSED_AVX512_MIN_PIXELS)
                 if AVX512_GEMM else
                 (min(g.c, g.o) >= CPU_WINOGRAD_TRANSPOSED_MIN_CHANNELS
-                 and g.h * g.w >= CPU_WINOGRAD_TRANSPOSED_MIN_PIXELS)):
+                 and g.n * g.h * g.w >= CPU_WINOGRAD_TRANSPOSED_MIN_PIXELS)):
             algorithm = "winograd"
         elif backward:
             algorithm = ("subpixel" if fits and min(g.sh, g.sw) >= 4

@@ -73,8 +73,9 @@ When it pays: the GEMMs are 9x narrower than the sub-pixel algorithms' (one colu
 window of 3x3 input pixels, not per pixel), and the transforms cost per channel, so it
 needs wide layers on large enough maps, and GEMMs slow enough that 2.25x fewer
 multiply-adds outweigh the transforms: ``conv._pick_algorithm`` takes it at k4 s2 with
-128+ channels from 24x24 inputs with AVX2 GEMM kernels, and from 256 channels in (128
-out) and 4096 input pixels a batch with AVX-512 ones (``benchmarks/RESULTS.md``).
+128+ channels from 1024 input pixels a batch with AVX2 GEMM kernels, and from 256
+channels in (128 out) and 4096 input pixels a batch with AVX-512 ones
+(``benchmarks/RESULTS.md``).
 """
 from __future__ import annotations
 
