@@ -92,7 +92,7 @@ def _band_inputs(seed, nb, c, h, w, s, p, t0=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((nb, c, h, w))
     size_out = ((h - 1) * s - 2 * p + 2 * s, (w - 1) * s - 2 * p + 2 * s)
-    ay, ax = wt._Axis(s, p, h, size_out[0]), wt._Axis(s, p, w, size_out[1])
+    ay, ax = wt._Axis(s, p, size_out[0]), wt._Axis(s, p, size_out[1])
     rows, cols = ay.windows - t0, ax.windows
     return rng, x, ay, ax, rows, cols
 

@@ -113,19 +113,19 @@ def _check(name, x, weight, stride, padding):
     if min(sh, sw) < 1 or min(ph, pw) < 0:
         raise ValueError(f"{name}: stride must be >= 1 and padding >= 0, got stride "
                          f"{stride}, padding {padding}")
-    if weight.shape[2:] != (2 * sh, 2 * sw):
+    if not applies(*weight.shape[2:], sh, sw):
         raise ValueError(f"{name}: the kernel must be 2 x stride, got weight {weight.shape} "
                          f"with stride {stride}")
 
 
 class _Axis:
-    """One axis: stride ``s``, padding ``p``, ``size_in`` inputs, ``size_out`` outputs.
+    """One axis: stride ``s``, padding ``p``, ``size_out`` outputs.
     Phase ``r`` output ``q`` is output pixel ``s*q + r - p``; window ``t`` (of
     ``windows``) covers phase outputs ``q = 3(first_window + t) .. +2`` and reads inputs
     ``3(first_window + t) - 1 .. +2``."""
 
-    def __init__(self, s, p, size_in, size_out):
-        self.s, self.p, self.size_in, self.size_out = s, p, size_in, size_out
+    def __init__(self, s, p, size_out):
+        self.s, self.p, self.size_out = s, p, size_out
         q_first, q_last = p // s, (p + size_out - 1) // s
         self.first_window = q_first // 3
         self.windows = q_last // 3 - self.first_window + 1 if size_out > 0 else 0
@@ -426,10 +426,10 @@ def window_bytes(c, o, sh, sw, itemsize):
 def _plan(x_shape, weight, size_out, stride, padding):
     """``(n, c, o, ay, ax, bands)``: the sizes, the two axes (:class:`_Axis`) and the bands
     (:func:`_bands`) of one call."""
-    n, c, h, w = x_shape
+    n, c = x_shape[:2]
     o = weight.shape[1]
     sh, sw = stride
-    ay, ax = _Axis(sh, padding[0], h, size_out[0]), _Axis(sw, padding[1], w, size_out[1])
+    ay, ax = _Axis(sh, padding[0], size_out[0]), _Axis(sw, padding[1], size_out[1])
     per_window = window_bytes(c, o, sh, sw, weight.itemsize)
     return n, c, o, ay, ax, _bands(n, ay.windows, ax.windows, per_window)
 
