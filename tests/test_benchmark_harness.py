@@ -316,6 +316,8 @@ def test_col2im_kernels_on_the_cpu_validates_and_times_the_numpy_strategies(tmp_
     ("winograd", ["--layers", "256x256"], "--layers"),
     ("winograd", ["--layers", "256x0x8"], "--layers"),
     ("winograd", ["--device", "cuda"], "--device"),
+    ("winograd_tiles", ["--channels", "0"], "--channels"),
+    ("winograd_tiles", ["--windows", "x"], "--windows"),
 ])
 def test_benchmark_flags_are_checked_before_measuring(module, argv, flag, capsys):
     import importlib
@@ -328,7 +330,7 @@ def test_benchmark_flags_are_checked_before_measuring(module, argv, flag, capsys
 
 @pytest.mark.parametrize("module,extra", [("deconv", []), ("step", []), ("conv2d", []),
                                           ("col2im_kernels", ["--device", "cpu"]),
-                                          ("winograd", [])])
+                                          ("winograd", []), ("winograd_tiles", [])])
 def test_benchmark_json_path_is_checked_before_measuring(module, extra, tmp_path, capsys,
                                                          monkeypatch):
     """A --json that cannot be written stops the run at once (it used to be a traceback
