@@ -12,7 +12,7 @@ shifted-rows convolution its own time, which is its GEMMs: cProfile does not see
 interleaved, for the ratio. Every figure is a median over the rounds. cProfile adds ~1 us
 per Python call, which these ops make a few dozen of. torch's time of the default shape
 depends on the allocator's state (~120 ms in a fresh process, ~85 ms in the deconv
-harness, benchmarks/RESULTS.md): the ratio here is context, the harness's is the number.
+harness, benchmarks/HISTORY.md): the ratio here is context, the harness's is the number.
 """
 from __future__ import annotations
 

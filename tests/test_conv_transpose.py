@@ -393,7 +393,7 @@ def test_conv_transpose2d_non_contiguous_inputs(xp, algorithm):
 
 
 def test_auto_algorithm_choice_follows_the_measurements(monkeypatch):
-    """'auto' resolves as benchmarks/RESULTS.md measured: on the CPU sub-pixel forward from
+    """'auto' resolves as benchmarks/HISTORY.md measured: on the CPU sub-pixel forward from
     stride 2 and backward from stride 4 with few channels; on the GPU only for a large col
     matrix; never
     where sub-pixel does not apply (dilation, groups, stride not dividing the kernel). On the

@@ -369,7 +369,7 @@ def _subpixel_channels_last(x, weight_t, g):
 
     Why: with ``ysub`` channels-first, the shuffle's inner loop writes values ``sw`` apart,
     each into another cache line; at stride 32 that was 85-90% of the time (FCN-32s's
-    21 -> 21 k64 s32 on 32x32: 190 ms, 0.43x of it this way; ``benchmarks/RESULTS.md``).
+    21 -> 21 k64 s32 on 32x32: 190 ms, 0.43x of it this way; ``benchmarks/HISTORY.md``).
     At stride 2 the runs are 8 bytes, and the channels-first shuffle, blocked per map,
     is as fast and its GEMM wider.
     """
@@ -586,7 +586,7 @@ def _winograd_conv2d(g):
     passes over 4x the activation, on one core, and they cost per channel where the GEMMs
     cost per channel pair; the faster the GEMMs, the more the transforms weigh.
     ``python -m benchmarks.winograd`` (forward + both gradients, Winograd / the direct
-    path, interleaved; ``benchmarks/RESULTS.md``), on the Zen 5 EPYC:
+    path, interleaved; ``benchmarks/HISTORY.md``), on the Zen 5 EPYC:
 
     - AVX2 kernels (``OPENBLAS_CORETYPE=Haswell``, its configured state): 0.70-0.95x on
       256-512 channels from 24x24 (512 at 40x40: 0.70x), 0.90-0.92x on 512 at 20x20;
@@ -652,7 +652,7 @@ def _shifted_conv2d(g):
     512-channel layers it lost (forward up to 1.2x, weight gradient 1.6-4x), and below 4
     channels so did the gradients (``CPU_SHIFTED_BACKWARD_MIN_CHANNELS``; the input
     gradient of a 3-channel image, a GEMM of 3 rows, took 6.7x as long). 1x1 kernels have
-    no windows to gather and stay on im2col. ``benchmarks/RESULTS.md`` has the table."""
+    no windows to gather and stay on im2col. ``benchmarks/HISTORY.md`` has the table."""
     if (g.gpu or (g.sh, g.sw) != (1, 1) or (g.dh, g.dw) != (1, 1) or g.groups != 1
             or g.kh * g.kw < 2 or g.ph >= g.kh or g.pw >= g.kw or min(g.n, g.c, g.o) == 0
             or max(g.c, g.o) > CPU_SHIFTED_CONV2D_MAX_CHANNELS or not uses_cblas(g.dtype)):
@@ -1064,7 +1064,7 @@ def _conv_transpose2d_backward_col(dy, x, weight, g, need_dx, need_dw):
     col^T``, but BLAS runs that orientation faster here (K = 2048, 256 columns, 1024
     windows: 180-195 against 158-173 GFLOP/s), and no partial dx or dW is allocated and
     copied or added: 256->128 k4 s2 b8 0.91-0.95x of the general path
-    (``benchmarks/RESULTS.md``). Below those sizes the final transpose of dW (16 MB for
+    (``benchmarks/HISTORY.md``). Below those sizes the final transpose of dW (16 MB for
     256 -> 256 k8) against few windows, or the per-call cost on small ops, outweighs it
     (256 -> 256 k4 s2 on one 16x16 image: 1.66x), and the batched ``matmul`` path stays.
     """
@@ -1130,7 +1130,8 @@ CPU_WINOGRAD_TRANSPOSED_AVX512_MIN_PIXELS = 4096       # ... and input pixels in
 
 
 def _pick_algorithm(algorithm, g, backward=False):
-    """Resolve 'auto' (measured by benchmarks/deconv.py, see benchmarks/RESULTS.md).
+    """Resolve 'auto' (measured by benchmarks/deconv.py: the latest runs in
+    benchmarks/RESULTS.md, each rule's own measurements in benchmarks/HISTORY.md).
 
     On the CPU:
 
@@ -1167,7 +1168,8 @@ def _pick_algorithm(algorithm, g, backward=False):
       up to 32 * 32: FCN's score maps). The 'col2im' backward is a single im2col of dy and
       two GEMMs (no col2im at all); for k = 2s its col has 4*s*s entries per pixel, and at
       s = 2, or with 64 channels and more, that costs less than subpixel's three
-      rearrangements (un-shuffle dy, im2col x, col2im dx) — see the sweep in RESULTS.md.
+      rearrangements (un-shuffle dy, im2col x, col2im dx) — see the sweeps in
+      benchmarks/HISTORY.md.
 
     On the GPU, 'subpixel' only once the col matrix passes ``GPU_SUBPIXEL_MIN_COL`` entries.
     The forward of a small problem (up to ``GPU_FUSED_MAX_MACS`` multiply-adds, float32 or
@@ -1301,7 +1303,7 @@ def _subpixel_weight_t(weight, g):
     which for a 256 x 256 x 16 x 16 weight (67 MB) took 147 ms, longer than the GEMM.
     The ``sw`` values of one phase row (``t``) are adjacent in both layouts, so they move
     as one opaque ``sw*itemsize``-byte item: the copy's inner loop runs over ``o``, not
-    over ``sw`` values (3-4x faster at s = 2 and 4; ``benchmarks/RESULTS.md``).
+    over ``sw`` values (3-4x faster at s = 2 and 4; ``benchmarks/HISTORY.md``).
     """
     c, o = weight.shape[:2]
     w6 = _subpixel_phases(np.ascontiguousarray(weight), g)            # (c, o, a, r, b, t)

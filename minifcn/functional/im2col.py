@@ -328,7 +328,7 @@ def transpose_keeping_runs(a, axes):
     permuted and the last axis kept last. On NumPy, when that axis has unit stride, its
     values move as one opaque ``len*itemsize``-byte item, so the copy's inner loop runs
     over the innermost permuted axis instead of over those few values (3-7x faster for
-    runs of 2 to 4, ``benchmarks/RESULTS.md``)."""
+    runs of 2 to 4, ``benchmarks/HISTORY.md``)."""
     xp = get_array_module(a)
     moved = a.transpose(tuple(axes) + (a.ndim - 1,))
     if xp is not np:
@@ -350,7 +350,7 @@ def _pixel_shuffle(ysub, h, w, ph, pw):
 
     (rows that no ``(q, r)`` reaches are 0). One strided copy per phase ``(r, t)`` straight
     into the cropped output: no zero fill, no ``+=``, no crop copy (2-3x faster than
-    :func:`_col2im` here, ``benchmarks/RESULTS.md``). The ``sh*sw`` copies interleave into
+    :func:`_col2im` here, ``benchmarks/HISTORY.md``). The ``sh*sw`` copies interleave into
     the same output lines, so they run one image and block of channel maps
     (``SHUFFLE_BLOCK_BYTES`` of output) at a time: the block is still in cache for the
     next phase's copy (7-9 ms -> 5 ms for 8 x 128 maps of 64x64). With many phases

@@ -75,7 +75,7 @@ needs wide layers on large enough maps, and GEMMs slow enough that 2.25x fewer
 multiply-adds outweigh the transforms: ``conv._pick_algorithm`` takes it at k4 s2 with
 128+ channels from 1024 input pixels a batch with AVX2 GEMM kernels, and from 256
 channels in (128 out) and 4096 input pixels a batch with AVX-512 ones
-(``benchmarks/RESULTS.md``).
+(``benchmarks/HISTORY.md``).
 """
 from __future__ import annotations
 
