@@ -11,14 +11,15 @@ interpolation points, the transforms' coefficients grow with them (2, 1/2, 4, ..
 so does float32 rounding.
 
 Each tile's matrices come from the Toom-Cook construction on its points
-(:func:`toom_cook`; the point at infinity is always the last), checked exact in float64
-before use; the rows marked ``minifcn`` use the package's own matrices instead. Then the
-2-D F(m x m, r x r) runs on ``--windows`` random windows summed over ``--channels`` input
-channels in float32, as the package's GEMMs sum them, and so does the direct sum; both
-are compared with the direct sum in float64. ``error ratio`` is the root-mean-square
-error of Winograd over that of the direct float32 sum: the tests allow minifcn's Winograd
-paths 3x the direct path's error (``tests/test_winograd*.py``). Counts, not timings: the
-run takes seconds and its numbers do not depend on the machine's speed.
+(:func:`minifcn.explain.toom_cook`; the point at infinity is always the last), checked
+exact in float64 before use; the rows marked ``minifcn`` use the package's own matrices
+instead. Then the 2-D F(m x m, r x r) runs on ``--windows`` random windows summed over
+``--channels`` input channels in float32, as the package's GEMMs sum them, and so does
+the direct sum; both are compared with the direct sum in float64. ``error_ratio`` is the
+root-mean-square error of Winograd over that of the direct float32 sum; the tests allow
+minifcn's Winograd paths 3x the direct path's (largest) error (``tests/test_winograd*.py``).
+Counts, not timings: the run takes seconds, and its numbers do not depend on the
+machine's speed.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import sys
 
 import numpy as np
 
+from minifcn.explain import toom_cook
 from minifcn.functional import winograd, winograd_transposed
 
 from .common import add_json_flag, command_line, json_path, machine, positive_int, table, write_json
@@ -44,41 +46,6 @@ TILES = [
     (5, 2, (0, 1, -1, 0.5, -0.5), None),
     (6, 2, (0, 1, -1, 0.5, -0.5, 2), None),
 ]
-
-
-def toom_cook(m, r, points):
-    """``(A^T, G, B^T)`` of F(m, r) on the finite ``points`` (``m + r - 2`` distinct
-    values) and infinity: ``y = A^T [(G g) * (B^T d)]`` gives the ``m`` outputs ``y[i] =
-    sum_k g[k] d[i + k]`` of an ``r``-tap correlation from ``n = m + r - 1`` products.
-
-    The products are the values of the two polynomials ``g(x) = sum g[k] x^k`` and
-    ``d``'s at the points: ``G`` evaluates ``g`` (row ``j`` scaled by ``1 / prod_{l != j}
-    (a_j - a_l)``, Lagrange's denominators; infinity takes the leading coefficient), and
-    ``A^T``'s column ``j`` is ``(1, a_j, ..., a_j^(m-1))`` (infinity: the last unit
-    vector). ``B^T`` is then what makes the identity hold, and is solved for: the
-    identity is linear in ``B^T``, ``sum_j A^T[i, j] G[j, k] B^T[j, l] = [l == i + k]``
-    for every ``i, k, l``, and the solution is checked exact."""
-    n = m + r - 1
-    a = [float(p) for p in points]
-    if len(a) != n - 1 or len(set(a)) != len(a):
-        raise ValueError(f"F({m}, {r}) needs {n - 1} distinct finite points, got {points}")
-    a_t, g = np.zeros((m, n)), np.zeros((n, r))
-    for j, aj in enumerate(a):
-        lagrange = np.prod([aj - al for al in a if al != aj])
-        a_t[:, j] = [aj ** i for i in range(m)]
-        g[j] = [aj ** k / lagrange for k in range(r)]
-    a_t[m - 1, n - 1] = g[n - 1, r - 1] = 1
-    # rows (i, k) of the system, one column of unknowns per l
-    system = np.einsum("ij,jk->ikj", a_t, g).reshape(m * r, n)
-    target = np.zeros((m, r, n))
-    for i in range(m):
-        for k in range(r):
-            target[i, k, i + k] = 1
-    b_t, *_ = np.linalg.lstsq(system, target.reshape(m * r, n), rcond=None)
-    residual = np.abs(system @ b_t - target.reshape(m * r, n)).max()
-    if residual > 1e-9:
-        raise ValueError(f"no exact F({m}, {r}) on points {points} (residual {residual:.1e})")
-    return a_t, g, b_t
 
 
 def package_matrices(m, r):

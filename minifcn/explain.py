@@ -29,6 +29,14 @@ so that it can serve as an independent reference for the fast ops in
    factor and brings it back with a bilinear transposed convolution: the larger the
    factor, the more detail is lost — why FCN-16s and FCN-8s add finer maps (skips).
 
+7. **Winograd's matrices come from interpolation** (beyond the notes; minifcn's fast
+   CPU paths use them). :func:`toom_cook` builds ``(A^T, G, B^T)`` of F(m, r), ``m``
+   outputs of an ``r``-tap correlation from ``m + r - 1`` products, from the points where
+   the two polynomials are evaluated; :mod:`minifcn.functional.winograd` and
+   :mod:`minifcn.functional.winograd_transposed` hold its F(2, 3) and F(3, 2) on 0, 1, -1
+   (up to a scale per point, ``tests/test_math.py``), and ``python -m
+   benchmarks.winograd_tiles`` what larger tiles would cost in float32 error.
+
 ``python -m minifcn.explain`` prints a tiny worked example of 1-4.
 """
 from __future__ import annotations
@@ -297,6 +305,46 @@ def upsampling_error(image, factor):
                           factor, factor // 2)[0, 0]
     b = factor // 2                                 # the border band the zero padding darkens
     return float(np.abs(up - image)[b:h - b, b:w - b].mean())
+
+
+# -- 7. Winograd's minimal filtering, from its interpolation points ------------------------
+
+def toom_cook(m, r, points):
+    """``(A^T, G, B^T)`` of Winograd's F(m, r) on the finite ``points`` (``m + r - 2``
+    distinct values) and infinity: ``y = A^T [(G g) * (B^T d)]`` gives the ``m`` outputs
+    ``y[i] = sum_k g[k] d[i + k]`` of an ``r``-tap correlation from ``n = m + r - 1``
+    products instead of ``m r``.
+
+    The products are the values, at the points, of two polynomials made from ``g`` and
+    ``d``: ``G`` evaluates ``g(x) = sum g[k] x^k`` (row ``j`` scaled by ``1 / prod_{l !=
+    j} (a_j - a_l)``, Lagrange's denominators; infinity takes the leading coefficient),
+    and ``A^T``'s column ``j`` is ``(1, a_j, ..., a_j^(m-1))`` (infinity: the last unit
+    vector). ``B^T`` is then what makes the identity hold, and is solved for: the
+    identity is linear in ``B^T``, ``sum_j A^T[i, j] G[j, k] B^T[j, l] = [l == i + k]``
+    for every ``i, k, l``; the solution is checked exact. More points mean larger
+    coefficients (2, 1/2, 4, ...), and more float32 rounding."""
+    n = m + r - 1
+    a = [float(p) for p in points]
+    if min(m, r) < 1 or len(a) != n - 1 or len(set(a)) != len(a):
+        raise ValueError(f"toom_cook: F({m}, {r}) needs m, r >= 1 and {n - 1} distinct finite "
+                         f"points, got {points}")
+    a_t, g = np.zeros((m, n)), np.zeros((n, r))
+    for j, aj in enumerate(a):
+        lagrange = np.prod([aj - al for al in a if al != aj])
+        a_t[:, j] = [aj ** i for i in range(m)]
+        g[j] = [aj ** k / lagrange for k in range(r)]
+    a_t[m - 1, n - 1] = g[n - 1, r - 1] = 1
+    system = np.einsum("ij,jk->ikj", a_t, g).reshape(m * r, n)   # rows (i, k), columns j
+    target = np.zeros((m, r, n))
+    for i in range(m):
+        for k in range(r):
+            target[i, k, i + k] = 1
+    b_t = np.linalg.lstsq(system, target.reshape(m * r, n), rcond=None)[0]
+    residual = np.abs(system @ b_t - target.reshape(m * r, n)).max()
+    if residual > 1e-9:
+        raise ValueError(f"toom_cook: no exact F({m}, {r}) on points {points} "
+                         f"(residual {residual:.1e})")
+    return a_t, g, b_t
 
 
 # -- the demo -----------------------------------------------------------------------------

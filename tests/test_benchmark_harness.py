@@ -644,3 +644,21 @@ def test_fixed_malloc_thresholds_keep_large_blocks_for_reuse():
         pytest.skip(f"glibc's defaults faulted only {default} pages in here (huge pages or "
                     "malloc tunables): nothing to compare")
     assert second_faults(True) < default / 10   # 20 MB: 5120 pages, or ~10 huge + the rest
+
+
+def test_winograd_tiles_ranks_the_tiles_as_results_says(tmp_path, capsys):
+    """The package's tiles stay within the 3x of the direct sum's float32 error that the
+    tests allow; every larger tile for k = 2s, and F(4x4, 3x3), does not."""
+    import json
+
+    from benchmarks import winograd_tiles
+    out = tmp_path / "tiles.json"
+    assert winograd_tiles.main(["--channels", "128", "--windows", "40", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert "error_ratio" in capsys.readouterr().out
+    ours = [r for r in rows if r["matrices"] == "minifcn"]
+    larger = [r for r in rows if r["matrices"] != "minifcn" and r["fewer_mults"] > 2.25]
+    assert {r["tile"] for r in ours} == {"F(2x2, 3x3)", "F(3x3, 2x2)"}
+    assert all(r["error_ratio"] < 3 for r in ours)
+    assert larger and all(r["error_ratio"] > 3 for r in larger)
+    assert all(r["direct_rms"] > 0 for r in rows)

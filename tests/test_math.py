@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from minifcn import explain, sizes
 from minifcn.functional import (col2im, conv2d, conv_transpose2d, conv_transpose_output_size,
-                                im2col)
+                                im2col, winograd, winograd_transposed)
 from minifcn.nn import ConvTranspose2d
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -534,3 +534,48 @@ def test_math_section_size_table_is_the_real_output(capsys):
                 if re.match(r"^\s+(kernel\s+stride|\d+\s+\d+\s+\d+\s+1x3x)", line)]
         assert len(rows) == 6, f"{name}: the size table (header + 5 rows) not found"
         assert all(row in out for row in rows), f"{name}: the table differs from the CLI's"
+
+
+# -- 7. Winograd's matrices from their interpolation points (explain.toom_cook) -------------
+
+def correlate(d, g, m):
+    """``y[i] = sum_k g[k] d[i + k]`` for ``i < m``, by loops."""
+    return np.array([sum(g[k] * d[i + k] for k in range(len(g))) for i in range(m)])
+
+
+@pytest.mark.parametrize("m,r,points", [(2, 3, (0, 1, -1)), (4, 3, (0, 1, -1, 2, -2)),
+                                        (2, 2, (0, 1)), (3, 2, (0, 1, -1)),
+                                        (4, 2, (0, 1, -1, 0.5)), (6, 2, (0, 1, -1, 0.5, -0.5, 2)),
+                                        (3, 4, (0, 1, -1, 2, 3))])
+def test_toom_cook_matrices_give_the_correlation(m, r, points):
+    a_t, g, b_t = explain.toom_cook(m, r, points)
+    n = m + r - 1
+    assert a_t.shape == (m, n) and g.shape == (n, r) and b_t.shape == (n, n)
+    rng = np.random.default_rng(m * 10 + r)
+    for _ in range(5):
+        d, taps = rng.standard_normal(n), rng.standard_normal(r)
+        np.testing.assert_allclose(a_t @ ((g @ taps) * (b_t @ d)), correlate(d, taps, m),
+                                   rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("module,m,r", [(winograd, 2, 3), (winograd_transposed, 3, 2)])
+def test_the_package_matrices_are_toom_cooks_on_0_1_minus_1_up_to_scales(module, m, r):
+    """The same products up to a scale per point: column ``j`` of ``A^T`` times ``a_j``,
+    row ``j`` of ``G`` times ``c_j``, and row ``j`` of ``B^T`` divided by both, which
+    leaves ``A^T [(G g) * (B^T d)]`` unchanged (Lavin's F(2, 3) negates the point at
+    infinity's column and row)."""
+    a_t, g, b_t = explain.toom_cook(m, r, (0, 1, -1))
+    for j in range(m + r - 1):
+        i, k = np.flatnonzero(a_t[:, j])[0], np.flatnonzero(g[j])[0]
+        a, c = module.A_T[i, j] / a_t[i, j], module.G[j, k] / g[j, k]
+        assert a != 0 and c != 0
+        np.testing.assert_allclose(module.A_T[:, j], a * a_t[:, j], atol=1e-15)
+        np.testing.assert_allclose(module.G[j], c * g[j], atol=1e-15)
+        np.testing.assert_allclose(module.B_T[j], b_t[j] / (a * c), atol=1e-12)
+
+
+def test_toom_cook_refuses_points_that_cannot_make_the_tile():
+    with pytest.raises(ValueError, match="distinct"):
+        explain.toom_cook(3, 2, (0, 1, 1))
+    with pytest.raises(ValueError, match="3 distinct finite points"):
+        explain.toom_cook(3, 2, (0, 1))
