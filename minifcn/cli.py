@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 
@@ -12,13 +13,18 @@ class CLIError(Exception):
 
 def run_main(main, argv=None):
     """Call ``main(argv)``; turn bad input (ValueError, OSError, CLIError, a missing GPU)
-    into ``error: ...`` on stderr and exit status 2, with no traceback."""
+    into ``error: ...`` on stderr and exit status 2, and running out of memory into a line
+    that says so (sizes too large for this machine), with no traceback."""
     from .backend import DeviceUnavailable
     try:
         return main(argv)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError as e:
+        print(f"error: out of memory ({e or 'MemoryError'}): the sizes asked for need more "
+              "memory than this machine has; try smaller ones", file=sys.stderr)
+        return 2
     except Exception as e:
         if (not isinstance(e, (CLIError, ValueError, OSError, DeviceUnavailable))
                 and type(e).__name__ != "TrainingError"):
@@ -68,3 +74,25 @@ def positive_float(text):
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
     return value
+
+
+def check_output_dir(path, flag):
+    """Can ``path`` be made (or used) as a directory to write into: it is not a file, and
+    the nearest folder that exists on its way takes new entries (tried, with a folder made
+    and removed at once: permission bits do not stop root, and some folders, such as
+    /proc, take no new entries)."""
+    if not path:
+        raise ValueError(f"{flag} is empty; give a directory for the outputs")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a file; give a directory for the outputs")
+    existing = os.path.abspath(path)
+    while not os.path.isdir(existing):
+        parent = os.path.dirname(existing)
+        if os.path.exists(existing) or parent == existing:       # a file on the way
+            raise ValueError(f"{flag} {path}: {existing} is not a directory")
+        existing = parent
+    import tempfile
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=existing))
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot write in {existing} ({e.strerror})") from None

@@ -57,15 +57,37 @@ def model_overrides(args):
             "width": args.width, "preprocess": args.preprocess}
 
 
-def check_output_file(path, flag):
-    """Can a file be written at ``path``: its folder exists and it is not a folder itself."""
+def check_output_file(path, flag, inputs=()):
+    """Can a file be written at ``path``: its folder exists, it is not a folder itself, it
+    is none of ``inputs`` (``(flag, path)`` of each file the command reads), and a file can
+    be made beside it (``path + '.tmp'``, where the atomic writes go: tried, then removed,
+    since permission bits do not stop root and some folders, such as /proc, take no new
+    files)."""
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ValueError(f"{flag} {path} is a directory; give a file name, e.g. {os.path.join(path, 'metrics.json')}")
     if not os.path.isdir(folder):
         raise ValueError(f"{flag} {path}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"{flag} {path}: the folder {folder} is not writable")
+    for in_flag, in_path in inputs:
+        if in_path is not None and os.path.exists(path) and os.path.exists(in_path) \
+                and os.path.samefile(path, in_path):
+            raise ValueError(f"{flag} {path} is the file given as {in_flag}; writing there "
+                             "would replace it: choose another file")
+    tmp = path + ".tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        made = True
+    except FileExistsError:                 # a leftover of a write cut short: writable?
+        made = False
+        try:
+            fd = os.open(tmp, os.O_WRONLY)
+        except OSError as e:
+            raise ValueError(f"{flag} {path}: cannot write {tmp} ({e.strerror})") from None
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot write in {folder} ({e.strerror})") from None
+    os.close(fd)
+    if made:
+        os.remove(tmp)
 
 
 def main(argv=None):
@@ -78,21 +100,30 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=1,
                    help="images per forward pass; above 1, images of different sizes are padded "
                         "to a common size, which changes predictions near their borders")
-    p.add_argument("--image-size", type=int, default=64, help="synthetic data only")
+    p.add_argument("--image-size", type=int, help="synthetic data only (default: 64)")
     p.add_argument("--num-images", type=int, help="synthetic data only (default: the split's size)")
-    p.add_argument("--seed", type=int, default=0, help="synthetic data only")
+    p.add_argument("--seed", type=int, help="synthetic data only (default: 0)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
     add_model_flags(p)
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be positive")
+    if args.data != "synthetic":
+        given = [flag for flag, value in (("--image-size", args.image_size),
+                                          ("--num-images", args.num_images),
+                                          ("--seed", args.seed)) if value is not None]
+        if given:
+            p.error(f"{', '.join(given)}: for --data synthetic only (a dataset directory's "
+                    "images are evaluated as they are)")
+    args.image_size = 64 if args.image_size is None else args.image_size
+    args.seed = 0 if args.seed is None else args.seed
     if args.data == "synthetic" and args.image_size < SYNTHETIC_MIN_SIZE:
         p.error(f"--image-size must be at least {SYNTHETIC_MIN_SIZE} for the synthetic shapes, "
                 f"got {args.image_size}")
     if args.num_images is not None and args.num_images < 1:
         p.error(f"--num-images must be positive, got {args.num_images}")
-    if args.json:
-        check_output_file(args.json, "--json")    # before the evaluation, not after it
+    if args.json:                                # before the evaluation, not after it
+        check_output_file(args.json, "--json", [("--checkpoint", args.checkpoint)])
     check_device(args.device)
     model, spec = load_checkpoint_model(args.checkpoint, args.device, **model_overrides(args))
     extra = {}

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from .backend import check_device, to_device, to_numpy
-from .cli import run_main
+from .cli import check_output_dir, run_main
 from .data import colorize, load_image, save_mask_png
 from .data.transforms import get_preprocess
 from .evaluate import add_model_flags, model_overrides
@@ -39,21 +39,20 @@ def overlay(image, mask, alpha=0.5):
     return np.where(mask[..., None] == 0, image, np.clip(blend, 0, 255)).astype(np.uint8)
 
 
-def check_output_dir(path, flag):
-    """Can ``path`` be made (or used) as a directory to write into: it is not a file, and
-    the nearest folder that exists on its way is writable."""
-    if not path:
-        raise ValueError(f"{flag} is empty; give a directory for the outputs")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{flag} {path} is a file; give a directory for the outputs")
-    existing = os.path.abspath(path)
-    while not os.path.isdir(existing):
-        parent = os.path.dirname(existing)
-        if os.path.exists(existing) or parent == existing:       # a file on the way
-            raise ValueError(f"{flag} {path}: {existing} is not a directory")
-        existing = parent
-    if not os.access(existing, os.W_OK):
-        raise ValueError(f"{flag} {path}: the folder {existing} is not writable")
+def check_outputs(paths, inputs, overwrite):
+    """Refuse, before anything is written, to write over a file this command reads
+    (``inputs``: ``(what, path)``), or over any file already there unless ``overwrite``:
+    a ground-truth ``cat_mask.png`` beside ``cat.jpg`` must not be lost to ``--out .``."""
+    for path in paths:
+        if not os.path.exists(path):
+            continue
+        for what, in_path in inputs:
+            if os.path.exists(in_path) and os.path.samefile(path, in_path):
+                raise ValueError(f"--out: {path} would replace {what} of this command "
+                                 f"({in_path}); choose another --out")
+        if not overwrite:
+            raise ValueError(f"--out: {path} already exists; give --overwrite to replace "
+                             "it, or another --out")
 
 
 def output_stems(paths):
@@ -80,18 +79,27 @@ def main(argv=None):
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", required=True, help="directory for the masks and overlays")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace masks and overlays already in --out (never an input image "
+                        "or the checkpoint)")
     add_model_flags(p)
     args = p.parse_args(argv)
     check_device(args.device)
     check_output_dir(args.out, "--out")                             # before the work, not after
     model, spec = load_checkpoint_model(args.checkpoint, args.device, **model_overrides(args))
     images = [(path, load_image(path)) for path in args.images]   # every image readable first
+    stems = output_stems(args.images)
+    outputs = [(os.path.join(args.out, f"{stem}_mask.png"),
+                os.path.join(args.out, f"{stem}_overlay.png")) for stem in stems]
+    check_outputs([f for pair in outputs for f in pair],
+                  [("--checkpoint", args.checkpoint)] + [("an IMAGE", i) for i in args.images],
+                  args.overwrite)
     os.makedirs(args.out, exist_ok=True)
     from PIL import Image
-    for (path, image), stem in zip(images, output_stems(args.images)):
+    for (path, image), stem, (mask_path, overlay_path) in zip(images, stems, outputs):
         mask = predict(model, image, spec["preprocess"], args.device)
-        save_mask_png(os.path.join(args.out, f"{stem}_mask.png"), mask)
-        Image.fromarray(overlay(image, mask)).save(os.path.join(args.out, f"{stem}_overlay.png"))
+        save_mask_png(mask_path, mask)
+        Image.fromarray(overlay(image, mask)).save(overlay_path)
         present = ", ".join(f"{spec['class_names'][c] if c < len(spec['class_names']) else c} "
                             f"{(mask == c).mean():.0%}" for c in np.unique(mask))
         print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {stem}_mask.png, {stem}_overlay.png ({present})")

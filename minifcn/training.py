@@ -23,12 +23,14 @@ import json
 import math
 import os
 import time
+import typing
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import io, openblas_core
 from .backend import check_device, get_array_module, to_device, to_numpy
+from .cli import check_output_dir
 from .data import BatchLoader, colorize, deprocess, open_dataset
 from .data.synthetic import MIN_SIZE as SYNTHETIC_MIN_SIZE
 from .data.transforms import get_preprocess
@@ -141,7 +143,39 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be {rule}, got {getattr(c, name)}")
         if c.init is not None and not os.path.isfile(c.init):
             raise ValueError(f"--init: no such file: {c.init}")
+        if c.out is not None and c.resume is None:
+            check_output_dir(c.out, "--out")        # before the data and the model are built
         return c
+
+
+RESUME_MAY_CHANGE = {"resume", "device", "progress", "iters", "epochs", "validate_data"}
+# what a resumed run may be given beside --resume: where it runs, for how long, how it
+# shows progress, whether it checks the data first; everything else is the run's own
+
+
+def _check_saved_types(saved, path):
+    """Each setting read back from a run's config.json has its field's type (an int for a
+    float too; None only where the field's default is None), so that a hand-edited file
+    gets an error naming the field instead of a TypeError deep in the run."""
+    hints = typing.get_type_hints(TrainConfig)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for name, value in saved.items():
+        kind = hints[name]
+        if value is None:
+            ok = defaults[name] is None
+        elif kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            want = {bool: "true or false", float: "a number", int: "an integer",
+                    str: "a string"}.get(kind, kind.__name__)
+            raise ValueError(f"{path}: setting {name!r} must be {want}"
+                             f"{'' if defaults[name] is not None else ' or null'}, got {value!r}")
 
 
 def _taken(path):
@@ -206,12 +240,23 @@ def load_checkpoint_model(path, device="cpu", **overrides):
     spec.setdefault("class_names", [str(i) for i in range(int(spec["num_classes"]))])
     model = build_from_spec(spec)
     weights = {k: v for k, v in arrays.items() if not k.startswith(OPTIMIZER_PREFIX)}
+    _check_finite(weights, path)
     try:
         model.load_state_dict(weights)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     model.to(device).eval()
     return model, spec
+
+
+def _check_finite(weights, path):
+    """Weights with an inf or NaN make every prediction meaningless (and training stop at
+    its first step with a misleading hint): refuse them, naming the file and the entry."""
+    for name, value in weights.items():
+        value = np.asarray(value)
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            raise ValueError(f"{path}: {name!r} holds inf or NaN values; these weights "
+                             "cannot be used")
 
 
 def _dropout_layers(model):
@@ -237,9 +282,17 @@ class Run:
     def __init__(self, config: TrainConfig, log=print):
         self.log = log
         resume = config.resume
+        # a resume given --iters or --epochs asks for a length; a plain one finishes the run
+        self._length_asked = config.iters is not None or config.epochs is not None
         if resume is not None:
             config = self._config_to_resume(config)
-        self.config = c = config.resolved()
+        try:
+            self.config = c = config.resolved()
+        except ValueError as e:
+            if resume is None:
+                raise
+            raise ValueError(f"--resume {resume}: its config.json (or this command's --iters / "
+                             f"--epochs / --device): {e}") from None
         self.dir = c.out or time.strftime("runs/%Y%m%d-%H%M%S")
         if c.out is not None and resume is None and os.path.isdir(self.dir) and os.listdir(self.dir):
             raise ValueError(_taken(self.dir))
@@ -317,13 +370,25 @@ class Run:
             raise ValueError(f"--resume {config.resume}: no checkpoint.npz there yet (the run is "
                              "still before its first validation, or stopped there: nothing to "
                              "resume; a new run needs a new --out)")
+        changed = [f.name for f in dataclasses.fields(TrainConfig)
+                   if f.name not in RESUME_MAY_CHANGE and getattr(config, f.name) != f.default]
+        if changed:
+            flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+            raise ValueError(f"--resume {config.resume} continues that run with the settings it "
+                             f"saved; {flags} cannot change them (only "
+                             f"{', '.join('--' + n.replace('_', '-') for n in sorted(RESUME_MAY_CHANGE) if n != 'resume')}"
+                             " may be given with --resume; a new run needs a new --out)")
         try:
             with open(path) as f:
                 saved = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: unreadable ({e})") from None
+        if not isinstance(saved, dict):
+            raise ValueError(f"{path}: not a run's configuration (a JSON object of settings), "
+                             f"got a JSON {type(saved).__name__}")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         saved = {k: v for k, v in saved.items() if k in known}
+        _check_saved_types(saved, path)
         saved.setdefault("bias_lr_mult", 1.0)   # a run from before the setting: biases at 1x
         # a resumed run keeps its settings; only where it runs, and for how long, may change
         saved.update(resume=config.resume, out=config.resume, device=config.device,
@@ -338,6 +403,8 @@ class Run:
 
     def _load_init(self, path):
         weights = io.load(path)
+        _check_finite({k: v for k, v in weights.items() if not k.startswith(OPTIMIZER_PREFIX)},
+                      f"--init {path}")
         vgg = "features.0.weight" in weights
         try:
             if vgg:
@@ -369,6 +436,10 @@ class Run:
             raise ValueError(f"{path}: incomplete checkpoint (no {e} in it)") from None
         except (ValueError, TypeError) as e:
             raise ValueError(f"{path}: {e}") from None
+        if self._length_asked and self.config.iters < self.iteration:
+            raise ValueError(f"--resume {self.dir} is already at iteration {self.iteration}, "
+                             f"past the {self.config.iters} iterations asked for (--iters or "
+                             "--epochs); ask for more, or for none to finish the run as set up")
         self.log(f"resuming {self.dir} at iteration {self.iteration}")
 
     def _open_log(self):

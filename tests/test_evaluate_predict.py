@@ -360,3 +360,86 @@ def test_predict_checks_its_out_directory_before_predicting(trained, tmp_path, c
     rc, out, err = cli(predict_main, ["--checkpoint", best, good, "--out", nested], capsys)
     assert rc == 0, err
     assert sorted(os.listdir(nested)) == ["good_mask.png", "good_overlay.png"]
+
+
+def test_evaluate_refuses_a_json_that_is_its_checkpoint_or_cannot_be_made(trained, tmp_path,
+                                                                          capsys):
+    """--json equal to --checkpoint (as given, or by another path to the same file) used
+    to replace the weights with the metrics; a folder that takes no new files (/proc,
+    where root's permission bits say yes) failed after the evaluation."""
+    data, run = trained
+    best = tmp_path / "best.npz"
+    best.write_bytes((run / "best.npz").read_bytes())
+    weights = best.read_bytes()
+    (tmp_path / "link.npz").symlink_to(best)
+    for target in (best, tmp_path / "link.npz", tmp_path / "." / "best.npz"):
+        rc, out, err = cli(evaluate_main, ["--checkpoint", best, "--data", data, "--json", target],
+                           capsys)
+        assert_one_line_error(rc, err, f"--json {target}", "is the file given as --checkpoint")
+        assert out == "" and best.read_bytes() == weights
+    if os.path.isdir("/proc"):
+        rc, out, err = cli(evaluate_main, ["--checkpoint", best, "--data", data,
+                                           "--json", "/proc/metrics.json"], capsys)
+        assert_one_line_error(rc, err, "--json /proc/metrics.json", "cannot write in /proc")
+        assert out == ""
+
+
+def test_evaluate_refuses_synthetic_only_flags_on_a_dataset(trained, capsys):
+    """--image-size, --num-images and --seed shape the synthetic data only; on a dataset
+    directory they used to be ignored without a word."""
+    data, run = trained
+    for flag, value in (("--image-size", "32"), ("--num-images", "2"), ("--seed", "3")):
+        rc, out, err = cli(evaluate_main, ["--checkpoint", run / "best.npz", "--data", data,
+                                           flag, value], capsys)
+        assert rc == 2 and flag in err and "--data synthetic only" in err, err
+        assert out == ""
+
+
+def test_evaluate_and_predict_refuse_non_finite_weights(trained, tmp_path, capsys):
+    """A checkpoint with a NaN used to evaluate to 'everything is background' and exit 0."""
+    data, run = trained
+    arrays, meta = io.load(run / "best.npz", with_meta=True)
+    name = sorted(arrays)[0]
+    arrays[name] = arrays[name].astype(np.float32)
+    arrays[name].flat[0] = np.nan
+    bad = tmp_path / "bad.npz"
+    io.save(bad, arrays, meta=meta)
+    rc, out, err = cli(evaluate_main, ["--checkpoint", bad, "--data", data], capsys)
+    assert_one_line_error(rc, err, bad, f"{name!r} holds inf or NaN")
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((20, 30, 3), 128, np.uint8)).save(good)
+    rc, out, err = cli(predict_main, ["--checkpoint", bad, good, "--out", tmp_path / "o"], capsys)
+    assert_one_line_error(rc, err, bad, "holds inf or NaN")
+    assert not (tmp_path / "o").exists()
+
+
+def test_predict_never_writes_over_an_input_and_over_old_outputs_only_when_asked(
+        trained, tmp_path, capsys):
+    """``a_mask.png`` given as an input beside ``a.png``, with ``--out`` their folder: the
+    mask predicted for a.png used to replace it (read as an input a moment before). Now
+    any file already at an output path is refused, naming it, unless --overwrite; and
+    even then an input is never written over. Nothing is written by a refused call."""
+    data, run = trained
+    best = run / "best.npz"
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    Image.fromarray(np.full((20, 30, 3), 100, np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.full((20, 30, 3), 50, np.uint8)).save(folder / "a_mask.png")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for extra in ([], ["--overwrite"]):
+        rc, out, err = cli(predict_main, ["--checkpoint", best, folder / "a.png",
+                                          folder / "a_mask.png", "--out", folder, *extra], capsys)
+        assert_one_line_error(rc, err, folder / "a_mask.png", "would replace an IMAGE")
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    # outputs of an earlier call: kept unless --overwrite
+    out_dir = tmp_path / "out"
+    args = ["--checkpoint", best, folder / "a.png", "--out", out_dir]
+    assert cli(predict_main, args, capsys)[0] == 0
+    (out_dir / "a_overlay.png").write_bytes(b"my edited overlay")
+    rc, out, err = cli(predict_main, args, capsys)
+    assert_one_line_error(rc, err, out_dir / "a_mask.png", "already exists", "--overwrite")
+    assert (out_dir / "a_overlay.png").read_bytes() == b"my edited overlay"
+    rc, out, err = cli(predict_main, [*args, "--overwrite"], capsys)
+    assert rc == 0, err
+    with Image.open(out_dir / "a_overlay.png") as im:
+        assert im.size == (30, 20)

@@ -48,3 +48,17 @@ def test_cli_refuses_bad_arguments(capsys):
         last = err.strip().splitlines()[-1]
         assert "error:" in last and argv[0].lstrip("-").split("-")[0] in last, (argv, err)
         assert "Traceback" not in err
+
+
+def test_running_out_of_memory_is_one_line_not_a_traceback(capsys):
+    """Sizes too large for the machine (``summary --num-classes 100000000`` asked NumPy for
+    381 GiB) end in one line that says so, exit status 2. The allocation is simulated
+    here: a real one could meet the OOM killer instead of a MemoryError."""
+    from minifcn.cli import run_main
+
+    def main(argv):
+        raise MemoryError("Unable to allocate 381. GiB for an array with shape (100000000, 1024)")
+    assert run_main(main, []) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: out of memory") and "381. GiB" in err and "smaller" in err

@@ -972,3 +972,89 @@ def test_flip_and_crop_flags_reach_the_batches(tmp_path, capsys, flags, flip, cr
               log=lambda m: None)
     assert run.loader.flip is flip
     assert run.loader.crop_size in (crop, crop[0] if crop else None)
+
+
+def test_resume_refuses_flags_it_would_ignore_and_loses_nothing(tmp_path, capsys):
+    """--resume continues a run with its saved settings: any other flag (a new --lr, model,
+    --out, --init) used to be dropped without a word and the run trained as saved; an
+    --iters below the checkpoint's iteration is refused too. Every file stays as it was."""
+    run = tmp_path / "run"
+    assert cli(train_main, [*SYN, "--iters", "2", "--val-every", "2", "--out", run], capsys)[0] == 0
+    files = sorted(os.listdir(run))
+    before = snapshot(run, files)
+    for extra, needles in ((["--lr", "1"], ["--lr", "cannot change"]),
+                           (["--model", "fcn32s", "--out", tmp_path / "elsewhere"],
+                            ["--model, --out", "cannot change"]),
+                           (["--init", run / "best.npz"], ["--init"]),
+                           (["--iters", "1"], ["already at iteration 2", "past the 1 iterations"])):
+        rc, out, err = cli(train_main, ["--resume", run, "--no-progress", *extra], capsys)
+        assert_one_line_error(rc, err, *needles)
+        assert snapshot(run, files) == before
+        assert not (tmp_path / "elsewhere").exists()
+    rc, out, err = cli(train_main, ["--resume", run, "--iters", "3", "--no-progress",
+                                    "--no-validate-data"], capsys)   # what may change
+    assert rc == 0, err
+    assert io.load_meta(run / "checkpoint.npz")["iteration"] == 3
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("[1, 2]", "got a JSON list"),
+    ({"lr": "abc"}, "setting 'lr' must be a number or null, got 'abc'"),
+    ({"iters": "5"}, "setting 'iters' must be an integer or null, got '5'"),
+    ({"image_size": None}, "setting 'image_size' must be an integer, got None"),
+    ({"flip": 1}, "setting 'flip' must be true or false, got 1"),
+    ({"lr": -1.0}, "--lr must be a positive finite number"),
+])
+def test_resume_with_a_hand_edited_config_names_the_setting(tmp_path, capsys, content, needle):
+    """A config.json that is valid JSON but not a run's settings used to end in a
+    traceback (AttributeError, TypeError deep in the run); now one line names the file and
+    the setting, and nothing is written."""
+    run = tmp_path / "run"
+    assert cli(train_main, [*SYN, "--iters", "2", "--val-every", "2", "--out", run], capsys)[0] == 0
+    config = run / "config.json"
+    saved = json.loads(config.read_text())
+    config.write_text(content if isinstance(content, str) else json.dumps({**saved, **content}))
+    files = sorted(os.listdir(run))
+    before = snapshot(run, files)
+    rc, out, err = cli(train_main, ["--resume", run, "--iters", "3", "--no-progress"], capsys)
+    assert_one_line_error(rc, err, "config.json", needle)
+    assert snapshot(run, files) == before
+
+
+def test_out_is_checked_before_the_data_and_the_model(tmp_path, capsys, monkeypatch):
+    """An empty --out, a file, a path under a file, or a folder that takes no new entries
+    (/proc, where root's permission bits say yes) is refused at once, naming --out; it
+    used to be a bare errno message after the data and the model were built, or, for '',
+    a run written to runs/ in the current folder."""
+    import minifcn.training as training
+    built = []
+    monkeypatch.setattr(training, "open_dataset", lambda *a, **k: built.append(1))
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    monkeypatch.chdir(tmp_path)
+    for target, why in (("", "--out is empty"), (afile, "is a file"),
+                        (afile / "sub", "is not a directory"),
+                        ("/proc/minifcn-run", "cannot write in /proc")):
+        if str(target).startswith("/proc") and not os.path.isdir("/proc"):
+            continue
+        rc, out, err = cli(train_main, [*SYN, "--iters", "1", "--out", target], capsys)
+        assert_one_line_error(rc, err, f"--out {target}".rstrip() if target else "--out", why)
+        assert built == [] and afile.read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path)) == ["afile"]       # no runs/ made here
+
+
+def test_init_with_non_finite_weights_is_refused_naming_the_entry(tmp_path, capsys):
+    """An --init file holding a NaN used to train and stop at iteration 1 saying 'the
+    previous step diverged; lower --lr': the file was the problem, and now it says so
+    before anything is written."""
+    run = tmp_path / "run"
+    assert cli(train_main, [*SYN, "--iters", "2", "--val-every", "2", "--out", run], capsys)[0] == 0
+    arrays, meta = io.load(run / "best.npz", with_meta=True)
+    arrays["conv1_1.weight"] = arrays["conv1_1.weight"].copy()
+    arrays["conv1_1.weight"].flat[3] = np.inf
+    bad = tmp_path / "bad.npz"
+    io.save(bad, arrays, meta=meta)
+    out_dir = tmp_path / "new"
+    rc, out, err = cli(train_main, [*SYN, "--iters", "1", "--init", bad, "--out", out_dir], capsys)
+    assert_one_line_error(rc, err, f"--init {bad}", "'conv1_1.weight' holds inf or NaN")
+    assert not out_dir.exists()
