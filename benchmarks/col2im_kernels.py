@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from minifcn import openblas_core
+from minifcn.cli import run_main
 from minifcn.functional.im2col import _col2im, conv_output_size
 
 from .common import (Timer, add_json_flag, command_line, fix_malloc_thresholds, json_path,
@@ -456,4 +457,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -387,11 +387,21 @@ def _fmt(v):
 
 def write_json(path, payload, quiet=False):
     """Write ``payload`` to ``path`` (if given) atomically: a run cut short mid-write keeps
-    the previous version, not half a file."""
-    if path:
-        tmp = f"{path}.tmp"
+    the previous version, not half a file. A run still going (``payload["complete"]`` is
+    False) writes to ``path + '.partial'`` instead: a run cut short keeps what it measured
+    there and never replaces a finished run's file at ``path``; the complete payload goes
+    to ``path`` and removes the partial file. A failed write is an error naming the file."""
+    if not path:
+        return
+    target = f"{path}.partial" if payload.get("complete") is False else path
+    tmp = f"{target}.tmp"
+    try:
         with open(tmp, "w") as f:
             json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-        if not quiet:
-            print(f"wrote {path}")
+        os.replace(tmp, target)
+        if target == path and os.path.exists(f"{path}.partial"):
+            os.remove(f"{path}.partial")
+    except OSError as e:
+        raise OSError(f"--json {path}: cannot write {e.filename or target} ({e.strerror})") from None
+    if not quiet:
+        print(f"wrote {target}")

@@ -32,7 +32,7 @@ import sys
 
 import numpy as np
 
-from minifcn.cli import positive_float
+from minifcn.cli import positive_float, run_main
 from minifcn.functional import conv as conv_module
 from minifcn.functional import conv2d, conv2d_backward
 
@@ -221,4 +221,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -26,6 +26,7 @@ import sys
 
 import numpy as np
 
+from minifcn.cli import run_main
 from minifcn.functional import conv_transpose2d, conv_transpose2d_backward
 from minifcn.functional.conv import _geometry, _pick_algorithm
 
@@ -178,4 +179,4 @@ def auto_check(rows):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

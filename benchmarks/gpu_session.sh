@@ -6,7 +6,8 @@
 # The steps run most important first; each has its own time limit (about 9 minutes in
 # all, under the device tool's 10 minutes per command) and is stopped with SIGINT, so
 # pytest still prints its summary and the benchmarks keep what they measured (they write
-# their JSON after every shape or size). Every step's whole output goes to log.txt with
+# their JSON after every shape or size, to NAME.json.partial until the run completes and
+# to NAME.json when it does). Every step's whole output goes to log.txt with
 # its exit status; $OUT holds at most 8 files (the device tool returns 8).
 set -u -o pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1

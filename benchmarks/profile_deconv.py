@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from minifcn import openblas_core
+from minifcn.cli import run_main
 from minifcn.functional import conv_transpose2d, conv_transpose2d_backward
 from minifcn.functional.conv import ALGORITHMS
 
@@ -74,9 +75,12 @@ def main(argv=None):
     p.add_argument("--backward", action="store_true",
                    help="profile the backward (input and weight gradients) instead")
     args = p.parse_args(argv)
+    n, cin, cout, h, w, k, s, pad = args.shape
+    if min(n, cin, cout, h, w, k, s) < 1 or pad < 0:
+        p.error(f"--shape N C_IN C_OUT H W K S P: every size must be >= 1 and P >= 0, got "
+                f"{' '.join(map(str, args.shape))}")
     import torch
     common.fix_malloc_thresholds()                  # as the benchmarks time: see common
-    n, cin, cout, h, w, k, s, pad = args.shape
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, cin, h, w), dtype=np.float32)
     wt = (rng.standard_normal((cin, cout, k, k)) / np.sqrt(cin * k * k / s / s)).astype(np.float32)
@@ -155,4 +159,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -20,6 +20,7 @@ import sys
 import time
 
 from minifcn import openblas_core
+from minifcn.cli import run_main
 
 from . import common
 from .common import require_device, wait_for_idle_threads
@@ -38,8 +39,8 @@ def main(argv=None):
     for name, value in (("--size", args.size), ("--steps", args.steps), ("--batch", args.batch)):
         if value < 1:
             p.error(f"{name} must be at least 1, got {value}")
-    if not args.width > 0:
-        p.error(f"--width must be positive, got {args.width}")
+    if not 0 < args.width < float("inf"):
+        p.error(f"--width must be a positive finite number, got {args.width}")
     require_device(p, args.device)
     if args.device == "cuda":
         return _profile_cuda(args)
@@ -150,4 +151,4 @@ def _profile_cuda(args):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

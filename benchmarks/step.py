@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-from minifcn.cli import positive_float
+from minifcn.cli import positive_float, run_main
 
 from .common import (add_json_flag, paired_ratio, positive_int, start, table,
                      write_json)
@@ -249,4 +249,4 @@ DIRECT_COLUMNS = ["direct_ms", "direct_ratio", "winograd_speedup"]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+from minifcn.cli import run_main
 from minifcn.functional import conv as conv_module
 from minifcn.functional import conv2d, conv2d_backward
 
@@ -123,4 +124,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

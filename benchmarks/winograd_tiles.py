@@ -28,6 +28,7 @@ import sys
 
 import numpy as np
 
+from minifcn.cli import run_main
 from minifcn.explain import toom_cook
 from minifcn.functional import winograd, winograd_transposed
 
@@ -121,4 +122,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -139,9 +139,12 @@ def test_deconv_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch, cap
     monkeypatch.setattr(deconv, "ceilings", lambda device, timer, torch: {
         "copy_GBps": 1.0, "matmul_GFLOPs": 1.0, "torch_matmul_GFLOPs": 1.0, "matmul_ratio": 1.0})
     path = tmp_path / "d.json"
+    path.write_text('{"complete": true, "rows": ["a finished run"]}')
+    finished = path.read_text()
     with pytest.raises(KeyboardInterrupt):
         deconv.main(["--repeats", "1", "--json", str(path)])
-    saved = json.loads(path.read_text())
+    assert path.read_text() == finished          # a finished run's file is never replaced
+    saved = json.loads((tmp_path / "d.json.partial").read_text())
     assert saved["complete"] is False
     assert saved["machine"]["busy_turns"] >= 0
     assert saved["machine"]["blas"] == openblas_core.describe()   # which GEMM kernels ran
@@ -152,6 +155,25 @@ def test_deconv_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch, cap
     assert {r["shape"] for r in saved["rows"]} == {SMALL[0]}
     assert "[1/2]" in capsys.readouterr().out
     assert not (tmp_path / "d.json.tmp").exists()
+    assert not (tmp_path / "d.json.partial.tmp").exists()
+    # as `python -m` runs it: one line, no traceback, exit status 130
+    from minifcn.cli import run_main
+    assert run_main(deconv.main, ["--repeats", "1", "--json", str(path)]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
+
+
+def test_write_json_keeps_a_run_going_beside_the_finished_file(tmp_path, capsys):
+    import json
+    import os
+    path = tmp_path / "r.json"
+    common.write_json(str(path), {"complete": False, "rows": [1]})
+    assert not path.exists() and (tmp_path / "r.json.partial").exists()
+    common.write_json(str(path), {"complete": True, "rows": [1, 2]})
+    assert json.loads(path.read_text())["rows"] == [1, 2]
+    assert sorted(os.listdir(tmp_path)) == ["r.json"]          # the partial file is gone
+    assert "wrote" in capsys.readouterr().out
+    with pytest.raises(OSError, match=r"--json .*gone.*r\.json"):
+        common.write_json(str(tmp_path / "gone" / "r.json"), {"complete": True})
 
 
 def test_deconv_on_the_gpu_does_not_time_the_cpu_algorithms():
@@ -318,6 +340,12 @@ def test_col2im_kernels_on_the_cpu_validates_and_times_the_numpy_strategies(tmp_
     ("winograd", ["--device", "cuda"], "--device"),
     ("winograd_tiles", ["--channels", "0"], "--channels"),
     ("winograd_tiles", ["--windows", "x"], "--windows"),
+    ("profile_deconv", ["--shape", "1", "2", "2", "4", "4", "4", "0", "1"], "--shape"),
+    ("profile_deconv", ["--shape", "-1", "2", "2", "4", "4", "4", "2", "1"], "--shape"),
+    ("profile_deconv", ["--shape", "1", "0", "2", "4", "4", "4", "2", "1"], "--shape"),
+    ("profile_deconv", ["--shape", "0", "2", "2", "4", "4", "4", "2", "1"], "--shape"),
+    ("profile_deconv", ["--shape", "1", "2", "2", "4", "4", "4", "2", "-1"], "--shape"),
+    ("profile_step", ["--device", "cpu", "--width", "inf"], "--width"),
 ])
 def test_benchmark_flags_are_checked_before_measuring(module, argv, flag, capsys):
     import importlib
@@ -337,8 +365,10 @@ def test_benchmark_json_path_is_checked_before_measuring(module, extra, tmp_path
     after all the measuring); without --json, the run writes <name>_<device>.json here."""
     import importlib
     cli = importlib.import_module(f"benchmarks.{module}")
+    import os
+    proc = [("/proc/x.json", "cannot write in /proc")] if os.path.isdir("/proc") else []
     for target, why in ((tmp_path / "no" / "x.json", "does not exist"),
-                        (tmp_path, "is a directory")):
+                        (tmp_path, "is a directory"), *proc):
         with pytest.raises(SystemExit) as exc:
             cli.main([*extra, "--json", str(target)])
         assert exc.value.code == 2
