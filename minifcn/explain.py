@@ -316,35 +316,43 @@ def toom_cook(m, r, points):
     products instead of ``m r``.
 
     The products are the values, at the points, of two polynomials made from ``g`` and
-    ``d``: ``G`` evaluates ``g(x) = sum g[k] x^k`` (row ``j`` scaled by ``1 / prod_{l !=
-    j} (a_j - a_l)``, Lagrange's denominators; infinity takes the leading coefficient),
-    and ``A^T``'s column ``j`` is ``(1, a_j, ..., a_j^(m-1))`` (infinity: the last unit
-    vector). ``B^T`` is then what makes the identity hold, and is solved for: the
-    identity is linear in ``B^T``, ``sum_j A^T[i, j] G[j, k] B^T[j, l] = [l == i + k]``
-    for every ``i, k, l``; the solution is checked exact. More points mean larger
-    coefficients (2, 1/2, 4, ...), and more float32 rounding."""
+    ``d``, and the rest is Lagrange interpolation of their product. With ``M_j(x) =
+    prod_{l != j} (x - a_l)``:
+
+    - ``G`` evaluates ``g(x) = sum g[k] x^k`` at each point, row ``j`` scaled by ``1 /
+      M_j(a_j)`` (Lagrange's denominators); infinity takes the leading coefficient;
+    - ``B^T``'s row ``j`` is ``M_j``'s coefficients (lowest power first), and infinity's
+      row those of ``M(x) = prod_l (x - a_l)``;
+    - ``A^T``'s column ``j`` is ``(1, a_j, ..., a_j^(m-1))``; infinity's, the last unit
+      vector.
+
+    The identity ``sum_j A^T[i, j] G[j, k] B^T[j, l] = [l == i + k]`` (every ``i, k, l``:
+    output ``i`` is the sum of ``g[k] d[i + k]``) is checked before they are returned.
+    More points mean larger coefficients (2, 1/2, 4, ...), and more float32 rounding."""
+    from numpy.polynomial import polynomial
     n = m + r - 1
     a = [float(p) for p in points]
     if min(m, r) < 1 or len(a) != n - 1 or len(set(a)) != len(a):
         raise ValueError(f"toom_cook: F({m}, {r}) needs m, r >= 1 and {n - 1} distinct finite "
                          f"points, got {points}")
-    a_t, g = np.zeros((m, n)), np.zeros((n, r))
+    a_t, g, b_t = np.zeros((m, n)), np.zeros((n, r)), np.zeros((n, n))
     for j, aj in enumerate(a):
-        lagrange = np.prod([aj - al for al in a if al != aj])
+        others = [al for al in a if al != aj]
         a_t[:, j] = [aj ** i for i in range(m)]
-        g[j] = [aj ** k / lagrange for k in range(r)]
+        g[j] = [aj ** k / np.prod([aj - al for al in others]) for k in range(r)]
+        b_t[j, :n - 1] = polynomial.polyfromroots(others) if others else [1.0]
     a_t[m - 1, n - 1] = g[n - 1, r - 1] = 1
-    system = np.einsum("ij,jk->ikj", a_t, g).reshape(m * r, n)   # rows (i, k), columns j
-    target = np.zeros((m, r, n))
+    b_t[n - 1] = polynomial.polyfromroots(a)
+    identity = np.einsum("ij,jk,jl->ikl", a_t, g, b_t)
+    expected = np.zeros((m, r, n))
     for i in range(m):
         for k in range(r):
-            target[i, k, i + k] = 1
-    b_t = np.linalg.lstsq(system, target.reshape(m * r, n), rcond=None)[0]
-    residual = np.abs(system @ b_t - target.reshape(m * r, n)).max()
-    if residual > 1e-9:
-        raise ValueError(f"toom_cook: no exact F({m}, {r}) on points {points} "
-                         f"(residual {residual:.1e})")
-    return a_t, g, b_t
+            expected[i, k, i + k] = 1
+    error = np.abs(identity - expected).max()
+    if error > 1e-9:
+        raise ValueError(f"toom_cook: F({m}, {r}) on points {points} is not exact "
+                         f"(error {error:.1e})")
+    return a_t + 0.0, g + 0.0, b_t + 0.0         # (+ 0.0: no -0 in what is printed)
 
 
 # -- the demo -----------------------------------------------------------------------------
@@ -361,7 +369,8 @@ def main(argv=None):
         prog="python -m minifcn.explain",
         description="Print a tiny worked example of why transposed convolution is "
                     "'transposed' (and not a deconvolution): claims 1-4 of minifcn.explain, "
-                    "each checked against minifcn's own ops. Takes no options.").parse_args(argv)
+                    "each checked against minifcn's own ops; then claim 7, Winograd's "
+                    "matrices from their points. Takes no options.").parse_args(argv)
     np.set_printoptions(precision=3, suppress=True)
     print("1-D: a 1x6 input, kernel w = [1, 2, 3] (weights w1 w2 w3), stride 1, no padding.\n"
           "conv(x) = C x, with C built by listing which tap links output i to input j:\n")
@@ -398,6 +407,18 @@ def main(argv=None):
     print("\nPadding crops the output: the same with padding 1 loses one value per border:")
     print(f"   conv_transpose2d(padding=(0, 1)): "
           f"{conv_transpose2d(x, w[None, None], None, (1, 2), (0, 1)).ravel()}")
+    print("\nBeyond the notes: with kernel = 2 x stride each output phase is a 2-tap "
+          "correlation,\ny[i] = g0 d[i] + g1 d[i+1], and Winograd's F(3, 2) gives 3 outputs "
+          "from 4 products\ninstead of 6: y = A^T [(G g) * (B^T d)], the matrices built from "
+          "the points 0, 1, -1, infinity:\n")
+    a_t, g_m, b_t = toom_cook(3, 2, (0, 1, -1))
+    _show(a_t, "A^T")
+    _show(g_m, "G")
+    _show(b_t + 0.0, "B^T")
+    d, taps = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 2.0])
+    print(f"\nd = {d}, g = {taps}: the 4 products (G g) * (B^T d) = {(g_m @ taps) * (b_t @ d)}; "
+          f"A^T of them = {a_t @ ((g_m @ taps) * (b_t @ d))}, the direct sums "
+          f"{np.array([d[i:i + 2] @ taps for i in range(3)])}")
     return 0
 
 

@@ -478,8 +478,10 @@ def test_upsampling_32x_is_coarser_than_8x():
 def test_explain_demo_runs(capsys):
     assert explain.main([]) == 0
     out = capsys.readouterr().out
-    for needle in ("C (4x6)", "C^T (6x4)", "C^T C (6x6)", "zero insertion", "stamping"):
-        assert needle in out
+    for needle in ("C (4x6)", "C^T (6x4)", "C^T C (6x6)", "zero insertion", "stamping",
+                   "F(3, 2)", "A^T (3x4)", "B^T (4x4)", "A^T of them = [ 5.  8. 11.]",
+                   "the direct sums [ 5.  8. 11.]"):
+        assert needle in out, needle
 
 
 def test_zero_insertion_when_padding_exceeds_the_kernel():
