@@ -37,7 +37,7 @@ so that it can serve as an independent reference for the fast ops in
    (up to a scale per point, ``tests/test_math.py``), and ``python -m
    benchmarks.winograd_tiles`` what larger tiles would cost in float32 error.
 
-``python -m minifcn.explain`` prints a tiny worked example of 1-4.
+``python -m minifcn.explain`` prints a tiny worked example of 1-4 and 7.
 """
 from __future__ import annotations
 
