@@ -59,7 +59,9 @@ class GradcheckReport:
 
     @property
     def ok(self) -> bool:
-        return all(e <= self.tolerance for e in self.errors.values())
+        """Every error within the tolerance, and something was checked (a report with no
+        errors passed nothing)."""
+        return bool(self.errors) and all(e <= self.tolerance for e in self.errors.values())
 
     def __str__(self):
         rows = ", ".join(f"{k}: {v:.2e}" for k, v in self.errors.items())
@@ -82,8 +84,8 @@ def check_gradients(layer, x, *, eps=1e-6, tolerance=1e-6, max_checks=None, seed
     one-direction check (``"<name> (direction)"`` in the report) covers every entry anyway.
     params: names to check (default: the parameters of ``layer.params`` not in
     ``layer.frozen``, which get no gradient).
-    wrt_input: also check the input gradient (skipped if the layer returns none, e.g.
-    ``need_input_grad = False``).
+    wrt_input: also check the input gradient. A layer that returns none fails the check,
+    unless it says it computes none (``need_input_grad = False``): then it is skipped.
     Returns a :class:`GradcheckReport`; ``report.ok`` says whether all errors are within
     ``tolerance`` (relative to the largest gradient entry of each tensor).
     """
@@ -106,6 +108,10 @@ def check_gradients(layer, x, *, eps=1e-6, tolerance=1e-6, max_checks=None, seed
     g = rng.standard_normal(y.shape)
     dx = layer.backward(g)
     analytic = {name: to_numpy(layer.grads[name]).copy() for name in names}
+    if wrt_input and dx is None and getattr(layer, "need_input_grad", True):
+        raise ValueError(f"gradcheck: {type(layer).__name__}.backward returned no input "
+                         "gradient (None), and the layer does not set need_input_grad = "
+                         "False: nothing to check the input gradient against")
     wrt_input = wrt_input and dx is not None
     if wrt_input:
         analytic["input"] = to_numpy(dx).copy()

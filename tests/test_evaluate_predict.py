@@ -104,9 +104,10 @@ def image_path(data, stem):
 
 def hand_metrics(preds, labels, k):
     cm = np.zeros((k, k), dtype=np.int64)
-    for p, t in zip(preds, labels):
-        keep = t != 255
-        cm += np.bincount(t[keep].astype(np.int64) * k + p[keep], minlength=k * k).reshape(k, k)
+    for p, t in zip(preds, labels):              # pixel by pixel (the code bins by index)
+        for truth, guess in zip(t.ravel().tolist(), p.ravel().tolist()):
+            if truth != 255:
+                cm[truth, guess] += 1
     total = cm.sum()
     iou, acc = [], []
     for i in range(k):

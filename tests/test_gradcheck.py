@@ -22,8 +22,10 @@ def _input(seed, shape):
     return np.random.default_rng(seed).standard_normal(shape)
 
 
-def _assert_ok(report):
+def _assert_ok(report, wrt_input=True):
     assert report.ok, str(report)
+    if wrt_input:                          # the input gradient was checked, not skipped
+        assert "input" in report.errors, str(report)
 
 
 # -- the checker itself, on a function whose derivative is known ----------------------------
@@ -208,5 +210,21 @@ def test_inplace_and_frozen_and_inputless_layers_can_be_checked():
     conv = Conv2d(2, 3, 3, padding=1, dtype=np.float64, seed=0)
     conv.need_input_grad = False
     report = check_gradients(conv, x)
-    _assert_ok(report)
+    _assert_ok(report, wrt_input=False)
     assert "input" not in report.errors and "weight" in report.errors
+
+
+def test_a_backward_that_returns_nothing_fails_and_an_empty_report_is_not_ok():
+    """A ReLU whose backward returned None used to pass every check here: the input check
+    was skipped and a report with no errors was 'ok'. Now it is an error, unless the
+    layer says it computes no input gradient, and an empty report is not ok."""
+    from minifcn.gradcheck import GradcheckReport
+
+    class Silent(ReLU):
+        def backward(self, dy):
+            super().backward(dy)
+            return None
+    with pytest.raises(ValueError, match="Silent.backward returned no input gradient"):
+        check_gradients(Silent(), _input(4, (1, 2, 3, 3)))
+    assert not GradcheckReport(tolerance=1e-6).ok
+    assert GradcheckReport({"input": 1e-9}, 1e-6).ok
