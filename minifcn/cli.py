@@ -22,7 +22,7 @@ def run_main(main, argv=None):
         print("interrupted", file=sys.stderr)
         return 130
     except MemoryError as e:
-        print(f"error: out of memory ({e or 'MemoryError'}): the sizes asked for need more "
+        print(f"error: out of memory ({str(e) or 'MemoryError'}): the sizes asked for need more "
               "memory than this machine has; try smaller ones", file=sys.stderr)
         return 2
     except Exception as e:
@@ -83,16 +83,31 @@ def check_output_dir(path, flag):
     /proc, take no new entries)."""
     if not path:
         raise ValueError(f"{flag} is empty; give a directory for the outputs")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{flag} {path} is a file; give a directory for the outputs")
+    if os.path.lexists(path) and not os.path.isdir(path):
+        what = "a link to nothing" if os.path.islink(path) else "a file"
+        raise ValueError(f"{flag} {path} is {what}; give a directory for the outputs")
     existing = os.path.abspath(path)
     while not os.path.isdir(existing):
         parent = os.path.dirname(existing)
-        if os.path.exists(existing) or parent == existing:       # a file on the way
+        if os.path.lexists(existing) or parent == existing:      # a file (or link) on the way
             raise ValueError(f"{flag} {path}: {existing} is not a directory")
         existing = parent
+    probe_writable(existing, f"{flag} {path}")
+
+
+WRITE_CHECK_PREFIX = ".write-check-"    # the probes' names (a run directory's check skips them)
+
+
+def probe_writable(folder, what):
+    """Make and remove a file in ``folder``, or say ``what`` cannot be written there:
+    permission bits do not stop root, and some folders, such as /proc, take no new files.
+    The probe's name is unique, so no other writer's file is touched."""
     import tempfile
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=existing))
+        fd, name = tempfile.mkstemp(prefix=WRITE_CHECK_PREFIX, dir=folder)
     except OSError as e:
-        raise ValueError(f"{flag} {path}: cannot write in {existing} ({e.strerror})") from None
+        raise ValueError(f"{what}: cannot write in {folder} ({e.strerror})") from None
+    try:
+        os.close(fd)
+    finally:
+        os.remove(name)

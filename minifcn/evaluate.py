@@ -17,7 +17,7 @@ import os
 import sys
 
 from .backend import check_device, to_device, to_numpy
-from .cli import positive_float, run_main
+from .cli import positive_float, probe_writable, run_main
 from .data import BatchLoader, open_dataset
 from .data.synthetic import MIN_SIZE as SYNTHETIC_MIN_SIZE
 from .metrics import ConfusionMatrix, format_metrics
@@ -58,36 +58,25 @@ def model_overrides(args):
 
 
 def check_output_file(path, flag, inputs=()):
-    """Can a file be written at ``path``: its folder exists, it is not a folder itself, it
-    is none of ``inputs`` (``(flag, path)`` of each file the command reads), and a file can
-    be made beside it (``path + '.tmp'``, where the atomic writes go: tried, then removed,
-    since permission bits do not stop root and some folders, such as /proc, take no new
-    files)."""
+    """Can a file be written at ``path``: its folder exists and takes new files (tried:
+    :func:`minifcn.cli.probe_writable`), it is not a folder itself, and neither it nor
+    ``path + '.tmp'`` (where the atomic write goes first) is one of ``inputs`` (``(flag,
+    path)`` of each file the command reads)."""
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ValueError(f"{flag} {path} is a directory; give a file name, e.g. {os.path.join(path, 'metrics.json')}")
     if not os.path.isdir(folder):
         raise ValueError(f"{flag} {path}: the folder {folder} does not exist")
-    for in_flag, in_path in inputs:
-        if in_path is not None and os.path.exists(path) and os.path.exists(in_path) \
-                and os.path.samefile(path, in_path):
-            raise ValueError(f"{flag} {path} is the file given as {in_flag}; writing there "
-                             "would replace it: choose another file")
-    tmp = path + ".tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        made = True
-    except FileExistsError:                 # a leftover of a write cut short: writable?
-        made = False
-        try:
-            fd = os.open(tmp, os.O_WRONLY)
-        except OSError as e:
-            raise ValueError(f"{flag} {path}: cannot write {tmp} ({e.strerror})") from None
-    except OSError as e:
-        raise ValueError(f"{flag} {path}: cannot write in {folder} ({e.strerror})") from None
-    os.close(fd)
-    if made:
-        os.remove(tmp)
+    for target in (path, path + ".tmp"):
+        for in_flag, in_path in inputs:
+            if in_path is not None and os.path.exists(target) and os.path.exists(in_path) \
+                    and os.path.samefile(target, in_path):
+                raise ValueError(f"{flag} {path}: writing it would replace {target}, the file "
+                                 f"given as {in_flag}: choose another file")
+    if os.path.lexists(path + ".tmp") and not os.path.isfile(path + ".tmp"):
+        raise ValueError(f"{flag} {path}: {path}.tmp, where it is written first, is in the way "
+                         "(not a file)")
+    probe_writable(folder, f"{flag} {path}")
 
 
 def main(argv=None):

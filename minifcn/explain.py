@@ -332,7 +332,7 @@ def toom_cook(m, r, points):
     from numpy.polynomial import polynomial
     n = m + r - 1
     a = [float(p) for p in points]
-    if min(m, r) < 1 or len(a) != n - 1 or len(set(a)) != len(a):
+    if min(m, r) < 1 or len(a) != n - 1 or len(set(a)) != len(a) or not np.isfinite(a).all():
         raise ValueError(f"toom_cook: F({m}, {r}) needs m, r >= 1 and {n - 1} distinct finite "
                          f"points, got {points}")
     a_t, g, b_t = np.zeros((m, n)), np.zeros((n, r)), np.zeros((n, n))
@@ -349,7 +349,7 @@ def toom_cook(m, r, points):
         for k in range(r):
             expected[i, k, i + k] = 1
     error = np.abs(identity - expected).max()
-    if error > 1e-9:
+    if not error <= 1e-9:
         raise ValueError(f"toom_cook: F({m}, {r}) on points {points} is not exact "
                          f"(error {error:.1e})")
     return a_t + 0.0, g + 0.0, b_t + 0.0         # (+ 0.0: no -0 in what is printed)

@@ -30,7 +30,9 @@ def _field_help():
     return help_
 
 
-def build_parser():
+def build_parser(defaults=True):
+    """The flags, one per field of TrainConfig; with ``defaults=False`` a parse holds only
+    the flags given (which a resume checks)."""
     p = argparse.ArgumentParser(prog="python -m minifcn.train",
                                 description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -39,18 +41,20 @@ def build_parser():
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
+        default = f.default if defaults else argparse.SUPPRESS
         if kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                            help=help_.get(f.name, ""))
         else:
-            p.add_argument(flag, type=kind, default=f.default, metavar=f.name.upper(),
+            p.add_argument(flag, type=kind, default=default, metavar=f.name.upper(),
                            help=help_.get(f.name, ""))
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    run = Run(TrainConfig(**vars(args)))
+    given = set(vars(build_parser(defaults=False).parse_args(argv)))
+    run = Run(TrainConfig(**vars(args)), given=given)
     print("configuration:", json.dumps(dataclasses.asdict(run.config), sort_keys=False), flush=True)
     metrics = run.train()
     acc, macc, miou, fwiou = (_number(metrics[k], ".4f")

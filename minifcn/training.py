@@ -30,7 +30,7 @@ import numpy as np
 
 from . import io, openblas_core
 from .backend import check_device, get_array_module, to_device, to_numpy
-from .cli import check_output_dir
+from .cli import WRITE_CHECK_PREFIX, check_output_dir
 from .data import BatchLoader, colorize, deprocess, open_dataset
 from .data.synthetic import MIN_SIZE as SYNTHETIC_MIN_SIZE
 from .data.transforms import get_preprocess
@@ -151,6 +151,39 @@ class TrainConfig:
 RESUME_MAY_CHANGE = {"resume", "device", "progress", "iters", "epochs", "validate_data"}
 # what a resumed run may be given beside --resume: where it runs, for how long, how it
 # shows progress, whether it checks the data first; everything else is the run's own
+
+
+def _refused_on_resume(config, given):
+    """The settings that a resume of ``config.resume`` would not use, in field order: of
+    those ``given`` (names), or where None, of those that differ from their defaults.
+    ``--out`` naming the run's own directory is no change."""
+    fields = dataclasses.fields(TrainConfig)
+    names = {f.name for f in fields if _was_given(f.name, config, given)}
+    if "out" in names and config.out is not None and _same_place(config.out, config.resume):
+        names.discard("out")
+    return [f.name for f in fields if f.name in names and f.name not in RESUME_MAY_CHANGE]
+
+
+def _was_given(name, config, given):
+    """Whether setting ``name`` was given: named in ``given``, or (``given`` None) set to
+    other than its default."""
+    if given is not None:
+        return name in given
+    default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return getattr(config, name) != default
+
+
+def _same_place(a, b):
+    a, b = os.path.expanduser(a), os.path.expanduser(b)
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
+
+
+def _past_the_length(run_dir, iteration, iters):
+    return (f"--resume {run_dir} is already at iteration {iteration}, past the {iters} "
+            "iterations asked for (--iters or --epochs); ask for more, or for none to finish "
+            "the run as set up")
 
 
 def _check_saved_types(saved, path):
@@ -279,13 +312,16 @@ LOG_FIELDS = ["iteration", "epoch", "loss", "lr", "it_per_s", "pixel_acc", "mean
 class Run:
     """One training run: data, model, optimizer, and the files of its directory."""
 
-    def __init__(self, config: TrainConfig, log=print):
+    def __init__(self, config: TrainConfig, log=print, given=None):
+        """``given``: the names of the settings given on the command line (``train``
+        passes them), so that a resume refuses every one it would not use, even one given
+        its default value; None: those that differ from their defaults."""
         self.log = log
         resume = config.resume
         # a resume given --iters or --epochs asks for a length; a plain one finishes the run
         self._length_asked = config.iters is not None or config.epochs is not None
         if resume is not None:
-            config = self._config_to_resume(config)
+            config = self._config_to_resume(config, given)
         try:
             self.config = c = config.resolved()
         except ValueError as e:
@@ -294,7 +330,8 @@ class Run:
             raise ValueError(f"--resume {resume}: its config.json (or this command's --iters / "
                              f"--epochs / --device): {e}") from None
         self.dir = c.out or time.strftime("runs/%Y%m%d-%H%M%S")
-        if c.out is not None and resume is None and os.path.isdir(self.dir) and os.listdir(self.dir):
+        if (c.out is not None and resume is None and os.path.isdir(self.dir)
+                and [f for f in os.listdir(self.dir) if not f.startswith(WRITE_CHECK_PREFIX)]):
             raise ValueError(_taken(self.dir))
 
         # data
@@ -362,7 +399,7 @@ class Run:
             json.dump(dataclasses.asdict(self.config), f, indent=2)
 
     @staticmethod
-    def _config_to_resume(config):
+    def _config_to_resume(config, given=None):
         path = os.path.join(config.resume, "config.json")
         if not os.path.isfile(path):
             raise ValueError(f"--resume {config.resume}: no config.json there (not a run directory)")
@@ -370,14 +407,24 @@ class Run:
             raise ValueError(f"--resume {config.resume}: no checkpoint.npz there yet (the run is "
                              "still before its first validation, or stopped there: nothing to "
                              "resume; a new run needs a new --out)")
-        changed = [f.name for f in dataclasses.fields(TrainConfig)
-                   if f.name not in RESUME_MAY_CHANGE and getattr(config, f.name) != f.default]
-        if changed:
-            flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+        refused = _refused_on_resume(config, given)
+        if refused:
+            flags = ", ".join("--" + name.replace("_", "-") for name in refused)
+            allowed = ", ".join("--" + n.replace("_", "-") for n in sorted(RESUME_MAY_CHANGE)
+                                if n != "resume")
             raise ValueError(f"--resume {config.resume} continues that run with the settings it "
-                             f"saved; {flags} cannot change them (only "
-                             f"{', '.join('--' + n.replace('_', '-') for n in sorted(RESUME_MAY_CHANGE) if n != 'resume')}"
-                             " may be given with --resume; a new run needs a new --out)")
+                             f"saved: {flags} cannot be given with it (only {allowed} can; a "
+                             "new run needs a new --out)")
+        if config.iters is not None and config.epochs is not None:
+            raise ValueError("give --iters or --epochs, not both")
+        if config.iters is not None:            # (--epochs: checked once the data is open)
+            checkpoint = os.path.join(config.resume, "checkpoint.npz")
+            try:
+                iteration = io.load_meta(checkpoint).get("iteration")
+            except ValueError as e:
+                raise ValueError(f"--resume {config.resume}: {e}") from None
+            if isinstance(iteration, int) and config.iters < iteration:
+                raise ValueError(_past_the_length(config.resume, iteration, config.iters))
         try:
             with open(path) as f:
                 saved = json.load(f)
@@ -393,6 +440,8 @@ class Run:
         # a resumed run keeps its settings; only where it runs, and for how long, may change
         saved.update(resume=config.resume, out=config.resume, device=config.device,
                      progress=config.progress)
+        if _was_given("validate_data", config, given):     # else the run's own choice
+            saved["validate_data"] = config.validate_data
         if config.iters is not None:
             saved["iters"] = config.iters
         elif config.epochs is not None:
@@ -437,9 +486,7 @@ class Run:
         except (ValueError, TypeError) as e:
             raise ValueError(f"{path}: {e}") from None
         if self._length_asked and self.config.iters < self.iteration:
-            raise ValueError(f"--resume {self.dir} is already at iteration {self.iteration}, "
-                             f"past the {self.config.iters} iterations asked for (--iters or "
-                             "--epochs); ask for more, or for none to finish the run as set up")
+            raise ValueError(_past_the_length(self.dir, self.iteration, self.config.iters))
         self.log(f"resuming {self.dir} at iteration {self.iteration}")
 
     def _open_log(self):

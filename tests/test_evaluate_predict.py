@@ -376,8 +376,16 @@ def test_evaluate_refuses_a_json_that_is_its_checkpoint_or_cannot_be_made(traine
     for target in (best, tmp_path / "link.npz", tmp_path / "." / "best.npz"):
         rc, out, err = cli(evaluate_main, ["--checkpoint", best, "--data", data, "--json", target],
                            capsys)
-        assert_one_line_error(rc, err, f"--json {target}", "is the file given as --checkpoint")
+        assert_one_line_error(rc, err, f"--json {target}", "the file given as --checkpoint")
         assert out == "" and best.read_bytes() == weights
+    # the atomic write goes through <json>.tmp first: a checkpoint there is refused too
+    tmp_ckpt = tmp_path / "w.json.tmp"
+    tmp_ckpt.write_bytes(weights)
+    rc, out, err = cli(evaluate_main, ["--checkpoint", tmp_ckpt, "--data", data,
+                                       "--json", tmp_path / "w.json"], capsys)
+    assert_one_line_error(rc, err, f"replace {tmp_ckpt}", "the file given as --checkpoint")
+    assert tmp_ckpt.read_bytes() == weights and not (tmp_path / "w.json").exists()
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".write-check-")]
     if os.path.isdir("/proc"):
         rc, out, err = cli(evaluate_main, ["--checkpoint", best, "--data", data,
                                            "--json", "/proc/metrics.json"], capsys)

@@ -581,3 +581,6 @@ def test_toom_cook_refuses_points_that_cannot_make_the_tile():
         explain.toom_cook(3, 2, (0, 1, 1))
     with pytest.raises(ValueError, match="3 distinct finite points"):
         explain.toom_cook(3, 2, (0, 1))
+    for bad in (float("inf"), float("nan")):        # infinity is always the last point
+        with pytest.raises(ValueError, match="distinct finite points"):
+            explain.toom_cook(3, 2, (0, 1, bad))

@@ -62,3 +62,5 @@ def test_running_out_of_memory_is_one_line_not_a_traceback(capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert err.startswith("error: out of memory") and "381. GiB" in err and "smaller" in err
+    assert run_main(lambda argv: (_ for _ in ()).throw(MemoryError()), []) == 2
+    assert capsys.readouterr().err.startswith("error: out of memory (MemoryError)")

@@ -982,9 +982,9 @@ def test_resume_refuses_flags_it_would_ignore_and_loses_nothing(tmp_path, capsys
     assert cli(train_main, [*SYN, "--iters", "2", "--val-every", "2", "--out", run], capsys)[0] == 0
     files = sorted(os.listdir(run))
     before = snapshot(run, files)
-    for extra, needles in ((["--lr", "1"], ["--lr", "cannot change"]),
+    for extra, needles in ((["--lr", "1"], ["--lr", "cannot be given"]),
                            (["--model", "fcn32s", "--out", tmp_path / "elsewhere"],
-                            ["--model, --out", "cannot change"]),
+                            ["--model, --out", "cannot be given"]),
                            (["--init", run / "best.npz"], ["--init"]),
                            (["--iters", "1"], ["already at iteration 2", "past the 1 iterations"])):
         rc, out, err = cli(train_main, ["--resume", run, "--no-progress", *extra], capsys)
@@ -1032,15 +1032,17 @@ def test_out_is_checked_before_the_data_and_the_model(tmp_path, capsys, monkeypa
     afile = tmp_path / "afile"
     afile.write_text("keep me")
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     for target, why in (("", "--out is empty"), (afile, "is a file"),
                         (afile / "sub", "is not a directory"),
+                        (tmp_path / "dangling", "is a link to nothing"),
                         ("/proc/minifcn-run", "cannot write in /proc")):
         if str(target).startswith("/proc") and not os.path.isdir("/proc"):
             continue
         rc, out, err = cli(train_main, [*SYN, "--iters", "1", "--out", target], capsys)
         assert_one_line_error(rc, err, f"--out {target}".rstrip() if target else "--out", why)
         assert built == [] and afile.read_text() == "keep me"
-    assert sorted(os.listdir(tmp_path)) == ["afile"]       # no runs/ made here
+    assert sorted(os.listdir(tmp_path)) == ["afile", "dangling"]   # no runs/, no probe left
 
 
 def test_init_with_non_finite_weights_is_refused_naming_the_entry(tmp_path, capsys):
@@ -1058,3 +1060,38 @@ def test_init_with_non_finite_weights_is_refused_naming_the_entry(tmp_path, caps
     rc, out, err = cli(train_main, [*SYN, "--iters", "1", "--init", bad, "--out", out_dir], capsys)
     assert_one_line_error(rc, err, f"--init {bad}", "'conv1_1.weight' holds inf or NaN")
     assert not out_dir.exists()
+
+
+def test_resume_checks_what_was_given_not_its_value(tmp_path, capsys, monkeypatch):
+    """A flag given to a resume is refused even with its default value (--seed 0 on a run
+    seeded 7 was dropped without a word); --out naming the run itself is no change;
+    --iters with --epochs is refused as for a new run; an --iters below the checkpoint's
+    iteration is refused before the data is opened; --no-validate-data takes effect."""
+    import minifcn.training as training
+    run = tmp_path / "run"
+    assert cli(train_main, [*SYN, "--seed", "7", "--no-flip", "--iters", "2", "--val-every", "2",
+                            "--out", run], capsys)[0] == 0
+    files = sorted(os.listdir(run))
+    before = snapshot(run, files)
+    for extra, needles in ((["--seed", "0"], ["--seed cannot be given"]),
+                           (["--flip"], ["--flip cannot be given"]),
+                           (["--iters", "5", "--epochs", "3"], ["--iters or --epochs, not both"])):
+        rc, out, err = cli(train_main, ["--resume", run, "--no-progress", *extra], capsys)
+        assert_one_line_error(rc, err, *needles)
+        assert snapshot(run, files) == before
+    opened = []
+    real_open = training.open_dataset
+    monkeypatch.setattr(training, "open_dataset", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    rc, out, err = cli(train_main, ["--resume", run, "--iters", "1", "--no-progress"], capsys)
+    assert_one_line_error(rc, err, "already at iteration 2")
+    assert opened == []                               # refused before the data was opened
+    validated = []
+    monkeypatch.setattr(SyntheticShapes, "validate", lambda self, *a, **k: validated.append(1))
+    rc, out, err = cli(train_main, ["--resume", run, "--out", run, "--iters", "3",
+                                    "--no-validate-data", "--no-progress"], capsys)
+    assert rc == 0, err
+    assert validated == []                            # the flag took effect
+    assert json.loads(out.split("configuration:", 1)[1].splitlines()[0])["validate_data"] is False
+    rc, out, err = cli(train_main, ["--resume", run, "--iters", "4", "--no-progress"], capsys)
+    assert rc == 0, err
+    assert validated == [1, 1]                        # the run's own choice: validate
