@@ -7,6 +7,8 @@ are the class indices, shown in the VOC colours) and ``NAME_overlay.png`` (the c
 blended over the image), both of the image's own size: an FCN takes any input size.
 Inputs that share a name get distinct ones (see :func:`output_stems`): ``a_png`` and
 ``a_jpg`` for ``a.png`` and ``a.jpg``, then ``-2``, ``-3`` for ``a.png`` from two folders.
+Files already in ``--out`` are replaced only with ``--overwrite``, and an input image or
+the checkpoint never (:func:`check_outputs`).
 """
 from __future__ import annotations
 
