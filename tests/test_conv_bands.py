@@ -355,3 +355,63 @@ def test_the_implicit_path_builds_no_col_matrix():
             assert peak < 24, f"{name}: {peak:.1f} MB allocated"
     finally:
         implicit.gemm = real
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("kernel,padding,n", [(3, 1, 1), (3, 0, 2), (3, 2, 1), ((2, 3), (1, 0), 2)])
+def test_implicit_layers_take_dw_on_folded_shifted_rows(monkeypatch, dtype, kernel, padding, n):
+    """conv2d_backward's implicit path (VGG's 64-256-channel layers; the bounds lowered here
+    to a small map) takes dW from shifted rows of x with the column taps folded, held to
+    torch's float64 dW; with an inf in x it takes banded im2col, whose inf and NaN are
+    where torch's are (the folded layout would pair its zeros with the inf)."""
+    import torch
+    from minifcn.functional.blas import uses_cblas
+    if not uses_cblas(dtype):
+        pytest.skip("NumPy's BLAS is not reachable here")
+    monkeypatch.setattr(conv, "CPU_IMPLICIT_CONV2D_MIN_PIXELS", 1)
+    monkeypatch.setattr(conv, "CPU_IMPLICIT_CONV2D_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv, "CPU_BAND_BYTES", 4096)           # several bands
+    calls, folds = [], []
+    real_shifted, real_t, real_fold = (conv._weight_grad_shifted_rows, conv._weight_grad_t,
+                                       conv._fold_column_taps)
+    monkeypatch.setattr(conv, "_weight_grad_shifted_rows",
+                        lambda *a, **k: calls.append(("shifted", k)) or real_shifted(*a, **k))
+    monkeypatch.setattr(conv, "_weight_grad_t",
+                        lambda *a, **k: calls.append(("im2col", k)) or real_t(*a, **k))
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, 5, 9, 11)).astype(dtype)
+    wt = rng.standard_normal((6, 5, kh, kw)).astype(dtype)
+    g = conv._geometry("conv2d", x, wt, None, 1, (ph, pw), 1, 1)
+    assert conv._implicit_conv2d(g)
+    dy = rng.standard_normal((n, 6, g.ho, g.wo)).astype(dtype)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+
+    def torch_dw(x):
+        xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+        wtt = torch.tensor(wt.astype(np.float64), requires_grad=True)
+        torch.nn.functional.conv2d(xt, wtt, padding=(ph, pw)).backward(
+            torch.tensor(dy.astype(np.float64)))
+        return wtt.grad.numpy()
+
+    _, dw, _ = conv2d_backward(dy, x, wt, 1, (ph, pw), need_input_grad=False)
+    assert calls == [("shifted", {"fold": True})]
+    ref = torch_dw(x)
+    assert dw.dtype == dtype and np.abs(dw - ref).max() <= tol * np.abs(ref).max()
+    # the fold is taken: each band's col holds one column tap per row shift, not kw
+    real_copies = conv._shifted_copies
+    monkeypatch.setattr(conv, "_shifted_copies", lambda stack, col, *a: folds.append(col.shape[2])
+                        or real_copies(stack, col, *a))
+    conv2d_backward(dy, x, wt, 1, (ph, pw), need_input_grad=False)
+    assert len(folds) > 1 and set(folds) == {1}         # several bands, all folded
+    calls.clear()
+    x_inf = x.copy()
+    x_inf[0, 2, 4, 5] = np.inf
+    _, dw, _ = conv2d_backward(dy, x_inf, wt, 1, (ph, pw), need_input_grad=False)
+    assert calls == [("im2col", {})]
+    ref = torch_dw(x_inf)
+    np.testing.assert_array_equal(np.isnan(dw), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(dw), np.isinf(ref))
+    finite = np.isfinite(ref)
+    assert np.abs(dw[finite] - ref[finite]).max() <= tol * np.abs(ref[finite]).max()
