@@ -294,7 +294,8 @@ def _fold_column_taps(kw, width, outputs=0, rows=0):
     0.91-1.24x at 4x4: there the two more GEMM calls per pass cost more than the copies
     they save. The forward also needs no more output channels than ``col3`` has rows
     (``O <= C*kh``): each more GEMM reads and writes the output band again, and VGG's
-    conv1_1 (3 -> 64 channels) at 320x320 took 1.15x as long folded."""
+    conv1_1 (3 -> 64 channels) at 320x320 took 1.15x as long folded. (The weight gradient
+    of the implicit layers, 64+ channels, folds on every band: :func:`conv2d_backward`.)"""
     return kw > 1 and width >= CPU_SHIFTED_FOLD_MIN_WINDOWS and outputs <= rows
 
 
