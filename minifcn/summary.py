@@ -6,7 +6,8 @@ Shapes come from each layer's ``output_shape`` (no forward pass, so any input si
 nothing). Building the model still draws its random weights (in float64, then stored as
 float32): at full width a few seconds and a peak of about 1.4 GB in the paper geometry
 (134 M parameters, fc6's 7x7 alone 103 M) or 0.4 GB in the notes' (34 M); that grows as
-width squared.
+width squared, and a model whose weights cannot fit in the memory available is refused
+before any is drawn (:func:`minifcn.models.fcn.parameter_count`).
 """
 from __future__ import annotations
 

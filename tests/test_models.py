@@ -298,3 +298,40 @@ def test_state_dict_of_a_non_number_type_is_refused(bad):
     with pytest.raises(ValueError, match=r"conv1_1.weight: dtype .* is not a real number type"):
         model.load_state_dict(state)
     np.testing.assert_array_equal(model.params["conv1_1.weight"], before)   # nothing changed
+
+
+@pytest.mark.parametrize("geometry", ["notes", "paper"])
+def test_parameter_count_without_building_is_the_models_own(geometry):
+    from minifcn.models import MODELS
+    from minifcn.models.fcn import parameter_count
+    for cls in MODELS.values():
+        for width, k in ((1 / 32, 3), (0.125, 21), (0.3, 5)):
+            model = cls(num_classes=k, geometry=geometry, width=width)
+            assert parameter_count(cls.variant, k, geometry, width) == model.num_params()
+    # full width, counted only. The paper's: VGG16's published 138,357,544 less its
+    # 1000-class fc8 (4096 * 1000 + 1000), plus score_fr, score_pool4, score_pool3 (21
+    # classes, with biases) and the three upsamplers (k4, k4, k16; no bias)
+    vgg16_to_fc7 = 138_357_544 - (4096 * 1000 + 1000)
+    scores = (4096 * 21 + 21) + (512 * 21 + 21) + (256 * 21 + 21)
+    assert parameter_count("8s", 21, "paper", 1.0) == \
+        vgg16_to_fc7 + scores + 21 * 21 * (4 * 4 + 4 * 4 + 16 * 16)
+    assert 30e6 < parameter_count("8s", 21, "notes", 1.0) < 40e6
+
+
+def test_a_model_too_large_for_the_machine_is_refused_before_allocating(monkeypatch, capsys):
+    """``summary --width 100`` (3.7 TB of weights) met the OOM killer; now the model says
+    how much it needs against what the machine has, before drawing a single weight."""
+    import minifcn.models.fcn as fcn
+    from minifcn.cli import run_main
+    from minifcn.summary import main as summary_main
+    monkeypatch.setattr(fcn, "_available_memory", lambda: 1 << 30)          # 1 GiB free
+    drawn = []
+    monkeypatch.setattr(fcn, "vgg16_nodes", lambda *a, **k: drawn.append(1))
+    with pytest.raises(ValueError, match=r"width 1 .* needs about 1\.\d GiB .* 1\.0 GiB available"):
+        fcn.FCN8s(num_classes=21, geometry="paper", width=1.0)
+    assert drawn == []
+    assert run_main(summary_main, ["--width", "100"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: an FCN-8s of width 100") and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(fcn, "_available_memory", lambda: None)        # unknown: not refused
+    fcn._check_room_for("8s", 21, "notes", 100.0)

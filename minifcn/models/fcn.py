@@ -45,7 +45,7 @@ import numpy as np
 
 from ..nn import Add, Conv2d, ConvTranspose2d, Crop, Dropout, Graph, PadTo, ReLU, Scale
 from .geometry import derive_crop_offsets
-from .vgg import he_init, scaled, vgg16_from_torchvision, vgg16_nodes
+from .vgg import STAGES, he_init, scaled, vgg16_from_torchvision, vgg16_nodes
 
 GEOMETRIES = ("notes", "paper")
 VARIANTS = ("32s", "16s", "8s", "8s-atonce")
@@ -66,6 +66,48 @@ def bilinear_weight(channels, size, dtype=np.float32):
     w = np.zeros((channels, channels, size, size), dtype=dtype)
     w[np.arange(channels), np.arange(channels)] = bilinear_kernel(size)
     return w
+
+
+def parameter_count(variant, num_classes, geometry, width):
+    """How many parameters an FCN of this configuration has, counted from its layer sizes
+    without building it (held to the built models' ``num_params()`` by the tests)."""
+    conv3 = sum(cin * cout * 9 + cout for cin, cout in zip(
+        [3] + [scaled(c, width) for n, c in STAGES for _ in range(n)][:-1],
+        [scaled(c, width) for n, c in STAGES for _ in range(n)]))
+    c3, c4, c5 = (scaled(c, width) for c in (256, 512, 512))
+    fc = scaled(4096, width)
+    k = num_classes
+    total = conv3 + c5 * fc * (49 if geometry == "paper" else 1) + fc + fc * fc + fc
+    total += fc * k + k                                        # score_fr
+    ups = {"32s": [32], "16s": [2, 16], "8s": [2, 2, 8], "8s-atonce": [2, 2, 8]}[variant]
+    total += sum(k * k * (2 * f) ** 2 for f in ups)            # the upsamplers, no bias
+    total += (c4 * k + k) * (variant != "32s") + (c3 * k + k) * variant.startswith("8s")
+    return total
+
+
+MEMORY_PER_PARAMETER = 12     # bytes while the weights are built: float64 draws, float32 kept
+
+
+def _available_memory():
+    """Bytes the kernel says are available (MemAvailable + SwapFree), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        return info["MemAvailable"] + info.get("SwapFree", 0)
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+def _check_room_for(variant, num_classes, geometry, width):
+    """Refuse, before allocating, a model whose weights cannot fit in this machine's
+    memory: a huge --width or --num-classes would otherwise end in the OOM killer, not in
+    an error."""
+    need = parameter_count(variant, num_classes, geometry, width) * MEMORY_PER_PARAMETER
+    have = _available_memory()
+    if have is not None and need > have:
+        raise ValueError(f"an FCN-{variant} of width {width:g} with {num_classes} classes "
+                         f"({geometry} geometry) needs about {need / 2**30:.1f} GiB to build its "
+                         f"weights; this machine has {have / 2**30:.1f} GiB available")
 
 
 class FCN(Graph):
@@ -89,6 +131,7 @@ class FCN(Graph):
                 and 0 < width < math.inf):
             raise ValueError(f"width must be a positive finite number, got {width!r}")
         num_classes = int(num_classes)
+        _check_room_for(self.variant, num_classes, geometry, width)
         self.num_classes, self.geometry, self.width = num_classes, geometry, float(width)
         self.learn_upsampling = learn_upsampling
         rng = np.random.default_rng(seed)
