@@ -655,3 +655,63 @@ def test_package_kernels_are_free_of_barriers():
         assert not uses_barriers(read_source(path)), path.name
     assert uses_barriers("__shared__ float t[4];\n__syncthreads ();")
     assert not uses_barriers("// no __syncthreads() here\n/* nor __syncthreads() */")
+
+
+# -- the fused optimizer updates (kernels/fused.py: cupy.ElementwiseKernel) ---------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("which,kwargs", [
+    ("sgd", dict(momentum=0.9, weight_decay=1e-2)), ("sgd", dict(momentum=0.0, weight_decay=0.0)),
+    ("adam", dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)),
+    ("adam", dict(betas=(0.5, 0.9), eps=1e-3, weight_decay=1e-2))])
+def test_fused_updates_on_the_emulator_match_torch(monkeypatch, dtype, which, kwargs):
+    """The GPU's one-kernel SGD and Adam updates, their operation text compiled for the CPU
+    (``EmulatedElementwiseKernel``), over three steps with the state carried, against
+    torch.optim.SGD / Adam (L2 weight decay, no dampening, no amsgrad) in float64. Before,
+    these kernels ran only where a GPU was lent."""
+    import torch
+
+    from minifcn.kernels import fused
+    from tests.cuda_emu import EmulatedElementwiseKernel
+    if not compiler_available():
+        pytest.skip("the CPU emulator needs g++ (set CXX to another C++17 compiler)")
+    monkeypatch.setattr(fused, "_KERNELS", {name: EmulatedElementwiseKernel(*spec)
+                                            for name, spec in fused.SPECS.items()})
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((7, 13)).astype(dtype)
+    state = [np.zeros_like(w) for _ in range(1 if which == "sgd" else 2)]
+    wt = torch.tensor(w.astype(np.float64), requires_grad=True)
+    lr = 0.05
+    opt = (torch.optim.SGD([wt], lr, momentum=kwargs["momentum"],
+                           weight_decay=kwargs["weight_decay"]) if which == "sgd"
+           else torch.optim.Adam([wt], lr, betas=kwargs["betas"], eps=kwargs["eps"],
+                                 weight_decay=kwargs["weight_decay"]))
+    for step in (1, 2, 3):
+        g = rng.standard_normal(w.shape).astype(dtype)
+        if which == "sgd":
+            fused.sgd_update(w, state[0], g, lr, kwargs["momentum"], kwargs["weight_decay"])
+        else:
+            fused.adam_update(w, state[0], state[1], g, lr, *kwargs["betas"], step,
+                              kwargs["eps"], kwargs["weight_decay"])
+        wt.grad = torch.tensor(g.astype(np.float64))
+        opt.step()
+        ref = wt.detach().numpy()
+        assert w.dtype == dtype
+        assert np.abs(w - ref).max() <= TOL[np.dtype(dtype)] * np.abs(ref).max(), step
+
+
+def test_emulated_elementwise_kernel_is_strict():
+    """Arguments a GPU would misread are refused, as the emulator does for RawKernels."""
+    from tests.cuda_emu import EmulatedElementwiseKernel
+    if not compiler_available():
+        pytest.skip("the CPU emulator needs g++ (set CXX to another C++17 compiler)")
+    k = EmulatedElementwiseKernel("T a, T s", "T out", "out = a * s + out;", "emu_axpy")
+    a, out = np.arange(5.0), np.ones(5)
+    k(a, np.float64(2.0), out)
+    np.testing.assert_array_equal(out, 2 * np.arange(5.0) + 1)
+    for bad in ((a, 2.0, out),                                   # a Python float
+                (a, np.float32(2.0), out),                       # another dtype
+                (a[::2], np.float64(2.0), out[:3]),              # not contiguous
+                (a, np.float64(2.0), np.float64(1.0))):          # an output that is no array
+        with pytest.raises(TypeError):
+            k(*bad)

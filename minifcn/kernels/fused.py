@@ -4,29 +4,31 @@ On the GPU a training step is bound by how many kernels Python launches, not by 
 arithmetic: written as NumPy-style array expressions, SGD with momentum and weight decay
 launches four kernels per parameter and Adam eight. These do each update in one pass,
 with exactly the formulas of :mod:`minifcn.optim` (whose NumPy code is the reference the
-GPU tests hold them to).
+GPU tests hold them to). Without a GPU, ``tests/test_kernels_emulated.py`` compiles the
+same operation text for the CPU and holds it to torch.optim.
 """
 from __future__ import annotations
 
+# name -> cupy.ElementwiseKernel's (in_params, out_params, operation, name): every array
+# argument is one element of the update, ``T`` the parameters' dtype
+SPECS = {
+    "sgd": ("T g, T lr, T mu, T wd", "T w, T v",
+            "T d = g + wd * w; v = mu * v + d; w -= lr * v;",
+            "minifcn_sgd_update"),
+    "adam": ("T g, T lr_c1, T b1, T b2, T c2, T eps, T wd", "T w, T m, T v",
+             "T d = g + wd * w;"
+             "m = b1 * m + (1 - b1) * d;"
+             "v = b2 * v + (1 - b2) * d * d;"
+             "w -= lr_c1 * m / (sqrt(v / c2) + eps);",
+             "minifcn_adam_update"),
+}
 _KERNELS = {}
 
 
 def _kernel(name):
     if name not in _KERNELS:
         import cupy
-        if name == "sgd":
-            _KERNELS[name] = cupy.ElementwiseKernel(
-                "T g, T lr, T mu, T wd", "T w, T v",
-                "T d = g + wd * w; v = mu * v + d; w -= lr * v;",
-                "minifcn_sgd_update")
-        elif name == "adam":
-            _KERNELS[name] = cupy.ElementwiseKernel(
-                "T g, T lr_c1, T b1, T b2, T c2, T eps, T wd", "T w, T m, T v",
-                "T d = g + wd * w;"
-                "m = b1 * m + (1 - b1) * d;"
-                "v = b2 * v + (1 - b2) * d * d;"
-                "w -= lr_c1 * m / (sqrt(v / c2) + eps);",
-                "minifcn_adam_update")
+        _KERNELS[name] = cupy.ElementwiseKernel(*SPECS[name])
     return _KERNELS[name]
 
 

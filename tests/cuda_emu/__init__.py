@@ -20,6 +20,9 @@ stricter than a GPU in three ways, each there to catch a bug before it reaches o
 - ``xp.empty`` returns arrays filled with the same poison, so an element a kernel forgets
   to write cannot pass by luck.
 
+:class:`EmulatedElementwiseKernel` does the same for a ``cupy.ElementwiseKernel`` (the
+fused optimizer updates): its operation text compiled inside a loop over the elements.
+
 Threads run one after another, which is exact for kernels whose threads never talk to each
 other (all of the package's). A source that calls ``__syncthreads`` is built so that the
 threads of each block run at once instead, one OS thread each, sharing its ``__shared__``
@@ -103,20 +106,7 @@ def build(path, defines=None) -> Path:
     if os.environ.get("MINIFCN_EMU_SANITIZE"):
         # e.g. MINIFCN_EMU_SANITIZE=undefined: integer overflow and friends abort the run
         flags += [f"-fsanitize={os.environ['MINIFCN_EMU_SANITIZE']}", "-fno-sanitize-recover=all"]
-    key = hashlib.sha256("\0".join([unit, PRELUDE.read_text(), CXX, *flags]).encode()).hexdigest()
-    out = cache_dir() / f"{path.stem}-{key[:20]}.so"
-    if out.exists():
-        return out
-    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-        src = Path(tmp) / f"{path.stem}.cpp"
-        src.write_text(unit)
-        lib = Path(tmp) / out.name
-        proc = subprocess.run([CXX, *flags, "-o", str(lib), str(src)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"g++ could not compile {path} for the CPU emulator:\n{proc.stderr}")
-        os.replace(lib, out)        # atomic: parallel test workers never see half a file
-    return out
+    return _build_unit(unit, path.stem, flags, PRELUDE.read_text(), what=str(path))
 
 
 class EmulatedKernel:
@@ -295,6 +285,108 @@ class EmulatedRuntime:
         if callable(self.launch):
             return self.launch(total)
         return self.launch
+
+
+class EmulatedElementwiseKernel:
+    """``cupy.ElementwiseKernel(in_params, out_params, operation, name)`` on the CPU: the
+    same ``operation`` text, compiled by g++ inside a loop over the elements, with each
+    array argument bound to its element (inputs by value, outputs by reference) and each
+    scalar by value; ``T`` is the arrays' dtype. As strict as :class:`EmulatedKernel`:
+    every array must be C-contiguous, of one shape and one dtype (float32 or float64),
+    every scalar a NumPy scalar of that dtype, every output an array."""
+
+    _CTYPES = {np.dtype(np.float32): ("float", ctypes.c_float),
+               np.dtype(np.float64): ("double", ctypes.c_double)}
+
+    def __init__(self, in_params, out_params, operation, name):
+        self.ins, self.outs = _elementwise_params(in_params), _elementwise_params(out_params)
+        self.operation, self.name = operation, name
+        self._built = {}
+
+    def __call__(self, *args):
+        params = self.ins + self.outs
+        if len(args) != len(params):
+            raise TypeError(f"{self.name}: {len(params)} arguments expected, got {len(args)}")
+        arrays = [a for a in args if isinstance(a, np.ndarray)]
+        if not arrays or any(not isinstance(a, np.ndarray) for a in args[len(self.ins):]):
+            raise TypeError(f"{self.name}: the outputs, and at least one input, must be arrays")
+        dtype = arrays[0].dtype
+        if dtype not in self._CTYPES:
+            raise TypeError(f"{self.name}: T must be float32 or float64, got {dtype}")
+        for (_, pname), a in zip(params, args):
+            if isinstance(a, np.ndarray):
+                if a.dtype != dtype or a.shape != arrays[0].shape or not a.flags.c_contiguous:
+                    raise TypeError(f"{self.name}: {pname} must be a C-contiguous {dtype} "
+                                    f"array of shape {arrays[0].shape}")
+            elif type(a) is not dtype.type:
+                raise TypeError(f"{self.name}: scalar {pname} must be numpy.{dtype}, got "
+                                f"{type(a).__name__}")
+        kinds = tuple(isinstance(a, np.ndarray) for a in args)
+        fn = self._function(dtype, kinds)
+        ctype = self._CTYPES[dtype][1]
+        fn(ctypes.c_longlong(arrays[0].size),
+           *[a.ctypes.data_as(ctypes.c_void_p) if k else ctype(a) for a, k in zip(args, kinds)])
+
+    def _function(self, dtype, kinds):
+        key = (dtype, kinds)
+        if key not in self._built:
+            cname, ctype = self._CTYPES[dtype]
+            n_in = len(self.ins)
+            decls, binds = ["long long n"], []
+            for j, ((_, pname), is_array) in enumerate(zip(self.ins + self.outs, kinds)):
+                if j >= n_in:
+                    decls.append(f"T* p_{pname}")
+                    binds.append(f"T& {pname} = p_{pname}[i];")
+                elif is_array:
+                    decls.append(f"const T* p_{pname}")
+                    binds.append(f"const T {pname} = p_{pname}[i];")
+                else:
+                    decls.append(f"T s_{pname}")
+                    binds.append(f"const T {pname} = s_{pname};")
+            unit = "\n".join([
+                "#include <cmath>", "using std::sqrt; using std::exp; using std::log;",
+                f"typedef {cname} T;",
+                f'extern "C" void run({", ".join(decls)}) {{',
+                "  for (long long i = 0; i < n; ++i) {",
+                *("    " + b for b in binds),
+                f"    {{ {self.operation} }}",
+                "  }", "}", ""])
+            lib = ctypes.CDLL(str(_build_unit(unit, self.name)))
+            fn = lib.run
+            fn.argtypes = [ctypes.c_longlong] + [ctypes.c_void_p if k else ctype for k in kinds]
+            fn.restype = None
+            self._built[key] = fn
+        return self._built[key]
+
+
+def _elementwise_params(text):
+    """``"T g, T lr"`` -> ``[("T", "g"), ("T", "lr")]`` (only the type ``T`` is emulated)."""
+    params = [tuple(p.split()) for p in text.split(",") if p.strip()]
+    for p in params:
+        if len(p) != 2 or p[0] != "T":
+            raise ValueError(f"emulated ElementwiseKernel parameters are 'T name', got {p}")
+    return params
+
+
+def _build_unit(unit, stem, flags=CXXFLAGS, included="", what=None):
+    """Compile a C++ translation unit into a shared library; cached under the temp
+    directory, keyed on the unit, ``included`` (the text of what it includes), the
+    compiler and its flags."""
+    key = hashlib.sha256("\0".join([unit, included, CXX, *flags]).encode()).hexdigest()
+    out = cache_dir() / f"{stem}-{key[:20]}.so"
+    if out.exists():
+        return out
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+        src = Path(tmp) / f"{stem}.cpp"
+        src.write_text(unit)
+        lib = Path(tmp) / out.name
+        proc = subprocess.run([CXX, *flags, "-o", str(lib), str(src)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"g++ could not compile {what or stem} for the CPU emulator:\n"
+                               f"{proc.stderr}")
+        os.replace(lib, out)        # atomic: parallel test workers never see half a file
+    return out
 
 
 _MODULES = {}
