@@ -415,3 +415,16 @@ def test_implicit_layers_take_dw_on_folded_shifted_rows(monkeypatch, dtype, kern
     np.testing.assert_array_equal(np.isinf(dw), np.isinf(ref))
     finite = np.isfinite(ref)
     assert np.abs(dw[finite] - ref[finite]).max() <= tol * np.abs(ref[finite]).max()
+
+
+def test_an_empty_batch_on_the_implicit_path_gives_a_zero_weight_gradient():
+    """N = 0 on a layer the implicit path takes (64 channels, 64x64): dW is zeros and dx
+    empty, as on the other paths (the shifted-rows layout has no rows for it)."""
+    x = np.zeros((0, 64, 64, 64), np.float32)
+    w = np.random.default_rng(0).standard_normal((64, 64, 3, 3)).astype(np.float32)
+    g = conv._geometry("conv2d", x, w, None, 1, 1, 1, 1)
+    if not conv._implicit_conv2d(g):
+        pytest.skip("NumPy's BLAS is not reachable here: conv2d stays on im2col")
+    dx, dw, db = conv2d_backward(np.zeros((0, 64, 64, 64), np.float32), x, w, 1, 1)
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == (64,)
+    assert not dw.any() and not db.any()

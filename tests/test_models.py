@@ -324,11 +324,18 @@ def test_a_model_too_large_for_the_machine_is_refused_before_allocating(monkeypa
     import minifcn.models.fcn as fcn
     from minifcn.cli import run_main
     from minifcn.summary import main as summary_main
-    monkeypatch.setattr(fcn, "_available_memory", lambda: 1 << 30)          # 1 GiB free
+    monkeypatch.setattr(fcn, "_available_memory", lambda: 1 << 28)          # 256 MiB free
     drawn = []
     monkeypatch.setattr(fcn, "vgg16_nodes", lambda *a, **k: drawn.append(1))
-    with pytest.raises(ValueError, match=r"width 1 .* needs about 1\.\d GiB .* 1\.0 GiB available"):
-        fcn.FCN8s(num_classes=21, geometry="paper", width=1.0)
+    with pytest.raises(ValueError, match=r"width 1 .* needs 0\.5 GiB for its weights alone; "
+                                         r"this process can take 0\.2 GiB more"):
+        fcn.FCN8s(num_classes=21, geometry="paper", width=1.0)          # 134.5 M float32
+    with pytest.raises(ValueError, match=r"needs 1\.0 GiB"):
+        fcn.FCN8s(num_classes=21, geometry="paper", width=1.0, dtype=np.float64)
+    with pytest.raises(ValueError, match=r"needs 10\^319 GiB"):               # no float overflow
+        fcn.FCN8s(width=1e160)
+    with pytest.raises(ValueError, match=r"width 1e\+306 is too large"):
+        fcn.FCN8s(width=1e306)
     assert drawn == []
     assert run_main(summary_main, ["--width", "100"]) == 2
     err = capsys.readouterr().err

@@ -784,8 +784,8 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
             wt, gt = _as_transposed(x, weight, g)
             dx, _ = conv_transpose2d_implicit_backward(dy, x, wt, gt, True, False)
         if need_weight_grad:
-            dw = (_weight_grad_shifted_rows(dy, x, g, fold=True) if all_finite(x)
-                  else _weight_grad_t(dy, x, g))
+            dw = (_weight_grad_shifted_rows(dy, x, g, fold=True) if g.n > 0 and all_finite(x)
+                  else _weight_grad_t(dy, x, g))        # (an empty batch: zeros, from there)
         return dx, dw, db
     if _shifted_conv2d(g):
         # dx: ``conv2d(dy, W flipped, channel axes swapped, padding k-1-p)`` (the identity

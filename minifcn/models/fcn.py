@@ -85,29 +85,46 @@ def parameter_count(variant, num_classes, geometry, width):
     return total
 
 
-MEMORY_PER_PARAMETER = 12     # bytes while the weights are built: float64 draws, float32 kept
-
-
 def _available_memory():
-    """Bytes the kernel says are available (MemAvailable + SwapFree), or None if unknown."""
+    """Bytes this process may still take, as the kernel says (MemAvailable + SwapFree),
+    and within its cgroup's limit if it has one (a container); None if unknown."""
     try:
         with open("/proc/meminfo") as f:
             info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-        return info["MemAvailable"] + info.get("SwapFree", 0)
+        have = info["MemAvailable"] + info.get("SwapFree", 0)
     except (OSError, KeyError, ValueError, IndexError):
         return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            have = min(have, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return have
 
 
-def _check_room_for(variant, num_classes, geometry, width):
-    """Refuse, before allocating, a model whose weights cannot fit in this machine's
-    memory: a huge --width or --num-classes would otherwise end in the OOM killer, not in
-    an error."""
-    need = parameter_count(variant, num_classes, geometry, width) * MEMORY_PER_PARAMETER
+def _gib(nbytes):
+    return (f"{nbytes / 2**30:.1f} GiB" if nbytes < 2**1000
+            else f"10^{len(str(nbytes >> 30)) - 1} GiB")
+
+
+def _check_room_for(variant, num_classes, geometry, width, dtype=np.float32):
+    """Refuse, before allocating, a model whose weights alone (``dtype``) cannot fit in the
+    memory this process may still take: a huge --width or --num-classes would otherwise
+    end in the OOM killer, not in an error. (Building them takes more, up to ~3x for
+    float32: the random draws are float64; only what is sure not to fit is refused.)"""
+    try:
+        need = parameter_count(variant, num_classes, geometry, width) * np.dtype(dtype).itemsize
+    except OverflowError:
+        raise ValueError(f"width {width:g} is too large: its channel counts overflow") from None
     have = _available_memory()
     if have is not None and need > have:
         raise ValueError(f"an FCN-{variant} of width {width:g} with {num_classes} classes "
-                         f"({geometry} geometry) needs about {need / 2**30:.1f} GiB to build its "
-                         f"weights; this machine has {have / 2**30:.1f} GiB available")
+                         f"({geometry} geometry) needs {_gib(need)} for its weights alone; "
+                         f"this process can take {_gib(max(have, 0))} more")
 
 
 class FCN(Graph):
@@ -131,7 +148,7 @@ class FCN(Graph):
                 and 0 < width < math.inf):
             raise ValueError(f"width must be a positive finite number, got {width!r}")
         num_classes = int(num_classes)
-        _check_room_for(self.variant, num_classes, geometry, width)
+        _check_room_for(self.variant, num_classes, geometry, width, dtype)
         self.num_classes, self.geometry, self.width = num_classes, geometry, float(width)
         self.learn_upsampling = learn_upsampling
         rng = np.random.default_rng(seed)

@@ -102,11 +102,7 @@ def build(path, defines=None) -> Path:
         *(f"EMU_EXPORT({n})" for n in names),
         "",
     ])
-    flags = list(CXXFLAGS)
-    if os.environ.get("MINIFCN_EMU_SANITIZE"):
-        # e.g. MINIFCN_EMU_SANITIZE=undefined: integer overflow and friends abort the run
-        flags += [f"-fsanitize={os.environ['MINIFCN_EMU_SANITIZE']}", "-fno-sanitize-recover=all"]
-    return _build_unit(unit, path.stem, flags, PRELUDE.read_text(), what=str(path))
+    return _build_unit(unit, path.stem, PRELUDE.read_text(), what=str(path))
 
 
 class EmulatedKernel:
@@ -368,10 +364,14 @@ def _elementwise_params(text):
     return params
 
 
-def _build_unit(unit, stem, flags=CXXFLAGS, included="", what=None):
+def _build_unit(unit, stem, included="", what=None):
     """Compile a C++ translation unit into a shared library; cached under the temp
     directory, keyed on the unit, ``included`` (the text of what it includes), the
     compiler and its flags."""
+    flags = list(CXXFLAGS)
+    if os.environ.get("MINIFCN_EMU_SANITIZE"):
+        # e.g. MINIFCN_EMU_SANITIZE=undefined: integer overflow and friends abort the run
+        flags += [f"-fsanitize={os.environ['MINIFCN_EMU_SANITIZE']}", "-fno-sanitize-recover=all"]
     key = hashlib.sha256("\0".join([unit, included, CXX, *flags]).encode()).hexdigest()
     out = cache_dir() / f"{stem}-{key[:20]}.so"
     if out.exists():
