@@ -76,6 +76,15 @@ def positive_float(text):
     return value
 
 
+def same_file(a, b):
+    """Do paths ``a`` and ``b`` name one file (links, ``..`` and ``~`` seen through)? Where
+    either does not exist yet, whether they are spelled as the same place."""
+    a, b = os.path.expanduser(a), os.path.expanduser(b)
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
+
+
 def check_output_dir(path, flag):
     """Can ``path`` be made (or used) as a directory to write into: it is not a file, and
     the nearest folder that exists on its way takes new entries (tried, with a folder made

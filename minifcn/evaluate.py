@@ -17,7 +17,7 @@ import os
 import sys
 
 from .backend import check_device, to_device, to_numpy
-from .cli import positive_float, probe_writable, run_main
+from .cli import positive_float, probe_writable, run_main, same_file
 from .data import BatchLoader, open_dataset
 from .data.synthetic import MIN_SIZE as SYNTHETIC_MIN_SIZE
 from .metrics import ConfusionMatrix, format_metrics
@@ -69,8 +69,7 @@ def check_output_file(path, flag, inputs=()):
         raise ValueError(f"{flag} {path}: the folder {folder} does not exist")
     for target in (path, path + ".tmp"):
         for in_flag, in_path in inputs:
-            if in_path is not None and os.path.exists(target) and os.path.exists(in_path) \
-                    and os.path.samefile(target, in_path):
+            if in_path is not None and os.path.exists(target) and same_file(target, in_path):
                 raise ValueError(f"{flag} {path}: writing it would replace {target}, the file "
                                  f"given as {in_flag}: choose another file")
     if os.path.lexists(path + ".tmp") and not os.path.isfile(path + ".tmp"):

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from .backend import check_device, to_device, to_numpy
-from .cli import check_output_dir, run_main
+from .cli import check_output_dir, run_main, same_file
 from .data import colorize, load_image, save_mask_png
 from .data.transforms import get_preprocess
 from .evaluate import add_model_flags, model_overrides
@@ -49,7 +49,7 @@ def check_outputs(paths, inputs, overwrite):
         if not os.path.exists(path):
             continue
         for what, in_path in inputs:
-            if os.path.exists(in_path) and os.path.samefile(path, in_path):
+            if same_file(path, in_path):
                 raise ValueError(f"--out: {path} would replace {what} of this command "
                                  f"({in_path}); choose another --out")
         if not overwrite:

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import io, openblas_core
 from .backend import check_device, get_array_module, to_device, to_numpy
-from .cli import WRITE_CHECK_PREFIX, check_output_dir
+from .cli import WRITE_CHECK_PREFIX, check_output_dir, same_file
 from .data import BatchLoader, colorize, deprocess, open_dataset
 from .data.synthetic import MIN_SIZE as SYNTHETIC_MIN_SIZE
 from .data.transforms import get_preprocess
@@ -159,7 +159,7 @@ def _refused_on_resume(config, given):
     ``--out`` naming the run's own directory is no change."""
     fields = dataclasses.fields(TrainConfig)
     names = {f.name for f in fields if _was_given(f.name, config, given)}
-    if "out" in names and config.out is not None and _same_place(config.out, config.resume):
+    if "out" in names and config.out is not None and same_file(config.out, config.resume):
         names.discard("out")
     return [f.name for f in fields if f.name in names and f.name not in RESUME_MAY_CHANGE]
 
@@ -171,13 +171,6 @@ def _was_given(name, config, given):
         return name in given
     default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
     return getattr(config, name) != default
-
-
-def _same_place(a, b):
-    a, b = os.path.expanduser(a), os.path.expanduser(b)
-    if os.path.exists(a) and os.path.exists(b):
-        return os.path.samefile(a, b)
-    return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
 
 
 def _past_the_length(run_dir, iteration, iters):

@@ -71,9 +71,8 @@ def bilinear_weight(channels, size, dtype=np.float32):
 def parameter_count(variant, num_classes, geometry, width):
     """How many parameters an FCN of this configuration has, counted from its layer sizes
     without building it (held to the built models' ``num_params()`` by the tests)."""
-    conv3 = sum(cin * cout * 9 + cout for cin, cout in zip(
-        [3] + [scaled(c, width) for n, c in STAGES for _ in range(n)][:-1],
-        [scaled(c, width) for n, c in STAGES for _ in range(n)]))
+    convs = [scaled(c, width) for n, c in STAGES for _ in range(n)]     # conv1_1 .. conv5_3
+    conv3 = sum(cin * cout * 9 + cout for cin, cout in zip([3] + convs[:-1], convs))
     c3, c4, c5 = (scaled(c, width) for c in (256, 512, 512))
     fc = scaled(4096, width)
     k = num_classes
