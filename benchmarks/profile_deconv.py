@@ -8,8 +8,10 @@ Runs ``conv_transpose2d`` (with ``--backward``: ``conv_transpose2d_backward``, d
 against torch's ``convolution_backward``) under cProfile (after warm-up) and reports, per call, the time
 inside each of the package's functions that does one step (cumulative time; for the
 shifted-rows convolution its own time, which is its GEMMs: cProfile does not see
-``numpy.matmul``, a ufunc) and the rest. torch's forward is timed in the same rounds,
-interleaved, for the ratio. Every figure is a median over the rounds. cProfile adds ~1 us
+``numpy.matmul``, a ufunc) and the rest; a step that calls ``blas.gemm`` itself (the
+Winograd output transform) is reported without it, its GEMM in the GEMM row. torch's
+forward is timed in the same rounds, interleaved, each call after the other's worker
+threads have gone to sleep, for the ratio. Every figure is a median over the rounds. cProfile adds ~1 us
 per Python call, which these ops make a few dozen of. torch's time of the default shape
 depends on the allocator's state (~120 ms in a fresh process, ~85 ms in the deconv
 harness, benchmarks/HISTORY.md): the ratio here is context, the harness's is the number.
@@ -63,6 +65,30 @@ STEPS = [
     ("windows back onto dx (winograd)", "_split_windows_adjoint"),
     ("filter transform's adjoint (winograd)", "filter_transform_adjoint"),
 ]
+
+
+def step_times(stats):
+    """``{function name: ms}`` from cProfile's ``stats``: each step's cumulative time less
+    that of the GEMMs it calls itself (those count in the GEMM row once, so that the rows
+    add up); for the shifted-rows convolutions their own time, which is their GEMMs
+    (``numpy.matmul``, which cProfile does not see): their steps are reported apart."""
+    times, nested_gemm = {}, {}                      # {name: [own s, cumulative s]}, {name: s}
+    for (_, _, name), (_, _, tt, ct, callers) in stats.items():
+        t = times.setdefault(name, [0.0, 0.0])
+        t[0] += tt
+        t[1] += ct
+        if name == "gemm":
+            for (_, _, caller), (_, _, _, caller_ct) in callers.items():
+                nested_gemm[caller] = nested_gemm.get(caller, 0.0) + caller_ct
+    out = {}
+    for name, (t_own, t_cum) in times.items():
+        if name in ("_conv2d_shifted_rows", "_subpixel_channels_last"):
+            out[name] = t_own * 1e3
+        elif name == "gemm":
+            out[name] = t_cum * 1e3
+        else:
+            out[name] = (t_cum - nested_gemm.get(name, 0.0)) * 1e3
+    return out
 
 
 def main(argv=None):
@@ -121,27 +147,24 @@ def main(argv=None):
         ours(), theirs()
     ours_ms, torch_ms, steps = [], [], {name: [] for _, name in STEPS}
     for _ in range(args.repeats):
+        # each timed call after the other's worker threads have gone to sleep (OpenBLAS's
+        # spins ~0.13 s after a GEMM and would take torch's second core), as the harness does
         theirs()
+        common.wait_for_idle_threads()
         t = time.perf_counter()
         theirs()
         torch_ms.append((time.perf_counter() - t) * 1e3)
         ours()
+        common.wait_for_idle_threads()
         prof = cProfile.Profile()                    # one per round: medians per step
         t = time.perf_counter()
         prof.enable()
         ours()
         prof.disable()
         ours_ms.append((time.perf_counter() - t) * 1e3)
-        times = {}                                   # {name: (own s, cumulative s)}
-        for (_, _, name), (_, _, tt, ct, _) in pstats.Stats(prof).stats.items():
-            t_own, t_cum = times.get(name, (0.0, 0.0))
-            times[name] = (t_own + tt, t_cum + ct)
-        for name in steps:
-            if name in times:
-                t_own, t_cum = times[name]
-                # the shifted-rows convolutions: their own time (their GEMMs); steps apart
-                own = name in ("_conv2d_shifted_rows", "_subpixel_channels_last")
-                steps[name].append((t_own if own else t_cum) * 1e3)
+        for name, ms in step_times(pstats.Stats(prof).stats).items():
+            if name in steps:
+                steps[name].append(ms)
     total = statistics.median(ours_ms)
     op = "conv_transpose2d_backward" if args.backward else "conv_transpose2d"
     print(f"{op} {args.shape} algorithm={args.algorithm!r}: {total:.2f} ms "

@@ -394,7 +394,10 @@ def test_profile_deconv_names_the_steps_of_each_algorithm(capsys):
                 "col2im": ["GEMM (W^T @ x)", "col2im"],
                 "fused": ["fused (per-tap GEMMs)"],
                 "implicit": ["phase weights", "stack the input", "GEMMs (blas.gemm)",
-                             "phase shuffle"]}
+                             "phase shuffle"],
+                "winograd": ["filter transform (winograd)", "split into windows (winograd)",
+                             "input transform (winograd)", "output transform (winograd)",
+                             "GEMMs (blas.gemm)"]}
     for algorithm, labels in expected.items():
         assert profile.main(shape + ["--algorithm", algorithm]) == 0
         out = capsys.readouterr().out
@@ -408,13 +411,35 @@ def test_profile_deconv_names_the_steps_of_each_algorithm(capsys):
         assert f"  {label} " in out, (label, out)
     # the backward: im2col of dy and its two GEMMs; the implicit adjoint's un-shuffle
     backward = {"col2im": ["im2col", "GEMM (W @ col)", "GEMM (dy @ col^T)"],
-                "implicit": ["un-shuffle dy (implicit)", "GEMMs (blas.gemm)"]}
+                "implicit": ["un-shuffle dy (implicit)", "GEMMs (blas.gemm)"],
+                "winograd": ["output transform's adjoint (winograd)",
+                             "input transform's adjoint (winograd)",
+                             "windows back onto dx (winograd)",
+                             "filter transform's adjoint (winograd)", "GEMMs (blas.gemm)"]}
     for algorithm, labels in backward.items():
         assert profile.main(shape + ["--algorithm", algorithm, "--backward"]) == 0
         out = capsys.readouterr().out
         assert out.startswith("conv_transpose2d_backward ")
         for label in labels:
             assert f"  {label} " in out, (algorithm, label, out)
+
+
+def test_profile_deconv_counts_a_gemm_inside_a_step_once():
+    """A step that calls ``blas.gemm`` itself is reported without that GEMM's time, which
+    the GEMM row holds (with the GEMMs called from elsewhere): the rows add up. cProfile's
+    stats by hand: (calls, primitive calls, own s, cumulative s, {caller: the same})."""
+    from benchmarks.profile_deconv import step_times
+    op, step, gemm = ("conv.py", 1, "conv_transpose2d"), ("w.py", 2, "_output_transform"), \
+        ("blas.py", 3, "gemm")
+    stats = {op: (1, 1, 0.001, 0.017, {}),              # its own 1 ms, the step, 16 GEMMs
+             step: (2, 2, 0.004, 0.007, {op: (2, 2, 0.004, 0.007)}),
+             gemm: (18, 18, 0.012, 0.012, {op: (16, 16, 0.009, 0.009),
+                                           step: (2, 2, 0.003, 0.003)})}
+    got = step_times(stats)
+    assert got["_output_transform"] == pytest.approx(4.0)      # 7 ms less its GEMMs' 3
+    assert got["gemm"] == pytest.approx(12.0)
+    # the op's own time, the step's and all GEMMs' make the op's cumulative time
+    assert 1.0 + got["_output_transform"] + got["gemm"] == pytest.approx(17.0)
 
 
 def test_profile_deconv_refuses_a_wrong_result(monkeypatch, capsys):

@@ -1,8 +1,8 @@
 """Winograd's F(2x2, 3x3) (minifcn.functional.winograd), the CPU's path for VGG's wide 3x3
 convolutions: its matrices against the direct sums they replace, its four transforms
-(written out as additions) against the matrices applied tile by tile, and conv2d /
-conv2d_backward through it against torch (float64 autograd on the same values;
-tolerances of issue 2 via ``assert_close``)."""
+(additions, or products with Kronecker matrices) against the matrices applied tile by
+tile, and conv2d / conv2d_backward through it against torch (float64 autograd on the
+same values; tolerances of issue 2 via ``assert_close``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -71,7 +71,7 @@ def test_input_and_output_transforms_are_the_matrices_tile_by_tile():
     of the padded input, in the column-split layout of ``_padded_split``; those of
     ``_output_transform`` are ``A^T M A`` per tile; ``_output_transform_adjoint`` is
     ``A dY A^T``. Checked by loops over tiles with the matrices, on a band that starts
-    past the first tile row."""
+    past the first tile row; the scratch starts as NaN, so a value not written shows."""
     rng = np.random.default_rng(4)
     B_T, A_T = winograd.B_T, winograd.A_T
     c, o, h, w, ph, pw = 2, 3, 9, 7, 1, 2
@@ -89,10 +89,11 @@ def test_input_and_output_transforms_are_the_matrices_tile_by_tile():
                 d = xpad[ch, 2 * i:2 * i + 4, 2 * j:2 * j + 4]
                 np.testing.assert_allclose(v[:, :, ch, i - t0, j], B_T @ d @ B_T.T, atol=1e-14)
     m = rng.standard_normal((4, 4, o, 2, tw))
-    y = winograd._output_transform(m, np.empty((2, 4, o, 2, tw)), np.empty((o, 2, 2, tw, 2)))
+    y = winograd._output_transform(m, np.full((4, o, 2, tw), np.nan),
+                                   np.full((o, 2, 2, tw, 2), np.nan))
     dy = rng.standard_normal((o, 2, 2, tw, 2))
-    e = winograd._output_transform_adjoint(dy, np.empty((4, 2, o, 2, tw)),
-                                           np.empty((4, 4, o, 2, tw)))
+    e = winograd._output_transform_adjoint(dy, np.full((4, o, 2, tw), np.nan),
+                                           np.full((4, 4, o, 2, tw), np.nan))
     for oc in range(o):
         for i in range(2):
             for j in range(tw):

@@ -189,7 +189,7 @@ def test_output_transform_and_its_adjoint():
         m = rng.standard_normal((4, 4, s, s, o, nb, rows, cols))
         y = np.full((nb, o, ho, wo), np.nan)
         shape = (s, s, o, nb, rows, cols)
-        wt._output_transform(m, np.empty((3, 4) + shape), np.empty((3,) + shape), y, ay, ax, t0)
+        wt._output_transform(m, np.full((9,) + shape, np.nan), y, ay, ax, t0)
         first_row = s * 3 * (ay.first_window + t0) - p          # the band's first output row
         want = np.full_like(y, np.nan)
         for i in range(rows):
@@ -211,8 +211,9 @@ def test_output_transform_and_its_adjoint():
         dy = rng.standard_normal(y.shape)
         dy[:, :, :max(first_row, 0)] = 0                  # rows this band does not reach
         y[np.isnan(y)] = 0
-        e = wt._output_transform_adjoint(dy, np.full(shape, 7.0), np.full((3, 4) + shape, 7.0),
-                                         np.full((2, 4) + shape, 7.0), ay, ax, t0)
+        e = wt._output_transform_adjoint(dy, np.full((9,) + shape, 7.0),
+                                         np.full((16, s * s * o, nb * rows * cols), 7.0),
+                                         ay, ax, t0)
         assert len(e) == 16 and all(ei.shape == (s * s * o, nb * rows * cols) for ei in e)
         e = np.stack(e).reshape(m.shape)
         lhs, rhs = np.vdot(y, dy), np.vdot(m, e)

@@ -72,8 +72,9 @@ import numpy as np
 
 from .blas import gemm
 
-# The transforms of F(2x2, 3x3), as matrices (for the filter transform and its adjoint,
-# and for the tests); the input and output transforms are written out as additions.
+# The transforms of F(2x2, 3x3), as matrices. The filter and output transforms (and their
+# adjoints) are products with their Kronecker matrices below; the input transform is
+# written out as additions (it reads the tiles straight from the padded image).
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
@@ -84,6 +85,9 @@ WINOGRAD_BAND_BYTES = 8 << 20   # per band of tile rows: bytes of its V (or M, i
 # ``G W G^T`` for all (o, c) at once is one product with the Kronecker matrix:
 # ``U[a, b] = sum_{u, v} G[a, u] G[b, v] W[u, v] = (G (x) G)[4a + b, 3u + v] W[3u + v]``.
 G_KRON = np.kron(G, G)          # (16, 9)
+# The output transform likewise: ``Y[r, s] = sum_{a, b} A^T[r, a] A^T[s, b] M[a, b]``, so
+# ``Y[2r + s] = (A^T (x) A^T)[2r + s, 4a + b] M[4a + b]`` for all (o, tile) at once.
+A_KRON = np.kron(A_T, A_T)      # (4, 16)
 
 
 def filter_transform(weight):
@@ -158,37 +162,26 @@ def _input_transform(xs, t0, t1, tw, rows_buf, v):
     return v
 
 
-def _output_transform(m, z, out):
+def _output_transform(m, y4, out):
     """``Y = A^T M A`` per (o, tile): m (4, 4, O, rows, tw) -> out (O, rows, 2, tw, 2),
-    ``out[o, i, r, j, s]`` = output pixel ``(2i + r, 2j + s)``; ``z`` (2, 4, O, rows, tw)
-    receives ``A^T M`` (``A^T`` applied along the tile's row axis) on the way."""
-    np.add(m[0], m[1], out=z[0])
-    z[0] += m[2]
-    np.subtract(m[1], m[2], out=z[1])
-    z[1] -= m[3]
+    ``out[o, i, r, j, s]`` = output pixel ``(2i + r, 2j + s)``. One product,
+    ``Y[2r + s] = sum over xi of A_KRON[2r + s, xi] M[xi]``, into ``y4`` (4, O, rows, tw);
+    then each of the 4 tile positions to its pixels (a copy with stride 2)."""
+    gemm(A_KRON.astype(m.dtype), m.reshape(16, -1), y4.reshape(4, -1))
     for r in range(2):
-        y = out[:, :, r]                                           # (O, rows, tw, 2)
-        np.add(z[r, 0], z[r, 1], out=y[..., 0])
-        y[..., 0] += z[r, 2]
-        np.subtract(z[r, 1], z[r, 2], out=y[..., 1])
-        y[..., 1] -= z[r, 3]
+        for s in range(2):
+            out[:, :, r, :, s] = y4[2 * r + s]
     return out
 
 
-def _output_transform_adjoint(dy_tiles, half, e):
+def _output_transform_adjoint(dy_tiles, dy4, e):
     """``E = A dY A^T`` per (o, tile), the output transform's adjoint: dy_tiles (O, rows,
-    2, tw, 2) -> e (4, 4, O, rows, tw); ``half`` (4, 2, O, rows, tw) receives ``A dY`` on
-    the way. ``A = [[1, 0], [1, 1], [1, -1], [0, -1]]``."""
-    d0, d1 = dy_tiles[:, :, 0], dy_tiles[:, :, 1]                  # (O, rows, tw, 2)
-    for s in range(2):
-        np.copyto(half[0, s], d0[..., s])
-        np.add(d0[..., s], d1[..., s], out=half[1, s])
-        np.subtract(d0[..., s], d1[..., s], out=half[2, s])
-        np.negative(d1[..., s], out=half[3, s])
-    np.copyto(e[:, 0], half[:, 0])
-    np.add(half[:, 0], half[:, 1], out=e[:, 1])
-    np.subtract(half[:, 0], half[:, 1], out=e[:, 2])
-    np.negative(half[:, 1], out=e[:, 3])
+    2, tw, 2) -> e (4, 4, O, rows, tw). Each tile position's values go to one plane of
+    ``dy4`` (4, O, rows, tw); then one product, ``E = A_KRON^T dY``."""
+    for r in range(2):
+        for s in range(2):
+            np.copyto(dy4[2 * r + s], dy_tiles[:, :, r, :, s])
+    gemm(A_KRON.T.astype(e.dtype), dy4.reshape(4, -1), e.reshape(16, -1))
     return e
 
 
@@ -291,7 +284,7 @@ def _winograd(x, u, ph, pw):
             vf, mf = v.reshape(16, c, b * tw), m.reshape(16, o, b * tw)
             for xi in range(16):
                 gemm(u[xi], vf[xi], mf[xi])
-            _output_transform(m, _scratch("z", dt, 2, 4, o, b, tw), y[i, :, t0:t1])
+            _output_transform(m, _scratch("z", dt, 4, o, b, tw), y[i, :, t0:t1])
     y = y.reshape(n, o, 2 * th, 2 * tw)
     if (2 * th, 2 * tw) != (ho, wo):
         y = np.ascontiguousarray(y[:, :, :ho, :wo])
@@ -318,9 +311,9 @@ def winograd_conv2d_weight_grad(dy, x, ph, pw):
         dyt_flat[:, :ho, :wo] = dy[i]
         for t0, t1, v in _transformed_bands(x[i], ph, pw, th, tw, bands):
             b = t1 - t0
-            # E and its half-way rows take the forward's 'm' and 'z' buffers (same sizes;
-            # the forward does not run meanwhile)
-            e = _output_transform_adjoint(dy_tiles[:, t0:t1], _scratch("z", dt, 4, 2, o, b, tw),
+            # E and dY's planes take the forward's 'm' and 'z' buffers (same sizes; the
+            # forward does not run meanwhile)
+            e = _output_transform_adjoint(dy_tiles[:, t0:t1], _scratch("z", dt, 4, o, b, tw),
                                           _scratch("m", dt, 4, 4, o, b, tw))
             vf, ef = v.reshape(16, c, b * tw), e.reshape(16, o, b * tw)
             for xi in range(16):

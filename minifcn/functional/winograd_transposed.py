@@ -34,14 +34,16 @@ output channels:
 
     ``M[xi] = U[xi] (s*s*O x C) @ V[xi] (C x windows)``,   ``U = G g G^T`` per (phase, o, c),
 
-then ``Y = A^T M A`` per (phase, o, window): tile position ``(a, b)`` of phase ``(r, t)``
+then ``Y = A^T M A`` per (phase, o, window), for all of them at once one more product,
+``Y (9 x sh*sw*O*windows) = (A^T (x) A^T) (9 x 16) @ M (16 x sh*sw*O*windows)`` (every
+(phase, o, window)'s 4x4 ``M`` read as a column of 16): tile position ``(a, b)`` of phase ``(r, t)``
 of window ``(i, j)`` is output pixel ``(s*(3i + a) + r - p, s*(3j + b) + t - p)`` (those
 inside the output; the rest are cropped). Windows step by 3 and overlap by one input.
 
 The backward is the same algebra read backwards (each step's adjoint, in reverse order):
 
 - ``E = A dY A^T`` per (phase, o, window), ``dY`` the window's 3x3 of each phase of ``dy``
-  (zero where cropped);
+  (zero where cropped): the product with ``(A^T (x) A^T)^T``;
 - ``dx``: ``dV[xi] = U[xi]^T @ E[xi]``, then ``B dV B^T`` added back onto the window's
   4x4 inputs (:func:`_input_transform_adjoint`; neighbouring windows share an input);
 - ``dW``: ``dU[xi] = sum over windows of E[xi] @ V[xi]^T`` (computed transposed, as
@@ -58,8 +60,8 @@ to the output by one strided copy per (position, phase).
 
 Memory: ``U^T`` and ``dU^T`` hold 16 values per 4 taps (4x the weight). Work runs in
 bands of images or window rows; a band's products ``M`` take at most ``BAND_BYTES`` (or
-one window row's, if more), and its other buffers (``V``, the row transforms, ``z``,
-the tiles) about 3x as much again. They are :mod:`.winograd`'s scratch buffers, kept
+one window row's, if more), its ``V`` and row transforms as much each, and the output
+tiles ``Y`` 9/16 of it: about 2.6x as much again at most. They are :mod:`.winograd`'s scratch buffers, kept
 between calls per thread (``winograd.release_workspace`` frees them).
 
 Arithmetic: coefficients 0, +-1 and +-1/2. An ``inf`` input would give ``inf - inf =
@@ -87,7 +89,12 @@ from .winograd import _same_dtype, _scratch
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], dtype=np.float64)
 G = np.array([[1, 0], [0.5, 0.5], [0.5, -0.5], [0, 1]], dtype=np.float64)
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, 0], [0, 1, 1, 1]], dtype=np.float64)
-G_KRON = np.kron(G, G)          # (16, 4): U[4a + b] = sum over (u, v) of G_KRON[4a + b, 2u + v] g[u, v]
+# The filter and output transforms for all (phase, channels, window) at once are products
+# with Kronecker matrices: ``vec(G g G^T) = (G (x) G) vec(g)``, ``vec(A^T M A) = (A^T (x) A^T)
+# vec(M)`` (row-major ``vec``). U[4a + b] = sum over (u, v) of G_KRON[4a + b, 2u + v] g[u, v];
+# Y[3a + b] = sum over xi of A_KRON[3a + b, xi] M[xi].
+G_KRON = np.kron(G, G)          # (16, 4)
+A_KRON = np.kron(A_T, A_T)      # (9, 16)
 
 BAND_BYTES = 16 << 20           # per band at most: bytes of its products (or transformed windows, if more)
 BAND_MIN_WINDOWS = 512          # windows per band where images allow: the GEMMs' width
@@ -339,16 +346,6 @@ def _input_transform_adjoint(dv, tmp):
     return [[grid[b][a] for b in range(4)] for a in range(4)]         # grid[a][b]
 
 
-def _combine(m, out):
-    """``A^T`` along axis 0: m (4, ...) -> out (3, ...); ``m1 + m2`` once, for both outer
-    rows."""
-    np.add(m[1], m[2], out=out[0])
-    np.add(out[0], m[3], out=out[2])
-    out[0] += m[0]
-    np.subtract(m[1], m[2], out=out[1])
-    return out
-
-
 def _output_pixels(ay, ax, t0, rows, cols, a, r, b, t, size_out):
     """Where tile position ``(a, b)`` of phase ``(r, t)`` of window rows ``t0 ..
     t0+rows-1`` lands: ``(window slice, output slice)`` along each axis, or None."""
@@ -361,22 +358,22 @@ def _output_pixels(ay, ax, t0, rows, cols, a, r, b, t, size_out):
             (slice(j_lo, j_hi), slice(x0, x0 + 3 * ax.s * (j_hi - j_lo) - 1, 3 * ax.s)))
 
 
-def _output_transform(m, z, tile, y, ay, ax, t0):
-    """``Y = A^T M A`` per (phase, o, window), written to the output: m (4, 4, sh, sw, O,
-    nb, rows, cols) -> y (nb, O, Ho, Wo) (this band's images). ``z`` (3, 4, ...) and
-    ``tile`` (3, sh, sw, O, nb, rows, cols) hold the two halves."""
-    _combine(m, z)                                       # along the window rows
-    rows, cols = m.shape[6], m.shape[7]
+def _output_transform(m, y9, y, ay, ax, t0):
+    """``Y = A^T M A`` per (phase, o, window), written to the output: m (16, sh*sw*O,
+    windows) -> y (nb, O, Ho, Wo) (this band's images). One product, ``Y[3a + b] = sum
+    over xi of A_KRON[3a + b, xi] M[xi]``, into ``y9`` (9, sh, sw, O, nb, rows, cols);
+    then each (tile position, phase) to its output pixels, one strided copy each."""
+    gemm(A_KRON.astype(m.dtype), m.reshape(16, -1), y9.reshape(9, -1))
+    rows, cols = y9.shape[5:]
     yt = y.transpose(1, 0, 2, 3)                         # (O, nb, Ho, Wo)
     for a in range(3):
-        _combine(z[a], tile)                             # along the window columns
         for r in range(ay.s):
             for b in range(3):
                 for t in range(ax.s):
                     at = _output_pixels(ay, ax, t0, rows, cols, a, r, b, t, y.shape[2:])
                     if at is not None:
                         (wi, y_rows), (wj, y_cols) = at
-                        yt[:, :, y_rows, y_cols] = tile[b, r, t, :, :, wi, wj]
+                        yt[:, :, y_rows, y_cols] = y9[3 * a + b, r, t, :, :, wi, wj]
 
 
 def _gather_tiles(dyt, out, ay, ax, t0, a, b):
@@ -393,28 +390,18 @@ def _gather_tiles(dyt, out, ay, ax, t0, a, b):
                 _place(out[r, t], wi, wj, dyt[:, :, y_rows, y_cols])
 
 
-def _output_transform_adjoint(dy, middle, z, e, ay, ax, t0):
-    """``E = A dY A^T`` per (phase, o, window), ``A = [[1, 0, 0], [1, 1, 1], [1, -1, 1],
-    [0, 0, 1]]``: dy (nb, O, Ho, Wo) -> the 16 matrices ``E[xi]`` (sh*sw*O, windows),
-    zero where no output pixel is. ``A``'s first and last rows copy, so those positions
-    are not computed: tile columns 0 and 2 of ``dY`` are read straight into ``z`` (3, 4,
-    sh, sw, O, nb, rows, cols) as its columns 0 and 3 (column 1 into ``middle``), and
-    rows 0 and 3 of ``E`` are rows 0 and 2 of ``z``; ``e`` (2, 4, ...) holds rows 1 and 2."""
+def _output_transform_adjoint(dy, dy9, e, ay, ax, t0):
+    """``E = A dY A^T`` per (phase, o, window): dy (nb, O, Ho, Wo) -> the 16 matrices
+    ``E[xi]`` (sh*sw*O, windows), zero where no output pixel is. Tile position ``(a, b)``
+    of every phase and window is read into ``dy9[3a + b]`` (``dy9`` (9, sh, sw, O, nb,
+    rows, cols); zero where cropped), then one product, ``E = A_KRON^T dY``, into ``e``
+    (16, sh*sw*O, windows)."""
     dyt = dy.transpose(1, 0, 2, 3)
     for a in range(3):
-        za = z[a]
-        _gather_tiles(dyt, za[0], ay, ax, t0, a, 0)
-        _gather_tiles(dyt, middle, ay, ax, t0, a, 1)
-        _gather_tiles(dyt, za[3], ay, ax, t0, a, 2)
-        np.add(za[0], za[3], out=za[1])                  # along the window columns
-        np.subtract(za[1], middle, out=za[2])
-        za[1] += middle
-    np.add(z[0], z[2], out=e[0])                         # along the window rows
-    np.subtract(e[0], z[1], out=e[1])
-    e[0] += z[1]
-    rows_of_e = (z[0], e[0], e[1], z[2])
-    po, windows = z.shape[2] * z.shape[3] * z.shape[4], z.shape[5] * z.shape[6] * z.shape[7]
-    return [rows_of_e[i][j].reshape(po, windows) for i in range(4) for j in range(4)]
+        for b in range(3):
+            _gather_tiles(dyt, dy9[3 * a + b], ay, ax, t0, a, b)
+    gemm(A_KRON.T.astype(e.dtype), dy9.reshape(9, -1), e.reshape(16, -1))
+    return list(e)
 
 
 def window_bytes(c, o, sh, sw, itemsize):
@@ -464,9 +451,8 @@ def winograd_conv_transpose2d(x, weight, stride, padding, size_out):
         m = _scratch("wt_m", dt, 16, sh * sw * o, nb * rows * cols)
         for xi in range(16):
             gemm(u_t[xi].T, v[xi], m[xi])
-        shape = (sh, sw, o, nb, rows, cols)
-        _output_transform(m.reshape((4, 4) + shape), _scratch("wt_z", dt, 3, 4, *shape),
-                          _scratch("wt_tile", dt, 3, *shape), y[n0:n1], ay, ax, t0)
+        _output_transform(m, _scratch("wt_z", dt, 9, sh, sw, o, nb, rows, cols), y[n0:n1],
+                          ay, ax, t0)
     return y
 
 
@@ -491,12 +477,10 @@ def winograd_conv_transpose2d_backward(dy, x, weight, stride, padding, need_dx=T
         u_t = filter_transform(weight) if need_dx else None
         for n0, n1, t0, t1 in bands:
             nb, rows = n1 - n0, t1 - t0
-            shape = (sh, sw, o, nb, rows, cols)
-            # the forward's buffers, smaller: 'wt_tile' holds the middle tile column,
-            # 'wt_m' rows 1 and 2 of E (the forward does not run meanwhile)
-            e = _output_transform_adjoint(dy[n0:n1], _scratch("wt_tile", dt, *shape),
-                                          _scratch("wt_z", dt, 3, 4, *shape),
-                                          _scratch("wt_m", dt, 2, 4, *shape), ay, ax, t0)
+            # the forward's buffers (it does not run meanwhile): dY's tiles in 'wt_z', E in 'wt_m'
+            dy9 = _scratch("wt_z", dt, 9, sh, sw, o, nb, rows, cols)
+            e = _output_transform_adjoint(dy[n0:n1], dy9, _scratch("wt_m", dt, 16, po, nb * rows * cols),
+                                          ay, ax, t0)
             if need_dw:
                 v = _transformed_band(x, c, ay, ax, n0, n1, t0, t1, dt)
                 for xi in range(16):
