@@ -30,7 +30,8 @@ from .step import _build, _models, _steps
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile_step",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="default: cpu, as the other benchmarks")
     p.add_argument("--size", type=int, default=320)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--width", type=float, default=1.0)
