@@ -67,9 +67,9 @@ def test_filter_transform_and_its_adjoint():
 
 
 def test_input_and_output_transforms_are_the_matrices_tile_by_tile():
-    """The additions of ``_input_transform`` are ``B^T d B`` on every 4x4 tile (stride 2)
-    of the padded input, in the column-split layout of ``_padded_split``; those of
-    ``_output_transform`` are ``A^T M A`` per tile; ``_output_transform_adjoint`` is
+    """``_input_transform`` is ``B^T d B`` on every 4x4 tile (stride 2) of the padded
+    input, in the column-split layout of ``_padded_split``; ``_output_transform`` is
+    ``A^T M A`` per tile; ``_output_transform_adjoint`` is
     ``A dY A^T``. Checked by loops over tiles with the matrices, on a band that starts
     past the first tile row; the scratch starts as NaN, so a value not written shows."""
     rng = np.random.default_rng(4)
@@ -81,8 +81,8 @@ def test_input_and_output_transforms_are_the_matrices_tile_by_tile():
     xpad[:, ph:ph + h, pw:pw + w] = x
     xs = winograd._padded_split(x, ph, pw, th, tw, np.full((c, 2 * th + 2, 2, tw + 1), 7.0))
     t0, t1 = 1, th
-    v = winograd._input_transform(xs, t0, t1, tw, np.empty((4, c, t1 - t0, 2, tw + 1)),
-                                  np.empty((4, 4, c, t1 - t0, tw)))
+    v = winograd._input_transform(xs, t0, t1, tw, np.full((4, 4, c, t1 - t0, tw), np.nan),
+                                  np.full((4, 4, c, t1 - t0, tw), np.nan))
     for ch in range(c):
         for i in range(t0, t1):
             for j in range(tw):
@@ -271,12 +271,14 @@ def test_which_convolutions_take_winograd(monkeypatch):
     takes = _takes
 
     for c, o, h in [(256, 256, 80), (256, 512, 40), (512, 512, 40), (256, 256, 56),
-                    (512, 512, 28), (256, 256, 24), (512, 512, 20)]:
+                    (512, 512, 28), (256, 256, 24), (512, 512, 20), (256, 256, 20),
+                    (128, 256, 80), (128, 128, 160), (128, 128, 40)]:
         assert takes(c, o, h), (c, o, h)
-    assert not takes(256, 256, 20)          # too few pixels to pay ...
-    assert not takes(256, 512, 20)          # ... unless 512 channels in and out
+    assert not takes(256, 256, 16)          # too few pixels to pay
     assert not takes(512, 512, 16)
-    assert not takes(128, 256, 80)          # conv3_1: too few input channels
+    assert not takes(128, 128, 36)          # ... from fewer channels, fewer still
+    assert not takes(128, 256, 36)
+    assert not takes(64, 128, 160)          # conv2_1: too few input channels
     assert not takes(64, 64, 320)           # conv1_2: transforms cost more than they save
     assert takes(256, 256, 80, dtype=np.float64)
     assert not takes(256, 256, 80, p=3)     # the input gradient would need padding -1

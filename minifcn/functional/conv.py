@@ -565,9 +565,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return y if bias is None else _add_bias(y, bias)
 
 
-CPU_WINOGRAD_MIN_CHANNELS = 256        # conv2d: from min(C, O) this large, Winograd F(2x2, 3x3) on the CPU
-CPU_WINOGRAD_MIN_PIXELS = 24 * 24      # ... for outputs of at least this many pixels
-CPU_WINOGRAD_WIDE_CHANNELS = 512       # ... or, from min(C, O) this large,
+CPU_WINOGRAD_MIN_CHANNELS = 128        # conv2d: from min(C, O) this large, Winograd F(2x2, 3x3) on the CPU
+CPU_WINOGRAD_MIN_PIXELS = 40 * 40      # ... for outputs of at least this many pixels
+CPU_WINOGRAD_WIDE_CHANNELS = 256       # ... or, from min(C, O) this large,
 CPU_WINOGRAD_WIDE_MIN_PIXELS = 20 * 20  # ... this many
 # With OpenBLAS's AVX-512 kernels (GEMMs about twice as fast), only VGG's widest layers:
 CPU_WINOGRAD_AVX512_MIN_CHANNELS = 512
@@ -586,17 +586,19 @@ def _winograd_conv2d(g):
     ``CPU_WINOGRAD_AVX512_MIN_PIXELS``. Callers also check that the operands are finite
     (Winograd's transforms would turn an ``inf`` into NaN).
 
-    Why there: its 16 GEMMs do 2.25x fewer multiply-adds, but its transforms are NumPy
-    passes over 4x the activation, on one core, and they cost per channel where the GEMMs
+    Why there: its 16 GEMMs do 2.25x fewer multiply-adds, but its transforms move 4x the
+    activation (into 16 planes and back out), and they cost per channel where the GEMMs
     cost per channel pair; the faster the GEMMs, the more the transforms weigh.
     ``python -m benchmarks.winograd`` (forward + both gradients, Winograd / the direct
     path, interleaved; ``benchmarks/HISTORY.md``), on the Zen 5 EPYC:
 
-    - AVX2 kernels (``OPENBLAS_CORETYPE=Haswell``, its configured state): 0.70-0.95x on
-      256-512 channels from 24x24 (512 at 40x40: 0.70x), 0.90-0.92x on 512 at 20x20;
-      1.01-1.06x on 256 at 20x20, 1.11-1.17x on 512 at 14x14, 1.05-1.26x on 128.
-    - AVX-512 kernels (OpenBLAS's own choice there): 0.73-0.85x on 512 at 40x40,
-      0.89-0.96x at 28x28, 1.05-1.14x at 20-24; 256 channels 0.99-1.32x."""
+    - AVX2 kernels (``OPENBLAS_CORETYPE=Haswell``, its configured state), since the
+      transforms became products (sixteenth session): 128 channels 0.81-0.94x from 40x40
+      (to 259x259), 1.02-1.11x at 28-36 (128 in, 256 out: 0.86-0.89x there); 256-512
+      0.67-0.91x from 20x20, 0.87x at 18, 0.94-0.98x at 16, 1.03-1.10x at 14; 64
+      channels 1.03-1.24x.
+    - AVX-512 kernels (OpenBLAS's own choice there): 0.75-0.79x on 512 at 28-40, 1.12x
+      at 20; 256 channels 0.89-1.14x; 128 1.31-1.32x."""
     pixels = g.ho * g.wo
     if AVX512_GEMM:
         channels, min_pixels = CPU_WINOGRAD_AVX512_MIN_CHANNELS, CPU_WINOGRAD_AVX512_MIN_PIXELS

@@ -72,9 +72,8 @@ import numpy as np
 
 from .blas import gemm
 
-# The transforms of F(2x2, 3x3), as matrices. The filter and output transforms (and their
-# adjoints) are products with their Kronecker matrices below; the input transform is
-# written out as additions (it reads the tiles straight from the padded image).
+# The transforms of F(2x2, 3x3), as matrices. All three (and the adjoints the weight
+# gradient needs) run as products with their Kronecker matrices below.
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
@@ -85,8 +84,11 @@ WINOGRAD_BAND_BYTES = 8 << 20   # per band of tile rows: bytes of its V (or M, i
 # ``G W G^T`` for all (o, c) at once is one product with the Kronecker matrix:
 # ``U[a, b] = sum_{u, v} G[a, u] G[b, v] W[u, v] = (G (x) G)[4a + b, 3u + v] W[3u + v]``.
 G_KRON = np.kron(G, G)          # (16, 9)
-# The output transform likewise: ``Y[r, s] = sum_{a, b} A^T[r, a] A^T[s, b] M[a, b]``, so
-# ``Y[2r + s] = (A^T (x) A^T)[2r + s, 4a + b] M[4a + b]`` for all (o, tile) at once.
+# The input and output transforms likewise: ``V[a, b] = sum_{u, w} B^T[a, u] B^T[b, w]
+# d[u, w]``, so ``V[4a + b] = (B^T (x) B^T)[4a + b, 4u + w] d[4u + w]`` for all (c, tile)
+# at once (once the tiles' 16 inputs lie in 16 planes), and ``Y[2r + s] = (A^T (x)
+# A^T)[2r + s, 4a + b] M[4a + b]`` for all (o, tile).
+B_KRON = np.kron(B_T, B_T)      # (16, 16)
 A_KRON = np.kron(A_T, A_T)      # (4, 16)
 
 
@@ -128,8 +130,9 @@ def _padded_split(x, ph, pw, th, tw, out):
     columns apart: into ``out`` (C, 2th+2, 2, tw+1), ``out[c, r, k, j] = xpad[c, r, 2j + k]``.
 
     Why apart: tile column ``j`` reads padded columns ``2j .. 2j+3``, i.e. even ``j``, odd
-    ``j``, even ``j+1``, odd ``j+1``; in this layout every term of the input transform is
-    a contiguous run (a shifted view), where on ``xpad`` it would be a stride-2 gather."""
+    ``j``, even ``j+1``, odd ``j+1``; in this layout each of a tile's 16 inputs, taken over
+    a row of tiles, is a contiguous run (a shifted view), where on ``xpad`` it would be a
+    stride-2 gather."""
     c, h, w = x.shape
     out.fill(0)
     rows = min(h, out.shape[1] - ph)
@@ -142,23 +145,18 @@ def _padded_split(x, ph, pw, th, tw, out):
     return out
 
 
-def _input_transform(xs, t0, t1, tw, rows_buf, v):
+def _input_transform(xs, t0, t1, tw, d, v):
     """``V = B^T d B`` for the tiles of tile rows ``t0 .. t1-1`` of one padded image, its
     columns split (``xs`` (C, Hp, 2, tw+1), :func:`_padded_split`): into ``v`` (4, 4, C,
     t1-t0, tw). Tile (i, j) reads padded rows ``2i .. 2i+3`` and columns ``2j .. 2j+3``.
-    The rows first (``rows_buf`` (4, C, t1-t0, 2, tw+1) gets ``B^T`` applied along
-    them), then the columns."""
-    r = [xs[:, 2 * t0 + k: 2 * t1 + k: 2] for k in range(4)]      # row k of every tile
-    np.subtract(r[0], r[2], out=rows_buf[0])
-    np.add(r[1], r[2], out=rows_buf[1])
-    np.subtract(r[2], r[1], out=rows_buf[2])
-    np.subtract(r[1], r[3], out=rows_buf[3])
-    even, odd = rows_buf[:, :, :, 0], rows_buf[:, :, :, 1]
-    col = [even[..., :tw], odd[..., :tw], even[..., 1:], odd[..., 1:]]   # column k of every tile
-    np.subtract(col[0], col[2], out=v[:, 0])
-    np.add(col[1], col[2], out=v[:, 1])
-    np.subtract(col[2], col[1], out=v[:, 2])
-    np.subtract(col[1], col[3], out=v[:, 3])
+    Its 16 inputs go to 16 planes of ``d`` (4, 4, C, t1-t0, tw), ``d[u, w, c, i, j] =
+    xpad[c, 2i + u, 2j + w]`` (column ``2j + w`` is split column ``j + w // 2`` of parity
+    ``w % 2``: a contiguous run per row); then one product, ``V = B_KRON @ d``."""
+    for u in range(4):
+        rows = xs[:, 2 * t0 + u: 2 * t1 + u: 2]                   # row u of every tile
+        for w in range(4):
+            np.copyto(d[u, w], rows[:, :, w % 2, w // 2: w // 2 + tw])
+    gemm(B_KRON.astype(v.dtype), d.reshape(16, -1), v.reshape(16, -1))
     return v
 
 
@@ -262,7 +260,7 @@ def _transformed_bands(x, ph, pw, th, tw, bands):
     xs = _padded_split(x, ph, pw, th, tw, _scratch("xs", dt, c, 2 * th + 2, 2, tw + 1))
     for t0, t1 in bands:
         b = t1 - t0
-        yield t0, t1, _input_transform(xs, t0, t1, tw, _scratch("rows", dt, 4, c, b, 2, tw + 1),
+        yield t0, t1, _input_transform(xs, t0, t1, tw, _scratch("d", dt, 4, 4, c, b, tw),
                                        _scratch("v", dt, 4, 4, c, b, tw))
 
 
