@@ -29,8 +29,10 @@ sum over input channels at each of the 16 positions ``xi`` of the 4x4 tile is
 
 and ``Y = A^T M A`` per (o, tile) (the *output transform*). That is 16 multiply-adds
 per 4 output pixels per channel pair where im2col's GEMM makes 36: 2.25x fewer. The
-transforms add only additions, linear in the channels where the GEMMs are quadratic, so
-the saving shows from a few hundred channels on (VGG's conv3 to conv5).
+transforms add only additions (run as three small products with Kronecker matrices, below),
+linear in the channels where the GEMMs are quadratic, so the saving shows from a hundred
+or so channels on (VGG's conv2_2 to conv5 with the project machine's AVX2 GEMM kernels;
+:func:`~minifcn.functional.conv._winograd_conv2d` has the measured bounds).
 
 The backward is the same algebra read backwards:
 
@@ -61,7 +63,8 @@ Memory: the work runs in bands of tile rows (``WINOGRAD_BAND_BYTES`` of transfor
 input or output per band), in scratch buffers that are kept between calls, one set per
 thread that has run it (:func:`_scratch`). They grow to the largest call's needs and do
 not shrink: the band buffers are bounded by the band budget, but the padded input and
-the tiled ``dy`` hold one whole image (32 MB in all after a VGG16 step at 320x320).
+the tiled ``dy`` hold one whole image (25 MB of the 50 MB in all after a VGG16 step at
+320x320).
 :func:`release_workspace` frees the calling thread's set.
 """
 from __future__ import annotations
