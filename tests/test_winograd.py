@@ -336,6 +336,38 @@ def test_float32_rounding_stays_near_the_direct_sums(monkeypatch):
         assert e_w <= 3 * e_d, f"{what}: Winograd {e_w:.2e} vs direct {e_d:.2e}"
 
 
+def test_a_transform_refuses_a_buffer_its_product_could_not_write_into():
+    """The transforms write their products through a (k, -1) view of the buffer; a buffer
+    that is not contiguous would reshape into a copy and the result would be lost, so it
+    is refused (no caller passes one: the scratch buffers are contiguous)."""
+    m = np.ones((4, 4, 1, 2, 3))
+    out = np.full((1, 2, 2, 3, 2), np.nan)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        winograd._output_transform(m, np.full((4, 1, 2, 6), np.nan)[..., ::2], out)
+    assert np.isnan(out).all()
+
+
+def test_float16_runs_through_matmul_within_its_rounding():
+    """The module's three functions on a dtype BLAS does not take (float16; conv2d itself
+    takes Winograd with BLAS only): the products go through ``numpy.matmul``, the dtype
+    stays, and the error is a few of float16's units (eps 9.8e-4) of the output's scale
+    (each transform rounds again); a wrong transform is off by the scale itself."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 64, 12, 12)).astype(np.float16)
+    w = (rng.standard_normal((48, 64, 3, 3)) / 24).astype(np.float16)
+    fn = lambda x, w: TF.conv2d(x, w, None, 1, 1)  # noqa: E731
+    y_ref, _ = torch_grads(fn, {"x": x, "w": w})
+    dy = rng.standard_normal(y_ref.shape).astype(np.float16)
+    _, g = torch_grads(fn, {"x": x, "w": w}, dy)
+    got = {"forward": (winograd.winograd_conv2d(x, w, 1, 1), y_ref),
+           "dx": (winograd.winograd_conv2d_input_grad(dy, w, 1, 1), g["x"]),
+           "dW": (winograd.winograd_conv2d_weight_grad(dy, x, 1, 1), g["w"])}
+    for what, (a, ref) in got.items():
+        assert a.dtype == np.float16, what
+        err = np.abs(a.astype(np.float64) - ref).max() / np.abs(ref).max()
+        assert err <= 1e-2, f"{what}: relative error {err:.2e}"
+
+
 def test_the_kept_workspace_carries_nothing_from_one_call_to_the_next():
     """The scratch buffers are kept between calls (:func:`winograd._scratch`): a call on a
     smaller map after a larger one reuses memory holding the larger call's values, where

@@ -333,6 +333,28 @@ def test_float32_rounding_stays_near_the_direct_sums():
         assert e_w <= 3 * e_d, f"{what}: Winograd {e_w:.2e} vs col2im {e_d:.2e}"
 
 
+def test_float16_runs_through_matmul_within_its_rounding():
+    """A dtype BLAS does not take (float16, asked for explicitly: 'auto' takes Winograd
+    with BLAS only) runs its GEMMs and transform products through ``numpy.matmul`` and
+    keeps its dtype. Each transform rounds to float16 again, so the bound is a few of
+    float16's units (eps 9.8e-4) of the output's scale, not a multiple of the direct
+    path's error (one rounding at the end: 2.3e-4 for dx here, Winograd 1.7e-3); a wrong
+    transform is off by the output's own scale."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 64, 9, 9)).astype(np.float16)
+    weight = (rng.standard_normal((64, 32, 4, 4)) / 16).astype(np.float16)
+    fn = lambda x, w: TF.conv_transpose2d(x, w, None, 2, 1)  # noqa: E731
+    y_ref, _ = torch_grads(fn, {"x": x, "w": weight})
+    dy = rng.standard_normal(y_ref.shape).astype(np.float16)
+    _, g = torch_grads(fn, {"x": x, "w": weight}, dy)
+    y = conv_transpose2d(x, weight, None, 2, 1, algorithm="winograd")
+    dx, dw, _ = conv_transpose2d_backward(dy, x, weight, 2, 1, algorithm="winograd")
+    for what, got, ref in (("forward", y, y_ref), ("dx", dx, g["x"]), ("dW", dw, g["w"])):
+        assert got.dtype == np.float16, what
+        err = np.abs(got.astype(np.float64) - ref).max() / np.abs(ref).max()
+        assert err <= 1e-2, f"{what}: relative error {err:.2e}"
+
+
 def test_the_kept_workspace_carries_nothing_from_one_call_to_the_next():
     """The scratch buffers are kept between calls: a smaller call after a larger one
     finds the larger one's values where it needs zeros (its borders, cropped windows,

@@ -542,12 +542,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     Computed as ``col = im2col(x)`` (N, C*kh*kw, Ho*Wo) and one GEMM per group,
     ``y = W (O, C*kh*kw) @ col``.  Returns y (N, O, Ho, Wo).
 
-    On the CPU, VGG's widest 3x3 layers (256 channels and more, see
+    On the CPU, VGG's wide 3x3 layers (128 channels and more on large enough maps, see
     :func:`_winograd_conv2d`) run by Winograd's F(2x2, 3x3) (:mod:`.winograd`): 2.25x
     fewer multiply-adds. Its other convolutions (stride 1, 3x3, 64 channels and more) run
     as the transposed convolution they equal (:func:`_as_transposed`), with
     ``'implicit'``: no im2col, the GEMMs read the padded input in place. Those with few
-    channels (up to 128) take the same product from shifted rows
+    channels (up to 128) that Winograd does not take come from shifted rows
     (:func:`_conv2d_shifted_rows`): an im2col of contiguous copies, and one GEMM for the
     whole batch.
     """
@@ -914,7 +914,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
       its adjoint, step by step (:func:`~.implicit.conv_transpose2d_implicit_backward`).
     - ``'winograd'`` — the CPU, ``k = 2s``, dilation 1, groups 1: every phase's 2-tap
       sum by Winograd's F(3, 2), 2.25x fewer multiply-adds than the others, plus
-      transforms that are NumPy additions (:mod:`.winograd_transposed`). Its backward is
+      transforms that are NumPy additions or small products (:mod:`.winograd_transposed`). Its backward is
       the same algebra's adjoint. Operands with an inf or NaN run ``'col2im'``.
     - ``'auto'`` — ``'subpixel'`` when it applies and ``s`` divides ``k`` (no padded taps)
       with ``s > 1``, else ``'col2im'``; on the CPU, ``'winograd'`` where it applies with

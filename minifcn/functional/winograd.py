@@ -57,7 +57,9 @@ things differ from the direct sum. An ``inf`` input would give ``inf - inf = NaN
 when the operands are finite (:func:`~minifcn.functional._select.all_finite`). And the
 transformed values are sums of up to 4 inputs (times up to 9/4 for the filter), so
 operands within a factor of ~10 of float32's largest value can overflow to ``inf`` where
-the direct sum would not (the direct sum can overflow too, at a different point).
+the direct sum would not (the direct sum can overflow too, at a different point); the
+transforms are products that multiply every value, zeros included, so such an ``inf``
+makes the whole tile NaN (``0 * inf``).
 
 Memory: the work runs in bands of tile rows (``WINOGRAD_BAND_BYTES`` of transformed
 input or output per band), in scratch buffers that are kept between calls, one set per
@@ -159,8 +161,17 @@ def _input_transform(xs, t0, t1, tw, d, v):
         rows = xs[:, 2 * t0 + u: 2 * t1 + u: 2]                   # row u of every tile
         for w in range(4):
             np.copyto(d[u, w], rows[:, :, w % 2, w // 2: w // 2 + tw])
-    gemm(B_KRON.astype(v.dtype), d.reshape(16, -1), v.reshape(16, -1))
+    gemm(B_KRON.astype(v.dtype), _rows(d, 16), _rows(v, 16))
     return v
+
+
+def _rows(buf, k):
+    """``buf`` as a (k, -1) matrix *view* for a GEMM to write into: a buffer that is not
+    contiguous would be reshaped into a copy, and the product lost with it."""
+    if not buf.flags.c_contiguous:
+        raise ValueError(f"winograd: a transform's buffer must be C-contiguous, got strides "
+                         f"{buf.strides} for shape {buf.shape}")
+    return buf.reshape(k, -1)
 
 
 def _output_transform(m, y4, out):
@@ -168,7 +179,7 @@ def _output_transform(m, y4, out):
     ``out[o, i, r, j, s]`` = output pixel ``(2i + r, 2j + s)``. One product,
     ``Y[2r + s] = sum over xi of A_KRON[2r + s, xi] M[xi]``, into ``y4`` (4, O, rows, tw);
     then each of the 4 tile positions to its pixels (a copy with stride 2)."""
-    gemm(A_KRON.astype(m.dtype), m.reshape(16, -1), y4.reshape(4, -1))
+    gemm(A_KRON.astype(m.dtype), _rows(m, 16), _rows(y4, 4))
     for r in range(2):
         for s in range(2):
             out[:, :, r, :, s] = y4[2 * r + s]
@@ -182,7 +193,7 @@ def _output_transform_adjoint(dy_tiles, dy4, e):
     for r in range(2):
         for s in range(2):
             np.copyto(dy4[2 * r + s], dy_tiles[:, :, r, :, s])
-    gemm(A_KRON.T.astype(e.dtype), dy4.reshape(4, -1), e.reshape(16, -1))
+    gemm(A_KRON.T.astype(e.dtype), _rows(dy4, 4), _rows(e, 16))
     return e
 
 

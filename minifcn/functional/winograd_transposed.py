@@ -50,25 +50,28 @@ The backward is the same algebra read backwards (each step's adjoint, in reverse
   ``V[xi] @ E[xi]^T``), then ``dg = G^T dU G``, each phase's four taps put back where
   they came from.
 
-Layout: the transforms are NumPy additions, and a NumPy pass over a view that breaks
-into short runs costs several times one over contiguous memory (a pass in runs of 132
-values took 0.10 ms, the same pass contiguous 0.03 ms). So the 16 inputs of every window
-go into 16 planes, one per position in the window (:func:`_split_windows`: 9 strided
-copies out of ``x``, and 7 planes of inputs shared with a neighbour shifted from the
-neighbour's); each transform step is then arithmetic on whole planes, and the results go
-to the output by one strided copy per (position, phase).
+Layout: the input transform (and its adjoint) is NumPy additions, and a NumPy pass over a
+view that breaks into short runs costs several times one over contiguous memory (a pass
+in runs of 132 values took 0.10 ms, the same pass contiguous 0.03 ms). So the 16 inputs
+of every window go into 16 planes, one per position in the window (:func:`_split_windows`:
+9 strided copies out of ``x``, and 7 planes of inputs shared with a neighbour shifted
+from the neighbour's); each of its steps is then arithmetic on whole planes. The output
+transform (and its adjoint) is one product with ``A^T (x) A^T``, and its results go to
+the output by one strided copy per (position, phase).
 
 Memory: ``U^T`` and ``dU^T`` hold 16 values per 4 taps (4x the weight). Work runs in
 bands of images or window rows; a band's products ``M`` take at most ``BAND_BYTES`` (or
 one window row's, if more), its ``V`` and row transforms as much each, and the output
-tiles ``Y`` 9/16 of it: about 2.6x as much again at most. They are :mod:`.winograd`'s scratch buffers, kept
+tiles ``Y`` 9/16 of it: about 2.6x as much again at most (the backward's ``dV``, as large
+as ``V``, makes it 3.6x). They are :mod:`.winograd`'s scratch buffers, kept
 between calls per thread (``winograd.release_workspace`` frees them).
 
 Arithmetic: coefficients 0, +-1 and +-1/2. An ``inf`` input would give ``inf - inf =
 NaN`` in ``B^T d`` where the direct sum gives ``inf``, so callers (:mod:`.conv`) take
 this path for finite operands only; and the transformed values are sums of up to 4
 inputs, so operands within a factor of ~4 of the dtype's largest value can overflow to
-``inf`` where the direct sum would not. Float32 and float64 go straight to BLAS; other
+``inf`` where the direct sum would not (and the output transform, a product that
+multiplies every value, zeros included, then makes the whole tile NaN). Float32 and float64 go straight to BLAS; other
 float dtypes run (their GEMMs through ``numpy.matmul``).
 
 When it pays: the GEMMs are 9x narrower than the sub-pixel algorithms' (one column per
@@ -84,7 +87,7 @@ from __future__ import annotations
 import numpy as np
 
 from .blas import gemm
-from .winograd import _same_dtype, _scratch
+from .winograd import _rows, _same_dtype, _scratch
 
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], dtype=np.float64)
 G = np.array([[1, 0], [0.5, 0.5], [0.5, -0.5], [0, 1]], dtype=np.float64)
@@ -363,7 +366,7 @@ def _output_transform(m, y9, y, ay, ax, t0):
     windows) -> y (nb, O, Ho, Wo) (this band's images). One product, ``Y[3a + b] = sum
     over xi of A_KRON[3a + b, xi] M[xi]``, into ``y9`` (9, sh, sw, O, nb, rows, cols);
     then each (tile position, phase) to its output pixels, one strided copy each."""
-    gemm(A_KRON.astype(m.dtype), m.reshape(16, -1), y9.reshape(9, -1))
+    gemm(A_KRON.astype(m.dtype), _rows(m, 16), _rows(y9, 9))
     rows, cols = y9.shape[5:]
     yt = y.transpose(1, 0, 2, 3)                         # (O, nb, Ho, Wo)
     for a in range(3):
@@ -400,7 +403,7 @@ def _output_transform_adjoint(dy, dy9, e, ay, ax, t0):
     for a in range(3):
         for b in range(3):
             _gather_tiles(dyt, dy9[3 * a + b], ay, ax, t0, a, b)
-    gemm(A_KRON.T.astype(e.dtype), dy9.reshape(9, -1), e.reshape(16, -1))
+    gemm(A_KRON.T.astype(e.dtype), _rows(dy9, 9), _rows(e, 16))
     return list(e)
 
 
