@@ -35,7 +35,9 @@ so that it can serve as an independent reference for the fast ops in
    the two polynomials are evaluated; :mod:`minifcn.functional.winograd` and
    :mod:`minifcn.functional.winograd_transposed` hold its F(2, 3) and F(3, 2) on 0, 1, -1
    (up to a scale per point, ``tests/test_math.py``), and ``python -m
-   benchmarks.winograd_tiles`` what larger tiles would cost in float32 error.
+   benchmarks.winograd_tiles`` what larger tiles would cost in float32 error. In 2-D the
+   transforms are products with Kronecker matrices, ``vec(A^T M A) = (A^T (x) A^T)
+   vec(M)``: one GEMM for every tile at once.
 
 ``python -m minifcn.explain`` prints a tiny worked example of 1-4 and 7.
 """
@@ -46,7 +48,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .functional import conv2d, conv_transpose2d
+from .functional import conv2d, conv_transpose2d, winograd_transposed
 from .functional._checks import pair
 
 
@@ -419,6 +421,16 @@ def main(argv=None):
     print(f"\nd = {d}, g = {taps}: the 4 products (G g) * (B^T d) = {(g_m @ taps) * (b_t @ d)}; "
           f"A^T of them = {a_t @ ((g_m @ taps) * (b_t @ d))}, the direct sums "
           f"{np.array([d[i:i + 2] @ taps for i in range(3)])}")
+    m = np.arange(16.0).reshape(4, 4) % 5
+    a_kron = winograd_transposed.A_KRON
+    print("\nIn 2-D a 4x4 window of products M gives a 3x3 tile, Y = A^T M A. Read M as a "
+          "column of 16,\nthat is one product with a Kronecker matrix, vec(A^T M A) = "
+          f"(A^T (x) A^T) vec(M): a {a_kron.shape[0]}x{a_kron.shape[1]} matrix\n"
+          "(minifcn's A_KRON), which the package applies to every (phase, channel, window) "
+          "in one GEMM.\n")
+    _show(m, "M")
+    print(f"\nA^T M A = {(winograd_transposed.A_T @ m @ winograd_transposed.A_T.T).ravel()}\n"
+          f"A_KRON @ vec(M) = {a_kron @ m.ravel()}")
     return 0
 
 

@@ -480,8 +480,19 @@ def test_explain_demo_runs(capsys):
     out = capsys.readouterr().out
     for needle in ("C (4x6)", "C^T (6x4)", "C^T C (6x6)", "zero insertion", "stamping",
                    "F(3, 2)", "A^T (3x4)", "B^T (4x4)", "A^T of them = [ 5.  8. 11.]",
-                   "the direct sums [ 5.  8. 11.]"):
+                   "the direct sums [ 5.  8. 11.]", "a 9x16 matrix"):
         assert needle in out, needle
+    # the 2-D tile: A^T M A by matrix products and minifcn's A_KRON on vec(M), the same
+    # numbers (M = arange(16) % 5 as 4x4; the printed rows parsed back)
+    lines = out.splitlines()
+    by_kron = next(line for line in lines if line.startswith("A_KRON @ vec(M) = "))
+    by_matrices = next(line for line in lines if line.startswith("A^T M A = "))
+    m = np.arange(16.0).reshape(4, 4) % 5
+    a_t = np.array([[1, 1, 1, 0], [0, 1, -1, 0], [0, 1, 1, 1]], dtype=float)   # the notes' F(3, 2)
+    want = (a_t @ m @ a_t.T).ravel()
+    for line in (by_kron, by_matrices):
+        got = np.array(line.split("= ")[1].strip("[]").split(), dtype=float)
+        np.testing.assert_array_equal(got, want)
 
 
 def test_zero_insertion_when_padding_exceeds_the_kernel():
