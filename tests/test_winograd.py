@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch.nn.functional as TF
 
-from conftest import assert_close, assert_conv2d_non_finite_like_torch, torch_grads
+from conftest import assert_close, assert_conv2d_non_finite_like_torch, rel_error, torch_grads
 from minifcn.functional import conv2d, conv2d_backward
 from minifcn.functional import winograd
 from minifcn.functional.blas import uses_cblas
@@ -364,7 +364,7 @@ def test_float16_runs_through_matmul_within_its_rounding():
            "dW": (winograd.winograd_conv2d_weight_grad(dy, x, 1, 1), g["w"])}
     for what, (a, ref) in got.items():
         assert a.dtype == np.float16, what
-        err = np.abs(a.astype(np.float64) - ref).max() / np.abs(ref).max()
+        err = rel_error(a, ref)
         assert err <= 1e-2, f"{what}: relative error {err:.2e}"
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch.nn.functional as TF
 
-from conftest import assert_close, torch_grads
+from conftest import assert_close, rel_error, torch_grads
 from minifcn.functional import conv_transpose2d, conv_transpose2d_backward
 from minifcn.functional import winograd_transposed as wt
 from minifcn.functional.blas import uses_cblas
@@ -351,7 +351,7 @@ def test_float16_runs_through_matmul_within_its_rounding():
     dx, dw, _ = conv_transpose2d_backward(dy, x, weight, 2, 1, algorithm="winograd")
     for what, got, ref in (("forward", y, y_ref), ("dx", dx, g["x"]), ("dW", dw, g["w"])):
         assert got.dtype == np.float16, what
-        err = np.abs(got.astype(np.float64) - ref).max() / np.abs(ref).max()
+        err = rel_error(got, ref)
         assert err <= 1e-2, f"{what}: relative error {err:.2e}"
 
 

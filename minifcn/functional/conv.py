@@ -914,8 +914,8 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
       its adjoint, step by step (:func:`~.implicit.conv_transpose2d_implicit_backward`).
     - ``'winograd'`` — the CPU, ``k = 2s``, dilation 1, groups 1: every phase's 2-tap
       sum by Winograd's F(3, 2), 2.25x fewer multiply-adds than the others, plus
-      transforms that are NumPy additions or small products (:mod:`.winograd_transposed`). Its backward is
-      the same algebra's adjoint. Operands with an inf or NaN run ``'col2im'``.
+      transforms that are NumPy additions or small products (:mod:`.winograd_transposed`).
+      Its backward is the same algebra's adjoint. Operands with an inf or NaN run ``'col2im'``.
     - ``'auto'`` — ``'subpixel'`` when it applies and ``s`` divides ``k`` (no padded taps)
       with ``s > 1``, else ``'col2im'``; on the CPU, ``'winograd'`` where it applies with
       many channels, and ``'implicit'`` instead of ``'subpixel'`` for the forward at
