@@ -72,19 +72,32 @@ def _self_check(found):
     return True
 
 
-def _call(fn, a, b, c, beta):
+def _operands(a, b, c):
+    """``(address, (transpose flag, leading dimension))`` of ``a``, ``b`` and ``c`` as BLAS
+    reads them in place, or None where it cannot (``c`` must not be transposed)."""
     item = c.itemsize
-    (ta, lda), (tb, ldb), (_, ldc) = (_layout(t, item) for t in (a, b, c))
+    pa, pb, pc = a.ctypes.data, b.ctypes.data, c.ctypes.data     # each asked once: ~1 us
+    la, lb, lc = _layout(a, pa, item), _layout(b, pb, item), _layout(c, pc, item)
+    if la is None or lb is None or lc is None or lc[0] != _NO_TRANS:
+        return None
+    return (pa, la), (pb, lb), (pc, lc)
+
+
+def _call(fn, a, b, c, beta, operands=None):
+    """``c <- a @ b + beta * c`` through BLAS; ``operands``: :func:`_operands` of the
+    three, which must not be None."""
+    (pa, (ta, lda)), (pb, (tb, ldb)), (pc, (_, ldc)) = operands or _operands(a, b, c)
     fn(_ROW_MAJOR, ta, tb, c.shape[0], c.shape[1], a.shape[1], 1.0,
-       a.ctypes.data, lda, b.ctypes.data, ldb, beta, c.ctypes.data, ldc)
+       pa, lda, pb, ldb, beta, pc, ldc)
 
 
-def _layout(m, item):
-    """How BLAS can read the 2-D view ``m`` in place: ``(no-transpose, row stride)`` if its
-    rows are runs of unit stride, ``(transpose, column stride)`` if its columns are (a
-    transposed view), else None. Strides in elements, and — BLAS checks it — no smaller
-    than a run; the memory aligned to the dtype."""
-    if m.ctypes.data % item:
+def _layout(m, address, item):
+    """How BLAS can read the 2-D view ``m`` (its data at ``address``) in place:
+    ``(no-transpose, row stride)`` if its rows are runs of unit stride, ``(transpose,
+    column stride)`` if its columns are (a transposed view), else None. Strides in
+    elements, and — BLAS checks it — no smaller than a run; the memory aligned to the
+    dtype."""
+    if address % item:
         return None
     for trans, (runs, run), (outer, inner) in ((_NO_TRANS, m.shape, m.strides),
                                                (_TRANS, m.shape[::-1], m.strides[::-1])):
@@ -117,9 +130,8 @@ def gemm(a, b, out, accumulate=False):
             and out.flags.writeable                 # else matmul refuses, as it should
             and not np.may_share_memory(out, a)     # BLAS assumes no aliasing
             and not np.may_share_memory(out, b)
-            and _layout(a, out.itemsize) and _layout(b, out.itemsize)
-            and (_layout(out, out.itemsize) or (None,))[0] == _NO_TRANS):
-        _call(fn, a, b, out, 1.0 if accumulate else 0.0)
+            and (operands := _operands(a, b, out)) is not None):
+        _call(fn, a, b, out, 1.0 if accumulate else 0.0, operands)
         return out
     xp = get_array_module(out)
     if accumulate:
