@@ -154,14 +154,15 @@ def test_conv2d_on_shifted_rows(monkeypatch, dtype, kernel, padding, band_bytes,
     test turns on for any band: only long bands take it by default). Held to torch, and
     the paths checked."""
     import minifcn.functional.conv as conv
+    import minifcn.functional.shifted_rows as shifted_rows
     from minifcn.functional.blas import uses_cblas
     monkeypatch.setattr(conv, "CPU_SHIFTED_CONV2D_MAX_WASTE", 100.0)
-    monkeypatch.setattr(conv, "CPU_SHIFTED_FOLD_MIN_WINDOWS", 0 if fold else 1 << 62)
+    monkeypatch.setattr(shifted_rows, "CPU_SHIFTED_FOLD_MIN_WINDOWS", 0 if fold else 1 << 62)
     if band_bytes is not None:
         monkeypatch.setattr(conv, "CPU_BAND_BYTES", band_bytes)
     calls = _spy_shifted(monkeypatch)
-    folded, real_fold = [], conv._fold_column_taps
-    monkeypatch.setattr(conv, "_fold_column_taps", lambda *a: folded.append(real_fold(*a))
+    folded, real_fold = [], shifted_rows._fold_column_taps
+    monkeypatch.setattr(shifted_rows, "_fold_column_taps", lambda *a: folded.append(real_fold(*a))
                         or folded[-1])
     check_conv2d(np, dtype, n=3, cin=4, cout=5, h=H, w=W, kernel=kernel, stride=1,
                  padding=padding, dilation=1, groups=1, bias=True)

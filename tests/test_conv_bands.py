@@ -16,6 +16,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import minifcn.functional.conv as conv
+import minifcn.functional.shifted_rows as shifted_rows
 from minifcn.functional import conv2d, conv2d_backward
 from test_conv import DTYPES, GEOMETRY, H, W, check_conv2d, conv_configs
 from test_conv_transpose import check_conv_transpose2d
@@ -278,7 +279,8 @@ def test_shifted_rows_convolution_matches_torch(band_budget, kernel, padding, ro
     pw = padding[1]
     wp = 6 + pw + max(0, pw - kw + 1)                     # the row pitch: W + gap
     band_budget(rows * 4 * kh * kw * wp * 8)
-    y = conv._conv2d_shifted_rows(x, wt.transpose(1, 2, 3, 0), *padding)   # (C, kh, kw, O)
+    y = shifted_rows._conv2d_shifted_rows(x, wt.transpose(1, 2, 3, 0), *padding,   # (C, kh, kw, O)
+                                          conv.CPU_BAND_BYTES)
     ref = TF.conv2d(torch.tensor(x), torch.tensor(wt), padding=padding).numpy()
     assert y.shape == ref.shape
     assert np.abs(y - ref).max() <= 1e-12 * np.abs(ref).max()
@@ -372,8 +374,7 @@ def test_implicit_layers_take_dw_on_folded_shifted_rows(monkeypatch, dtype, kern
     monkeypatch.setattr(conv, "CPU_IMPLICIT_CONV2D_MIN_CHANNELS", 1)
     monkeypatch.setattr(conv, "CPU_BAND_BYTES", 4096)           # several bands
     calls, folds = [], []
-    real_shifted, real_t, real_fold = (conv._weight_grad_shifted_rows, conv._weight_grad_t,
-                                       conv._fold_column_taps)
+    real_shifted, real_t = conv._weight_grad_shifted_rows, conv._weight_grad_t
     monkeypatch.setattr(conv, "_weight_grad_shifted_rows",
                         lambda *a, **k: calls.append(("shifted", k)) or real_shifted(*a, **k))
     monkeypatch.setattr(conv, "_weight_grad_t",
@@ -400,8 +401,8 @@ def test_implicit_layers_take_dw_on_folded_shifted_rows(monkeypatch, dtype, kern
     ref = torch_dw(x)
     assert dw.dtype == dtype and np.abs(dw - ref).max() <= tol * np.abs(ref).max()
     # the fold is taken: each band's col holds one column tap per row shift, not kw
-    real_copies = conv._shifted_copies
-    monkeypatch.setattr(conv, "_shifted_copies", lambda stack, col, *a: folds.append(col.shape[2])
+    real_copies = shifted_rows._shifted_copies
+    monkeypatch.setattr(shifted_rows, "_shifted_copies", lambda stack, col, *a: folds.append(col.shape[2])
                         or real_copies(stack, col, *a))
     conv2d_backward(dy, x, wt, 1, (ph, pw), need_input_grad=False)
     assert len(folds) > 1 and set(folds) == {1}         # several bands, all folded

@@ -199,7 +199,7 @@ def test_conv_transpose2d_random_configs_subpixel(xp, cfg, dtype, seed):
        seed=st.integers(0, 2**31 - 1))
 def test_subpixel_with_the_column_taps_folded(cfg, dtype, seed):
     """The CPU 'subpixel' forward's convolution on shifted rows with only the row shifts
-    copied and the column taps read at offsets (``conv._fold_column_taps``, by default
+    copied and the column taps read at offsets (``shifted_rows._fold_column_taps``, by default
     on bands of 8192+ windows; here on every band): random configurations, held to
     torch."""
     import minifcn.functional.conv as conv
@@ -211,14 +211,15 @@ def test_subpixel_with_the_column_taps_folded(cfg, dtype, seed):
     cfg["cin"] = max(cfg["cin"], -(-cfg["cout"] * sh * sw // -(-kh // sh)))
     _where_subpixel_applies(cfg)
     s = cfg["stride"]
-    saved, real = conv.CPU_SHIFTED_FOLD_MIN_WINDOWS, conv._fold_column_taps
+    import minifcn.functional.shifted_rows as shifted_rows
+    saved, real = shifted_rows.CPU_SHIFTED_FOLD_MIN_WINDOWS, shifted_rows._fold_column_taps
     folded = []
-    conv.CPU_SHIFTED_FOLD_MIN_WINDOWS = 0
-    conv._fold_column_taps = lambda *a: folded.append(real(*a)) or folded[-1]
+    shifted_rows.CPU_SHIFTED_FOLD_MIN_WINDOWS = 0
+    shifted_rows._fold_column_taps = lambda *a: folded.append(real(*a)) or folded[-1]
     try:
         check_conv_transpose2d(np, dtype, seed=seed, algorithms=["subpixel"], **cfg)
     finally:
-        conv.CPU_SHIFTED_FOLD_MIN_WINDOWS, conv._fold_column_taps = saved, real
+        shifted_rows.CPU_SHIFTED_FOLD_MIN_WINDOWS, shifted_rows._fold_column_taps = saved, real
     if s[1] < conv.CPU_SUBPIXEL_CHANNELS_LAST_MIN_STRIDE:     # the channels-first forward
         assert True in folded, f"the column taps were not folded: {folded}"
 
@@ -231,10 +232,10 @@ def test_subpixel_folds_where_the_rule_says(monkeypatch, dtype, cin, cout, kerne
     """Cases where the sub-pixel forward's convolution does fold (phase kernels more than
     one wide, O*sh*sw <= C*ah), with the window bound lifted: the fold taken, and the
     result held to torch."""
-    import minifcn.functional.conv as conv
-    monkeypatch.setattr(conv, "CPU_SHIFTED_FOLD_MIN_WINDOWS", 0)
-    folded, real = [], conv._fold_column_taps
-    monkeypatch.setattr(conv, "_fold_column_taps",
+    import minifcn.functional.shifted_rows as shifted_rows
+    monkeypatch.setattr(shifted_rows, "CPU_SHIFTED_FOLD_MIN_WINDOWS", 0)
+    folded, real = [], shifted_rows._fold_column_taps
+    monkeypatch.setattr(shifted_rows, "_fold_column_taps",
                         lambda *a: folded.append(real(*a)) or folded[-1])
     check_conv_transpose2d(np, dtype, n=2, cin=cin, cout=cout, h=5, w=6, kernel=kernel,
                            stride=stride, padding=padding, output_padding=0, dilation=1,
@@ -251,19 +252,21 @@ def test_subpixel_channels_last_path_matches_torch(cfg, dtype, band_bytes, seed)
     default from stride 8 on), its output streamed in bands of one block row (which
     cross image boundaries), a few, or all: any kernel, crop and output_padding."""
     import minifcn.functional.conv as conv
+    import minifcn.functional.shifted_rows as shifted_rows
     _where_subpixel_applies(cfg)
-    saved = (conv.CPU_SUBPIXEL_CHANNELS_LAST_MIN_STRIDE, conv.CPU_CHANNELS_LAST_BAND_BYTES,
-             conv.CPU_CHANNELS_LAST_MIN_PIXELS)
+    saved = (conv.CPU_SUBPIXEL_CHANNELS_LAST_MIN_STRIDE, shifted_rows.CPU_CHANNELS_LAST_BAND_BYTES,
+             shifted_rows.CPU_CHANNELS_LAST_MIN_PIXELS)
     calls = []
     real = conv._subpixel_channels_last
     conv._subpixel_channels_last = lambda *a: calls.append(1) or real(*a)
-    conv.CPU_SUBPIXEL_CHANNELS_LAST_MIN_STRIDE, conv.CPU_CHANNELS_LAST_BAND_BYTES = 1, band_bytes
-    conv.CPU_CHANNELS_LAST_MIN_PIXELS = 1
+    conv.CPU_SUBPIXEL_CHANNELS_LAST_MIN_STRIDE = 1
+    shifted_rows.CPU_CHANNELS_LAST_BAND_BYTES = band_bytes
+    shifted_rows.CPU_CHANNELS_LAST_MIN_PIXELS = 1
     try:
         check_conv_transpose2d(np, dtype, seed=seed, algorithms=["subpixel"], **cfg)
     finally:
-        (conv.CPU_SUBPIXEL_CHANNELS_LAST_MIN_STRIDE, conv.CPU_CHANNELS_LAST_BAND_BYTES,
-         conv.CPU_CHANNELS_LAST_MIN_PIXELS) = saved
+        (conv.CPU_SUBPIXEL_CHANNELS_LAST_MIN_STRIDE, shifted_rows.CPU_CHANNELS_LAST_BAND_BYTES,
+         shifted_rows.CPU_CHANNELS_LAST_MIN_PIXELS) = saved
         conv._subpixel_channels_last = real
     assert calls, "the channels-last path was not taken"
 
