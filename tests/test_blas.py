@@ -101,6 +101,30 @@ def test_layouts_blas_cannot_read_go_through_matmul():
     assert_close(out, naive(a, b), np.float64, "strided a, mixed dtypes")
 
 
+@pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])
+def test_a_transposed_or_misaligned_out_goes_through_matmul(monkeypatch, accumulate):
+    """BLAS writes ``C`` row-major only, and every operand aligned to its dtype: an ``out``
+    that is a transposed view, or an operand one byte off, must not reach it (``_call``
+    not called), and the answer is still the product."""
+    calls = []
+    real_call = blas._call
+    monkeypatch.setattr(blas, "_call", lambda *args: calls.append(1) or real_call(*args))
+    rng = np.random.default_rng(6)
+    a, b = rng.standard_normal((3, 5)), rng.standard_normal((5, 4))
+    start = rng.standard_normal((4, 3))
+    out = start.copy().T                                          # (3, 4), columns contiguous
+    blas.gemm(a, b, out, accumulate=accumulate)
+    assert_close(out, naive(a, b) + (start.T if accumulate else 0), np.float64, "out.T")
+    raw = np.zeros(3 * 5 * 8 + 1, np.uint8)
+    a_off = raw[1:].view(np.float64).reshape(3, 5)                 # one byte off alignment
+    a_off[...] = a
+    assert a_off.ctypes.data % 8
+    out = np.zeros((3, 4))
+    blas.gemm(a_off, b, out, accumulate=accumulate)
+    assert_close(out, naive(a, b), np.float64, "misaligned a")
+    assert calls == []
+
+
 def test_numpys_own_blas_is_found_where_numpy_ships_openblas():
     """NumPy's wheels link scipy-openblas (ILP64): there the CBLAS path must be found (and
     pass its self-check), or the implicit GEMM silently falls back to matmul + add."""

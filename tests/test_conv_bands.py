@@ -143,7 +143,8 @@ def test_banded_transposed_convolution_backward(xp, band_budget, rows, kernel, s
 
 @pytest.fixture
 def gemm_calls(monkeypatch):
-    """Counts the calls of ``blas.gemm`` that ``conv.py`` makes."""
+    """Counts the calls of ``blas.gemm`` that ``conv.py`` makes (not those of
+    ``shifted_rows.py``, which has its own name for it)."""
     calls = []
     real = conv.gemm
     monkeypatch.setattr(conv, "gemm", lambda *a, **k: calls.append(1) or real(*a, **k))

@@ -248,7 +248,7 @@ def test_subpixel_folds_where_the_rule_says(monkeypatch, dtype, cin, cout, kerne
        band_bytes=st.sampled_from([1, 200, 1 << 30]), seed=st.integers(0, 2**31 - 1))
 def test_subpixel_channels_last_path_matches_torch(cfg, dtype, band_bytes, seed):
     """The CPU 'subpixel' forward that runs its GEMM transposed and shuffles runs of
-    ``sw`` values (``conv._subpixel_channels_last``), taken here at every stride (it is the
+    ``sw`` values (``shifted_rows._subpixel_channels_last``, spied on where conv calls it), taken here at every stride (it is the
     default from stride 8 on), its output streamed in bands of one block row (which
     cross image boundaries), a few, or all: any kernel, crop and output_padding."""
     import minifcn.functional.conv as conv

@@ -299,7 +299,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     as the transposed convolution they equal (:func:`_as_transposed`), with
     ``'implicit'``: no im2col, the GEMMs read the padded input in place. Those with few
     channels (up to 128) that Winograd does not take come from shifted rows
-    (:func:`_conv2d_shifted_rows`): an im2col of contiguous copies, and one GEMM for the
+    (:func:`~.shifted_rows._conv2d_shifted_rows`): an im2col of contiguous copies, and one GEMM for the
     whole batch.
     """
     g = _geometry("conv2d", x, weight, bias, stride, padding, dilation, groups)
@@ -394,13 +394,13 @@ CPU_SHIFTED_BACKWARD_MIN_CHANNELS = 4   # its dx from C this large, its dW from 
 
 
 def _shifted_conv2d(g):
-    """Whether the CPU runs this convolution on shifted rows (:func:`_conv2d_shifted_rows`):
+    """Whether the CPU runs this convolution on shifted rows (:func:`~.shifted_rows._conv2d_shifted_rows`):
     the forward, the input gradient as the convolution of ``dy`` with the flipped kernel
     (:func:`_as_transposed`'s identity, read backwards), and the weight gradient
-    (:func:`_weight_grad_shifted_rows`). Stride 1, dilation 1, one group, kernels of 2 taps
+    (:func:`~.shifted_rows._weight_grad_shifted_rows`). Stride 1, dilation 1, one group, kernels of 2 taps
     and more with padding < kernel, up to ``CPU_SHIFTED_CONV2D_MAX_CHANNELS`` channels in
     and out, and at most ``CPU_SHIFTED_CONV2D_MAX_WASTE`` windows computed per window kept
-    (:func:`_shifted_rows_waste`) in the forward and in the input gradient.
+    (:func:`~.shifted_rows._shifted_rows_waste`) in the forward and in the input gradient.
 
     Why: at few channels a convolution is memory-bound, and im2col's gather (runs of one
     image row) and the batch's one small GEMM per image were most of its time. Measured
@@ -528,7 +528,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
     if _implicit_conv2d(g):
         # dx: the transposed convolution's own adjoint, implicit (no col, no col2im).
         # dW: on shifted rows of x with the column taps folded (only the kh row shifts
-        # copied, ``dW^T += col3 @ dy^T`` read at kw offsets: :func:`_weight_grad_shifted_rows`),
+        # copied, ``dW^T += col3 @ dy^T`` read at kw offsets: :func:`~.shifted_rows._weight_grad_shifted_rows`),
         # where x is finite; on VGG's 64-256-channel layers at 80-320 pixels a side
         # 0.75-0.95x of the time of banded im2col (:func:`_weight_grad_t`), with AVX2 and
         # AVX-512 GEMM kernels alike. (Implicit GEMMs, one per tap, O x C outputs from K =
@@ -648,10 +648,10 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
       GEMM writes ``s*s*(H+A-1)*(W+B-1)`` values per output channel instead of
       ``kh*kw*H*W`` (3.5x fewer for FCN-32s's k64 s32 on 16x16), for the same FLOPs
       when ``s`` divides ``k`` (FCN's upsamplers all have k = 2s). On the CPU the
-      A x B convolution runs as :func:`_conv2d_shifted_rows` (its im2col is one
+      A x B convolution runs as :func:`~.shifted_rows._conv2d_shifted_rows` (its im2col is one
       shifted copy per tap) and the shuffle as :func:`~.im2col._pixel_shuffle`; from
       column stride 8 on, with the GEMM transposed, channels-last, so that the shuffle
-      moves runs of ``sw`` values (:func:`_subpixel_channels_last`).
+      moves runs of ``sw`` values (:func:`~.shifted_rows._subpixel_channels_last`).
     - ``'fused'`` — ``'col2im'`` with the GEMM folded into the col2im: no col matrix.
       On the GPU one kernel (``kernels/conv_transpose.cu``), one thread per output pixel,
       summing ``W[c, o, u, v] * x[n, c, i, j]`` over the taps that reach it and the input
@@ -1062,7 +1062,7 @@ def _subpixel_weight(weight, g):
 
 def _subpixel_weight_t(weight, g):
     """The transpose of :func:`_subpixel_weight`'s matrix, (C, A, B, O*sh*sw), for
-    :func:`_conv2d_shifted_rows`. ``C`` stays first, as in ``W`` itself, so the copy
+    :func:`~.shifted_rows._conv2d_shifted_rows`. ``C`` stays first, as in ``W`` itself, so the copy
     permutes within one input channel's (O, kh, kw) block at a time (256 KB for 256
     outputs at k16: in cache); ``(O*sh*sw, C, A, B)`` is a transpose of C against O,
     which for a 256 x 256 x 16 x 16 weight (67 MB) took 147 ms, longer than the GEMM.
