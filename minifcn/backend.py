@@ -26,7 +26,7 @@ def _is_cupy_array(x) -> bool:
 def get_array_module(*arrays):
     """Return ``cupy`` if any argument is a CuPy array, else ``numpy``."""
     for a in arrays:
-        if _is_cupy_array(a):
+        if type(a) is not np.ndarray and _is_cupy_array(a):   # (the common case asked first)
             import cupy
             return cupy
     return np

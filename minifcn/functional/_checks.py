@@ -7,6 +7,8 @@ import numbers
 
 def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
     """Turn an int or an (h, w) pair into an (h, w) tuple of ints >= ``minimum``."""
+    if type(value) is int and value >= minimum:      # the common case, without the ABC checks
+        return value, value
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         h = w = int(value)
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(

@@ -220,7 +220,8 @@ def _geometry(op, x, weight, bias, stride, padding, dilation, groups, output_pad
     check_4d(weight, "weight", "(O, C/groups, kh, kw)" if output_padding is None
              else "(C, O/groups, kh, kw)")
     check_float(weight, "weight")
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+    if type(groups) is not int and (isinstance(groups, bool)
+                                    or not isinstance(groups, numbers.Integral)) or groups < 1:
         raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
     groups = int(groups)
     g = SimpleNamespace(groups=groups, gpu=get_array_module(x) is not np,
@@ -255,8 +256,9 @@ def _geometry(op, x, weight, bias, stride, padding, dilation, groups, output_pad
                                  f"max(stride, dilation) = {max(s, d)} along the {name}")
         g.ho = conv_transpose_output_size(g.h, g.kh, g.sh, g.ph, g.dh, g.oph)
         g.wo = conv_transpose_output_size(g.w, g.kw, g.sw, g.pw, g.dw, g.opw)
-    check_positive_size(op, (g.ho, g.wo), (g.h, g.w), kernel_size=(g.kh, g.kw),
-                        stride=(g.sh, g.sw), padding=(g.ph, g.pw), dilation=(g.dh, g.dw))
+    if g.ho <= 0 or g.wo <= 0:
+        check_positive_size(op, (g.ho, g.wo), (g.h, g.w), kernel_size=(g.kh, g.kw),
+                            stride=(g.sh, g.sw), padding=(g.ph, g.pw), dilation=(g.dh, g.dw))
     if bias is not None:
         if getattr(bias, "shape", None) is None or getattr(bias, "dtype", None) is None:
             raise ValueError(f"{op}: bias must be an array of shape ({g.o},) (or None), "

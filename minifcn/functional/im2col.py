@@ -27,6 +27,8 @@ hot loops are replaced by the kernels in :mod:`minifcn.kernels`.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..backend import as_strided, get_array_module
@@ -342,6 +344,20 @@ SHUFFLE_BLOCK_BYTES = 2 << 20   # output bytes per block of the pixel shuffle (s
 SHUFFLE_MAX_COPIES = 256        # above this many strided copies, one block (s = 32 has 1024 phases)
 
 
+@functools.lru_cache(maxsize=256)
+def _phase_runs(size, s, p, blocks):
+    """Where each phase ``r`` of one axis of :func:`_pixel_shuffle` lands: ``((r, first
+    output index, first block, blocks copied, outputs of the phase), ...)``. A function of
+    five ints, kept for the next call with the same sizes (a small op's per-call cost)."""
+    out = []
+    for r in range(s):
+        first = (r - p) % s
+        q0 = (first + p) // s
+        out.append((r, first, q0, min(len(range(first, size, s)), blocks - q0),
+                    len(range(first, size, s))))
+    return tuple(out)
+
+
 def _pixel_shuffle(ysub, h, w, ph, pw):
     """col2im for windows that do not overlap (kernel = stride), NumPy only: a pure
     rearrangement. ysub (N, C, sh, sw, Hq, Wq) -> x (N, C, h, w) with
@@ -357,17 +373,7 @@ def _pixel_shuffle(ysub, h, w, ph, pw):
     (stride 32: 1024 copies per block) the per-copy overhead wins, and it runs as one block.
     """
     n, c, sh, sw, hq, wq = ysub.shape
-
-    def runs(size, s, p, blocks):   # per phase: first output index, first block, count
-        out = []
-        for r in range(s):
-            first = (r - p) % s
-            q0 = (first + p) // s
-            out.append((r, first, q0, min(len(range(first, size, s)), blocks - q0),
-                        len(range(first, size, s))))
-        return out
-
-    rows, cols = runs(h, sh, ph, hq), runs(w, sw, pw, wq)
+    rows, cols = _phase_runs(h, sh, ph, hq), _phase_runs(w, sw, pw, wq)
     covered = all(cnt == want for *_, cnt, want in rows + cols)
     x = (np.empty if covered else np.zeros)((n, c, h, w), dtype=ysub.dtype)
     step = max(1, SHUFFLE_BLOCK_BYTES // (h * w * ysub.dtype.itemsize))   # maps per block
