@@ -152,15 +152,21 @@ def transpose_is_not_inverse(in_size, kernel, stride=1, padding=0, dilation=1, w
 
     ``weight`` defaults to a random ``(kh, kw)`` kernel. The answer is no: a convolution
     that shrinks (Ho*Wo < H*W) has ``rank C < H*W``, so no matrix at all can undo it, and
-    even a size-keeping one (padding = (k-1)/2) has ``C^T C != I`` unless the kernel is a
-    single +-1 at its centre tap. So ``conv_transpose2d`` is not a "deconvolution": it
-    restores the shape, not the values.
+    even a size-keeping one (padding = (k-1)/2, on an input at least as large as the
+    kernel) has ``C^T C != I`` unless the kernel is a single +-1 at its centre tap: a
+    window at the border loses the taps that fall on the padding, so its row of ``C`` is
+    shorter than the others. (On a smaller input other kernels can slip through: on a
+    1x2 input the row kernel [1, 0, 1] makes ``C`` a permutation.) So
+    ``conv_transpose2d`` is not a "deconvolution": it restores the shape, not the values.
 
-    The one case where it comes close: windows that do not overlap (stride >= kernel) and
-    a kernel of unit norm give ``C C^T = I`` (C's rows are orthonormal). Then ``C^T`` is
-    C's pseudo-inverse: convolving after transposed-convolving gives back the convolution's
-    output exactly, and ``C^T C x`` is the closest point to ``x`` that the convolution can
-    tell apart from it; ``C^T C`` is still a projection, not I.
+    The one case where it comes close: windows that neither overlap nor reach into the
+    padding (no padding, and a window span ``d*(k-1) + 1 <= stride``) and a kernel of unit
+    norm give ``C C^T = I`` (C's rows are orthonormal: unit norm, disjoint supports). Then
+    ``C^T`` is C's pseudo-inverse: convolving after transposed-convolving gives back the
+    convolution's output exactly, and ``C^T C x`` is the orthogonal projection of ``x``
+    onto C's row space, the smallest input with the same output (``C C^T C x = C x``);
+    ``C^T C`` is that projection, not I. With padding, or dilated windows that overlap,
+    even a unit-norm kernel does not give ``C C^T = I``.
     """
     rng = np.random.default_rng(seed)
     kh, kw = pair(kernel, "kernel", minimum=1)

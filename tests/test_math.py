@@ -192,6 +192,24 @@ def test_non_overlapping_unit_norm_kernel_makes_the_transpose_a_pseudo_inverse()
     assert r.rank == 4 and r.identity_error > 0.5
 
 
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [
+    (2, 2, 1, 1),          # the windows at the border reach into the padding: shorter rows
+    (3, 4, 0, 2),          # span d*(k-1) + 1 = 5 > stride: neighbouring windows share pixels
+    (3, 2, 0, 1)])         # plain overlap
+def test_padding_or_overlap_breaks_the_pseudo_inverse(kernel, stride, padding, dilation):
+    """The docstring's conditions are needed: with padding, or windows that overlap, a
+    unit-norm kernel no longer makes C's rows orthonormal, and C^T is not C's
+    pseudo-inverse (C C^T != I), while with neither (the last check) it is."""
+    w = np.random.default_rng(4).standard_normal((kernel, kernel))
+    w /= np.linalg.norm(w)
+    c = explain.conv_matrix((12, 12), (kernel, kernel), stride, padding, dilation, w)
+    assert np.abs(c @ c.T - np.eye(c.shape[0])).max() > 0.1
+    assert not np.allclose(c.T, np.linalg.pinv(c), atol=1e-8)
+    c0 = explain.conv_matrix((12, 12), (kernel, kernel), max(stride, dilation * (kernel - 1) + 1),
+                             0, dilation, w)
+    np.testing.assert_allclose(c0 @ c0.T, np.eye(c0.shape[0]), atol=1e-14)
+
+
 @pytest.mark.parametrize("h,k,s,p", [(4, 3, 2, 1), (5, 3, 2, 1), (7, 4, 3, 0), (9, 5, 2, 2)])
 def test_output_padding_picks_which_input_size_comes_back(h, k, s, p):
     """A strided convolution maps several input sizes to one output size; the transposed

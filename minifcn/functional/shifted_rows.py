@@ -11,9 +11,11 @@ has the derivation.
 :mod:`.conv` runs its small-channel 3x3 convolutions this way (forward, input gradient
 and weight gradient, :func:`_weight_grad_shifted_rows`), and the ``'subpixel'``
 transposed convolution's phase convolution; :func:`_subpixel_channels_last` is that
-forward with its GEMM transposed, for large strides. Which one runs when is
-:mod:`.conv`'s decision (its ``CPU_*`` rules); every function here takes the band
-budget ``band_bytes`` from the caller.
+forward with its GEMM transposed, for large strides. Which of them runs for an op is
+:mod:`.conv`'s decision (its ``CPU_*`` rules), and every function here takes the band
+budget ``band_bytes`` from the caller; how they lay out their own work is decided here
+(the column-tap fold, :func:`_fold_column_taps` and ``CPU_SHIFTED_FOLD_MIN_WINDOWS``;
+the channels-last output bands, ``CPU_CHANNELS_LAST_*``).
 """
 from __future__ import annotations
 
@@ -41,8 +43,10 @@ def _conv2d_shifted_rows(x, weight_t, ph, pw, band_bytes):
     + 1)`` (``>= pw`` zeros on each side, and ``Wp >= Wo``). Windows ``j >= Wo`` of a row,
     if any (``Wp - Wo = kw - 1 - pw`` when ``pw < kw``), wrap into the next row; they are
     computed and thrown away. For the sub-pixel step (``pw = kw - 1``) there are none;
-    for, say, a 7x7 kernel with no padding on 14x14 they would make the GEMM 1.75x as
-    large (Wp/Wo = 14/8) (:func:`_shifted_rows_waste`), which is why
+    for, say, a 7x7 kernel with no padding on 14x14 they would make each row's GEMM
+    columns 1.75x as many (Wp/Wo = 14/8), and with the window rows past each image's
+    bottom (the stack's period, below) the whole GEMM 3.06x as large
+    (:func:`_shifted_rows_waste`), which is why
     :func:`~.conv.conv_transpose2d`'s sub-pixel forward uses this, and :func:`~.conv.conv2d` only where
     the waste is small (:func:`~.conv._shifted_conv2d`). ``y = weight_t^T @ col``: BLAS reads the
     weight transposed, so it need not be in ``(O, C*kh*kw)`` order.
