@@ -337,10 +337,15 @@ non_negative_int = int_at_least(0, "an int >= 0")
 
 def check_json_path(parser, path, flag="--json"):
     """Stop with a usage error now, not after minutes of measuring, when the JSON cannot be
-    written at ``path`` (:func:`minifcn.evaluate.check_output_file`'s checks)."""
+    written at ``path`` (:func:`minifcn.evaluate.check_output_file`'s checks), or at
+    ``path + '.partial'``, where a run writes until it completes (:func:`write_json`)."""
     if path:
         try:
             check_output_file(path, flag)
+            for extra in (f"{path}.partial", f"{path}.partial.tmp"):
+                if os.path.lexists(extra) and not os.path.isfile(extra):
+                    raise ValueError(f"{flag} {path}: {extra}, where the run writes first, is "
+                                     "in the way (not a file)")
         except ValueError as e:
             parser.error(str(e))
 

@@ -78,6 +78,14 @@ def check_output_file(path, flag, inputs=()):
     probe_writable(folder, f"{flag} {path}")
 
 
+def inside(path, folder):
+    """Does ``path`` (existing or not) lie in ``folder`` or below it, links seen through?"""
+    where = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))),
+                         os.path.basename(path))
+    folder = os.path.realpath(folder)
+    return os.path.commonpath([where, folder]) == folder
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m minifcn.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="best.npz / checkpoint.npz, or .pth weights")
@@ -119,6 +127,10 @@ def main(argv=None):
         extra = dict(seed=args.seed, image_size=(args.image_size, args.image_size),
                      num_images=args.num_images)
     dataset = open_dataset(args.data, args.split, int(spec["num_classes"]), **extra)
+    if args.json and args.data != "synthetic" and inside(args.json, args.data):
+        raise ValueError(f"--json {args.json} is inside the dataset directory {args.data}, "
+                         "where it could replace one of the dataset's files (an image, a "
+                         "mask, a list): write it elsewhere")
     metrics = evaluate(model, dataset, spec["preprocess"], args.batch_size, args.device, args.progress)
     print(f"{args.checkpoint} on {args.data} ({args.split}, {len(dataset)} images)")
     print(format_metrics(metrics, spec.get("class_names")))

@@ -48,6 +48,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .cli import run_main
 from .functional import conv2d, conv_transpose2d, winograd_transposed
 from .functional._checks import pair
 
@@ -441,4 +442,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

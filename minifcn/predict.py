@@ -8,13 +8,18 @@ blended over the image), both of the image's own size: an FCN takes any input si
 Inputs that share a name get distinct ones (see :func:`output_stems`): ``a_png`` and
 ``a_jpg`` for ``a.png`` and ``a.jpg``, then ``-2``, ``-3`` for ``a.png`` from two folders.
 Files already in ``--out`` are replaced only with ``--overwrite``, and an input image or
-the checkpoint never (:func:`check_outputs`).
+the checkpoint never (:func:`check_outputs`). Each file is written beside its name first
+and then moved over it, so an interrupted run leaves no half-written file, and an output
+name that is a symbolic link is replaced, not the file it points to. Masks hold class
+indices in 8 bits with 255 the "ignore" label, so a model with more than 255 classes is
+refused.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 
 import numpy as np
 
@@ -23,16 +28,43 @@ from .cli import check_output_dir, run_main, same_file
 from .data import colorize, load_image, save_mask_png
 from .data.transforms import get_preprocess
 from .evaluate import add_model_flags, model_overrides
+from .io import _umask
 from .training import load_checkpoint_model
+
+
+MAX_CLASSES = 255       # a mask's uint8 values are class indices; 255 means "ignore"
 
 
 def predict(model, image, preprocess, device="cpu"):
     """uint8 RGB (H, W, 3) -> class indices uint8 (H, W)."""
     x = to_device(get_preprocess(preprocess)(image)[None], device)
     model.eval()
-    labels = to_numpy(model.forward(x).argmax(axis=1))[0].astype(np.uint8)
+    scores = model.forward(x)
     model.clear_cache()
-    return labels
+    if scores.shape[1] > MAX_CLASSES:
+        raise ValueError(f"predict: the model has {scores.shape[1]} classes; a mask holds at "
+                         f"most {MAX_CLASSES} (uint8 indices, 255 being the ignore label)")
+    return to_numpy(scores.argmax(axis=1))[0].astype(np.uint8)
+
+
+def write_replacing(path, write):
+    """``write(tmp)`` to a new file beside ``path``, then move it over ``path``
+    (``os.replace``): ``path`` is either the old file or the whole new one, never half of
+    it, and a symbolic link at ``path`` is replaced itself, not its target."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path)[:100] + ".", suffix=".tmp",
+                               dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())          # a new file's mode, as open() would give
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def overlay(image, mask, alpha=0.5):
@@ -46,7 +78,10 @@ def check_outputs(paths, inputs, overwrite):
     (``inputs``: ``(what, path)``), or over any file already there unless ``overwrite``:
     a ground-truth ``cat_mask.png`` beside ``cat.jpg`` must not be lost to ``--out .``."""
     for path in paths:
-        if not os.path.exists(path):
+        if os.path.isdir(path):
+            raise ValueError(f"--out: {path} is a directory, where this command would write "
+                             "a file; move it or choose another --out")
+        if not os.path.lexists(path):
             continue
         for what, in_path in inputs:
             if same_file(path, in_path):
@@ -89,6 +124,10 @@ def main(argv=None):
     check_device(args.device)
     check_output_dir(args.out, "--out")                             # before the work, not after
     model, spec = load_checkpoint_model(args.checkpoint, args.device, **model_overrides(args))
+    if int(spec["num_classes"]) > MAX_CLASSES:
+        raise ValueError(f"--checkpoint {args.checkpoint}: the model has {spec['num_classes']} "
+                         f"classes; a mask holds at most {MAX_CLASSES} (uint8 indices, 255 "
+                         "being the ignore label)")
     images = [(path, load_image(path)) for path in args.images]   # every image readable first
     stems = output_stems(args.images)
     outputs = [(os.path.join(args.out, f"{stem}_mask.png"),
@@ -100,8 +139,9 @@ def main(argv=None):
     from PIL import Image
     for (path, image), stem, (mask_path, overlay_path) in zip(images, stems, outputs):
         mask = predict(model, image, spec["preprocess"], args.device)
-        save_mask_png(mask_path, mask)
-        Image.fromarray(overlay(image, mask)).save(overlay_path)
+        write_replacing(mask_path, lambda tmp: save_mask_png(tmp, mask))
+        write_replacing(overlay_path,
+                        lambda tmp: Image.fromarray(overlay(image, mask)).save(tmp, format="PNG"))
         present = ", ".join(f"{spec['class_names'][c] if c < len(spec['class_names']) else c} "
                             f"{(mask == c).mean():.0%}" for c in np.unique(mask))
         print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {stem}_mask.png, {stem}_overlay.png ({present})")

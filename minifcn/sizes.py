@@ -28,7 +28,7 @@ import sys
 
 import numpy as np
 
-from .cli import int_at_least
+from .cli import int_at_least, run_main
 from .functional._checks import check_positive_size
 from .nn import ConvTranspose2d
 
@@ -153,4 +153,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

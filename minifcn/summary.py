@@ -12,9 +12,8 @@ before any is drawn (:func:`minifcn.models.fcn.parameter_count`).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-
-import numpy as np
 
 from .cli import positive_float, run_main, size_arg
 from .models import MODELS
@@ -27,7 +26,7 @@ def summarize(model, size, batch=1, itemsize=4):
     rows = []
     for name, layer, _ in model.nodes:
         n_params = int(sum(a.size for a in layer.params.values()))
-        rows.append((name, layer, shapes[name], n_params, int(np.prod(shapes[name])) * itemsize))
+        rows.append((name, layer, shapes[name], n_params, math.prod(shapes[name]) * itemsize))
     return rows
 
 

@@ -396,7 +396,10 @@ class Run:
         path = os.path.join(config.resume, "config.json")
         if not os.path.isfile(path):
             raise ValueError(f"--resume {config.resume}: no config.json there (not a run directory)")
-        if not os.path.isfile(os.path.join(config.resume, "checkpoint.npz")):
+        checkpoint = os.path.join(config.resume, "checkpoint.npz")
+        if os.path.lexists(checkpoint) and not os.path.isfile(checkpoint):
+            raise ValueError(f"--resume {config.resume}: {checkpoint} is not a file")
+        if not os.path.isfile(checkpoint):
             raise ValueError(f"--resume {config.resume}: no checkpoint.npz there yet (the run is "
                              "still before its first validation, or stopped there: nothing to "
                              "resume; a new run needs a new --out)")
@@ -472,8 +475,8 @@ class Run:
             self.loader.load_state_dict(meta["loader"])
             for name, layer in _dropout_layers(self.model).items():
                 layer.rng.bit_generator.state = meta["dropout_rng"][name]
-            self.iteration = int(meta["iteration"])
-            self.best_miou = float(meta.get("best_mean_iou", -1.0))
+            self.iteration = _meta_number(meta, "iteration", int, minimum=0)
+            self.best_miou = _meta_number(meta, "best_mean_iou", float, default=-1.0)
         except KeyError as e:
             raise ValueError(f"{path}: incomplete checkpoint (no {e} in it)") from None
         except (ValueError, TypeError) as e:
@@ -670,7 +673,8 @@ class Run:
                 kept = ("the last checkpoint is kept" if self.checkpointed
                         else "no checkpoint was written")
                 raise TrainingError(f"iteration {self.iteration}: the update made parameter "
-                                    f"{name!r} non-finite (lower --lr); {kept}")
+                                    f"{name!r} non-finite (lower --lr, or --weight-decay or "
+                                    f"--bias-lr-mult if they are large); {kept}")
 
     @staticmethod
     def _stuck(losses, ln_c):
@@ -680,6 +684,21 @@ class Run:
             return False
         recent = float(np.mean(losses[-50:]))
         return abs(recent - ln_c) < 0.01 * ln_c
+
+
+def _meta_number(meta, key, kind, default=None, minimum=None):
+    """``meta[key]`` (``default`` where absent) as a finite number of ``kind`` (``int``: a
+    whole number), at least ``minimum``; else a ValueError that names the field (a
+    hand-edited checkpoint gave Python's own 'invalid literal for int()')."""
+    value = meta.get(key, default) if default is not None else meta[key]
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+          and math.isfinite(value) and (kind is float or float(value).is_integer())
+          and (minimum is None or value >= minimum))
+    if not ok:
+        what = "a whole number" if kind is int else "a finite number"
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise ValueError(f"{key!r} must be {what}{bound}, got {value!r}")
+    return kind(value)
 
 
 def _number(value, spec):

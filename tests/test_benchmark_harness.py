@@ -162,6 +162,23 @@ def test_deconv_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch, cap
     assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
 
 
+def test_json_path_check_covers_where_a_run_writes_first(tmp_path, capsys):
+    """A run writes ``PATH.partial`` (through ``PATH.partial.tmp``) until it completes: a
+    folder in either place used to stop the run after its first measurement; the check
+    made before any timing now refuses it, naming the path."""
+    import argparse
+    for name in ("a.json.partial", "b.json.partial.tmp"):
+        (tmp_path / name).mkdir()
+        path = str(tmp_path / name.split(".partial")[0])
+        parser = argparse.ArgumentParser(prog="bench")
+        with pytest.raises(SystemExit) as e:
+            common.check_json_path(parser, path)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--json {path}" in err and "in the way" in err and name in err
+    common.check_json_path(argparse.ArgumentParser(), str(tmp_path / "c.json"))     # fine
+
+
 def test_write_json_keeps_a_run_going_beside_the_finished_file(tmp_path, capsys):
     import json
     import os

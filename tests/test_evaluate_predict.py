@@ -452,3 +452,77 @@ def test_predict_never_writes_over_an_input_and_over_old_outputs_only_when_asked
     assert rc == 0, err
     with Image.open(out_dir / "a_overlay.png") as im:
         assert im.size == (30, 20)
+
+
+def test_predict_overwrite_replaces_a_link_not_its_target(trained, tmp_path, capsys):
+    """An output name that is a symbolic link to a file elsewhere: --overwrite replaces the
+    link with the new mask (each output is written beside its name, then moved over it),
+    and the file it pointed to keeps its bytes. Without --overwrite, even a dangling link
+    counts as a file already there."""
+    data, run = trained
+    best = run / "best.npz"
+    Image.fromarray(np.full((20, 30, 3), 100, np.uint8)).save(tmp_path / "a.png")
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "a_mask.png").symlink_to(precious)
+    (out_dir / "a_overlay.png").symlink_to(tmp_path / "nowhere.png")           # dangling
+    args = ["--checkpoint", best, tmp_path / "a.png", "--out", out_dir]
+    rc, out, err = cli(predict_main, args, capsys)
+    assert_one_line_error(rc, err, out_dir / "a_mask.png", "already exists")
+    rc, out, err = cli(predict_main, [*args, "--overwrite"], capsys)
+    assert rc == 0, err
+    assert precious.read_text() == "keep me" and not (tmp_path / "nowhere.png").exists()
+    for name in ("a_mask.png", "a_overlay.png"):
+        assert not (out_dir / name).is_symlink()
+        with Image.open(out_dir / name) as im:
+            assert im.size == (30, 20)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a_mask.png", "a_overlay.png"]
+
+
+def test_predict_refuses_a_directory_in_an_outputs_place_before_writing(trained, tmp_path,
+                                                                         capsys):
+    """Two images, the second one's mask name taken by a folder: refused before the first
+    image's outputs are written (it used to fail half-way with 'Is a directory')."""
+    data, run = trained
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((20, 30, 3), 100, np.uint8)).save(tmp_path / name)
+    out_dir = tmp_path / "out"
+    (out_dir / "b_mask.png").mkdir(parents=True)
+    rc, out, err = cli(predict_main, ["--checkpoint", run / "best.npz", tmp_path / "a.png",
+                                      tmp_path / "b.png", "--out", out_dir, "--overwrite"], capsys)
+    assert_one_line_error(rc, err, "--out", out_dir / "b_mask.png", "is a directory")
+    assert sorted(p.name for p in out_dir.iterdir()) == ["b_mask.png"]
+
+
+def test_predict_refuses_more_classes_than_a_mask_holds(tmp_path, capsys):
+    """Masks are uint8 with 255 the ignore label: a 300-class model's class 299 would be
+    written as 43. predict() and the command refuse such a model, naming the limit."""
+    from minifcn.predict import MAX_CLASSES, predict
+    model = MODELS["fcn32s"](num_classes=300, geometry="notes", width=0.02, dropout=0.0)
+    image = np.full((20, 24, 3), 100, np.uint8)
+    with pytest.raises(ValueError, match=f"300 classes.*at most {MAX_CLASSES}"):
+        predict(model, image, "simple")
+    ckpt = tmp_path / "big.npz"
+    io.save(ckpt, model.state_dict(), meta={"model": {
+        "name": "fcn32s", "num_classes": 300, "geometry": "notes", "width": 0.02,
+        "preprocess": "simple"}})
+    Image.fromarray(image).save(tmp_path / "a.png")
+    rc, out, err = cli(predict_main, ["--checkpoint", ckpt, tmp_path / "a.png",
+                                      "--out", tmp_path / "out"], capsys)
+    assert_one_line_error(rc, err, "300 classes", f"at most {MAX_CLASSES}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_refuses_a_json_inside_the_dataset(trained, tmp_path, capsys):
+    """--json naming one of the dataset's own files (a mask, a list) used to replace it
+    with the metrics; any path inside the dataset directory is now refused before the
+    evaluation, and the file keeps its bytes."""
+    data, run = trained
+    for target in (data / "masks" / "img4.png", data / "val.txt", data / "new.json"):
+        before = target.read_bytes() if target.exists() else None
+        rc, out, err = cli(evaluate_main, ["--checkpoint", run / "best.npz", "--data", data,
+                                           "--json", target], capsys)
+        assert_one_line_error(rc, err, f"--json {target}", "inside the dataset directory")
+        assert (target.read_bytes() if target.exists() else None) == before

@@ -64,3 +64,27 @@ def test_running_out_of_memory_is_one_line_not_a_traceback(capsys):
     assert err.startswith("error: out of memory") and "381. GiB" in err and "smaller" in err
     assert run_main(lambda argv: (_ for _ in ()).throw(MemoryError()), []) == 2
     assert capsys.readouterr().err.startswith("error: out of memory (MemoryError)")
+
+
+def test_every_command_runs_its_main_through_run_main():
+    """``python -m minifcn.X`` and ``python -m benchmarks.X`` end bad input and running out of
+    memory in one line (:func:`minifcn.cli.run_main`); ``sizes`` called ``main()`` bare, and a
+    MemoryError there printed a 21-line traceback. Every module that runs as a command
+    hands its ``main`` to ``run_main``."""
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[1]
+    commands = [p for folder in ("minifcn", "benchmarks") for p in sorted((root / folder).glob("*.py"))
+                if 'if __name__ == "__main__":' in p.read_text()]
+    assert {p.stem for p in commands} >= {"train", "evaluate", "predict", "sizes", "summary",
+                                          "deconv", "step"}
+    for p in commands:
+        tail = p.read_text().split('if __name__ == "__main__":', 1)[1]
+        assert "run_main(main" in tail, f"{p.name}: its __main__ block does not use run_main"
+
+
+def test_activation_memory_of_huge_sizes_does_not_wrap():
+    """The activation bytes are Python ints (``math.prod``): at 3e9 x 3e9 the input alone is
+    1.08e20 bytes, which int64 (NumPy's prod) wrapped to a wrong, smaller figure."""
+    model = MODELS["fcn8s"](num_classes=21, geometry="notes", width=0.05)
+    rows = summarize(model, (3_000_000_000, 3_000_000_000))
+    assert rows[0][4] == 4 * 3 * 3_000_000_000 ** 2

@@ -352,7 +352,7 @@ def test_weights_made_non_finite_by_the_last_update_are_never_saved(tmp_path, ca
     rc, out, err = cli(train_main, [*SYN, *TINY, "--optimizer", "adam", "--lr", "3e38",
                                     "--warmup", "0", "--iters", "1", "--out", run], capsys)
     line = assert_one_line_error(rc, err, "iteration 1: the update made parameter",
-                                 "non-finite (lower --lr); no checkpoint was written")
+                                 "non-finite (lower --lr", "no checkpoint was written")
     assert not (run / "checkpoint.npz").exists() and not (run / "best.npz").exists(), line
     # and the directory now says why it cannot be resumed or reused
     rc, out, err = cli(train_main, ["--resume", run], capsys)
@@ -920,6 +920,36 @@ def test_resume_from_an_incomplete_checkpoint_names_it(tmp_path, capsys):
     io.save(run / "checkpoint.npz", arrays, meta=meta)
     rc, out, err = cli(train_main, ["--resume", run, "--iters", "4", "--no-progress"], capsys)
     assert_one_line_error(rc, err, run / "checkpoint.npz", "incomplete checkpoint")
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("iteration", "x", "'iteration' must be a whole number >= 0, got 'x'"),
+    ("iteration", -5, "'iteration' must be a whole number >= 0, got -5"),
+    ("iteration", 2.5, "'iteration' must be a whole number"),
+    ("best_mean_iou", None, "'best_mean_iou' must be a finite number, got None")])
+def test_resume_with_hand_edited_checkpoint_numbers_names_the_field(tmp_path, capsys, key,
+                                                                     value, needle):
+    """A checkpoint's counters edited by hand used to give Python's own messages
+    ('invalid literal for int()') or, for a negative iteration, run on; each now names the
+    field and its value, and the run directory keeps its files."""
+    run = tmp_path / "run"
+    assert cli(train_main, [*SYN, "--iters", "2", "--val-every", "2", "--out", run], capsys)[0] == 0
+    arrays, meta = io.load(run / "checkpoint.npz", with_meta=True)
+    meta[key] = value
+    io.save(run / "checkpoint.npz", arrays, meta=meta)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    rc, out, err = cli(train_main, ["--resume", run, "--iters", "4", "--no-progress"], capsys)
+    assert_one_line_error(rc, err, run / "checkpoint.npz", needle)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_resume_where_the_checkpoint_is_a_directory_says_so(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(train_main, [*SYN, "--iters", "2", "--val-every", "2", "--out", run], capsys)[0] == 0
+    (run / "checkpoint.npz").unlink()
+    (run / "checkpoint.npz").mkdir()
+    rc, out, err = cli(train_main, ["--resume", run, "--iters", "4", "--no-progress"], capsys)
+    assert_one_line_error(rc, err, run / "checkpoint.npz", "is not a file")
 
 
 def test_best_npz_holds_the_first_best_validation(tmp_path):
