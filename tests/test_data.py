@@ -464,6 +464,12 @@ def test_directory_with_neither_layout(tmp_path):
     assert_names(err, tmp_path, "JPEGImages", "images/")
 
 
+def test_an_empty_dataset_path_is_called_empty():
+    """``--data ''`` said "error: : no such dataset directory"."""
+    with pytest.raises(DatasetError, match="an empty path where the dataset directory"):
+        open_dataset("", "train")
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
 def test_corrupt_image_is_named(tmp_path, damage):
     make_voc(tmp_path, sizes={"a": (40, 50), "b": (8, 8)}, splits={"train": ["a", "b"]})

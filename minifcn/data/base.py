@@ -132,6 +132,8 @@ class SegmentationDataset:
 
 def require_dir(path, what: str = "directory") -> str:
     path = os.fspath(path)
+    if not path:
+        raise DatasetError("''", f"an empty path where the {what} should be named")
     if not os.path.exists(path):
         raise DatasetError(path, f"no such {what}")
     if not os.path.isdir(path):
