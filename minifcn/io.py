@@ -868,6 +868,36 @@ def _json_default(o):
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
+def write_then_replace(path, write):
+    """Call ``write(tmp)`` on a new file beside ``path`` (in its folder), then move it over
+    ``path`` (``os.replace``): ``path`` is the old file or the whole new one, never half of
+    one, and a symbolic link at ``path`` is itself replaced, not the file it points to
+    (resolve it first to write through it). The new file takes the mode of the file it
+    replaces, or what ``open()`` gives a new one. On any error the new file is removed and
+    ``path`` is left as it was."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path)[:100] + ".", suffix=".tmp",
+                               dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        try:
+            if os.path.exists(path):
+                mode = os.stat(path).st_mode & 0o7777
+            else:                       # what open() would give a new file: 0o666 less umask
+                mode = 0o666 & ~_umask()
+            os.chmod(tmp, mode)
+        except OSError:
+            pass
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def _umask():
     """The process's umask, read without changing it where the system tells it (Linux);
     elsewhere set and restored at once."""
@@ -932,10 +962,9 @@ def save(path, arrays, *, meta=None, compress=False):
 
     path = os.path.realpath(path)      # through a symlink: replace its target, keep the link
     folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path)[:100] + ".", suffix=".tmp",
-                               dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write_npz(tmp):
+        with open(tmp, "wb") as f:
             mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
             with zipfile.ZipFile(f, "w", compression=mode, allowZip64=True) as zf:
                 for member, a in prepared.items():
@@ -943,21 +972,8 @@ def save(path, arrays, *, meta=None, compress=False):
                         np.lib.format.write_array(fh, a, allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
-        try:
-            if os.path.exists(path):
-                mode = os.stat(path).st_mode & 0o7777
-            else:                       # what open() would give a new file: 0o666 less umask
-                mode = 0o666 & ~_umask()
-            os.chmod(tmp, mode)
-        except OSError:
-            pass
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    write_then_replace(path, write_npz)
     try:  # make the rename itself durable (POSIX; best effort elsewhere)
         dfd = os.open(folder, os.O_RDONLY)
         try:

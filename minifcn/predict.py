@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -28,7 +27,7 @@ from .cli import check_output_dir, run_main, same_file
 from .data import colorize, load_image, save_mask_png
 from .data.transforms import get_preprocess
 from .evaluate import add_model_flags, model_overrides
-from .io import _umask
+from .io import write_then_replace
 from .training import load_checkpoint_model
 
 
@@ -45,26 +44,6 @@ def predict(model, image, preprocess, device="cpu"):
         raise ValueError(f"predict: the model has {scores.shape[1]} classes; a mask holds at "
                          f"most {MAX_CLASSES} (uint8 indices, 255 being the ignore label)")
     return to_numpy(scores.argmax(axis=1))[0].astype(np.uint8)
-
-
-def write_replacing(path, write):
-    """``write(tmp)`` to a new file beside ``path``, then move it over ``path``
-    (``os.replace``): ``path`` is either the old file or the whole new one, never half of
-    it, and a symbolic link at ``path`` is replaced itself, not its target."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path)[:100] + ".", suffix=".tmp",
-                               dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())          # a new file's mode, as open() would give
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def overlay(image, mask, alpha=0.5):
@@ -139,8 +118,8 @@ def main(argv=None):
     from PIL import Image
     for (path, image), stem, (mask_path, overlay_path) in zip(images, stems, outputs):
         mask = predict(model, image, spec["preprocess"], args.device)
-        write_replacing(mask_path, lambda tmp: save_mask_png(tmp, mask))
-        write_replacing(overlay_path,
+        write_then_replace(mask_path, lambda tmp: save_mask_png(tmp, mask))
+        write_then_replace(overlay_path,
                         lambda tmp: Image.fromarray(overlay(image, mask)).save(tmp, format="PNG"))
         present = ", ".join(f"{spec['class_names'][c] if c < len(spec['class_names']) else c} "
                             f"{(mask == c).mean():.0%}" for c in np.unique(mask))
