@@ -238,6 +238,11 @@ def transposed_conv_by_stamping(x, weight, stride=1, padding=0, dilation=1, outp
 
     x (N, Cin, H, W), weight (Cin, Cout, kh, kw) -> (N, Cout, Ho, Wo). groups 1.
     """
+    x, weight = np.asarray(x), np.asarray(weight)
+    if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[0]:
+        raise ValueError(f"transposed_conv_by_stamping: x must be (N, Cin, H, W) and weight "
+                         f"(Cin, Cout, kh, kw) with the same Cin, got x {x.shape} and weight "
+                         f"{weight.shape}")
     n, cin, h, w = x.shape
     _, cout, kh, kw = weight.shape
     sh, sw = pair(stride, "stride", minimum=1)

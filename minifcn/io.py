@@ -94,6 +94,7 @@ the models, documented with them, not of the file format.
 from __future__ import annotations
 
 import collections
+import errno
 import io
 import json
 import numbers
@@ -876,6 +877,10 @@ def write_then_replace(path, write):
     replaces, or what ``open()`` gives a new one. On any error the new file is removed and
     ``path`` is left as it was."""
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):                       # named as the target, not the temporary file
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", path)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"no such folder {folder} to write", path)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path)[:100] + ".", suffix=".tmp",
                                dir=folder)
     os.close(fd)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import get_array_module, to_numpy
+from .functional._checks import check_ignore_index
 
 METRIC_NAMES = {"pixel_acc": "pixel acc.", "mean_acc": "mean acc.", "mean_iou": "mean IU",
                 "fw_iou": "f.w. IU"}
@@ -46,10 +47,11 @@ class ConfusionMatrix:
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255):
-        if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        if (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
+                or num_classes < 1):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = int(num_classes)
-        self.ignore_index = ignore_index
+        self.ignore_index = check_ignore_index(ignore_index)
         self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
 
     def reset(self) -> None:

@@ -29,6 +29,9 @@ with an optional linear warm-up.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
 from .backend import get_array_module, to_device, to_numpy
@@ -41,20 +44,35 @@ def _decays(name):
     return not name.endswith(".bias")
 
 
+def _real(name, value, positive=False):
+    """``value`` as a float: a finite real number (not a bool), > 0 with ``positive``,
+    else >= 0; or a ValueError naming it."""
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and math.isfinite(value) and (value > 0 if positive else value >= 0))
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+def _count(key, value):
+    """A checkpoint's count (``steps``, ``updates/<param>``) as an int >= 0."""
+    a = np.asarray(value)
+    if a.shape != () or a.dtype.kind not in "iu" or int(a) < 0:
+        raise ValueError(f"optimizer state {key!r} must be a whole number >= 0, got {value!r}")
+    return int(a)
+
+
 class Optimizer:
     """Common parts: which parameters to update, buffers, state for checkpoints."""
 
     buffers = ()
 
     def __init__(self, model, lr, weight_decay=0.0, bias_lr_mult=1.0):
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr!r}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-        if not bias_lr_mult > 0:
-            raise ValueError(f"bias_lr_mult must be positive, got {bias_lr_mult!r}")
-        self.model, self.lr, self.weight_decay = model, float(lr), float(weight_decay)
-        self.bias_lr_mult = float(bias_lr_mult)
+        self.lr = _real("lr", lr, positive=True)
+        self.weight_decay = _real("weight_decay", weight_decay)
+        self.bias_lr_mult = _real("bias_lr_mult", bias_lr_mult, positive=True)
+        self.model = model
         self.state = {b: {} for b in self.buffers}     # buffer name -> param name -> array
         self.steps = 0                                  # calls of step()
         self.updates = {}                               # param name -> updates it has had
@@ -81,9 +99,17 @@ class Optimizer:
         the parameter, 8 MB for fc7 at full width. Element by element the arithmetic is
         the same, so the result is too.
         """
-        base = self.lr if lr is None else float(lr)
+        base = self.lr if lr is None else _real("step: lr", lr, positive=True)
+        trainable = list(self._trainable())
+        for name, w, g in trainable:            # checked before any parameter moves
+            if getattr(g, "shape", None) != w.shape or getattr(getattr(g, "dtype", None),
+                                                                "kind", None) != "f":
+                raise ValueError(f"the gradient of {name!r} must be a float array of its "
+                                 f"parameter's shape {tuple(w.shape)}, got "
+                                 f"{getattr(g, 'dtype', type(g).__name__)} "
+                                 f"{getattr(g, 'shape', None)}")
         self.steps += 1
-        for name, w, g in self._trainable():
+        for name, w, g in trainable:
             decays = _decays(name)
             wd, lr = (self.weight_decay, base) if decays else (0.0, base * self.bias_lr_mult)
             t = self.updates[name] = self.updates.get(name, 0) + 1
@@ -113,17 +139,22 @@ class Optimizer:
 
     def load_state_dict(self, state):
         params = self.model.params
-        self.steps = int(state["steps"])
+        if "steps" not in state:
+            raise ValueError("optimizer state: no 'steps' in it")
+        self.steps = _count("steps", state["steps"])
         self.updates = {}
         for key, value in state.items():
             if key == "steps":
                 continue
-            kind, name = key.split("/", 1)
+            kind, _, name = str(key).partition("/")
             if kind == "updates" and name in params:
-                self.updates[name] = int(value)
+                self.updates[name] = _count(key, value)
                 continue
             if kind not in self.state or name not in params:
                 raise ValueError(f"optimizer state {key!r} does not fit this model/optimizer")
+            if np.shape(value) != params[name].shape:
+                raise ValueError(f"optimizer state {key!r} has shape {np.shape(value)}, its "
+                                 f"parameter {tuple(params[name].shape)}")
             device = "cpu" if get_array_module(params[name]) is np else "cuda"
             self.state[kind][name] = to_device(np.asarray(value, dtype=params[name].dtype), device)
         for bufs in self.state.values():        # a checkpoint from before per-parameter
@@ -142,7 +173,8 @@ class SGD(Optimizer):
 
     def __init__(self, model, lr, momentum=0.9, weight_decay=0.0, bias_lr_mult=1.0):
         super().__init__(model, lr, weight_decay, bias_lr_mult)
-        if not 0 <= momentum < 1:
+        if not (isinstance(momentum, numbers.Real) and not isinstance(momentum, bool)
+                and 0 <= momentum < 1):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
 
@@ -176,9 +208,7 @@ class Adam(Optimizer):
         for i, b in enumerate((self.b1, self.b2)):
             if not 0 <= b < 1:     # b = 1: the bias correction 1 - b^t is 0
                 raise ValueError(f"betas[{i}] must be in [0, 1), got {b!r}")
-        if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = _real("eps", eps)
 
     def _update_gpu(self, name, w, g, lr, wd, t):
         from .kernels.fused import adam_update
@@ -204,6 +234,10 @@ SCHEDULES = ("fixed", "poly")
 def learning_rate(base_lr, iteration, max_iterations, schedule="fixed", power=0.9, warmup=0):
     """The learning rate at ``iteration`` (0-based) of ``max_iterations``; during the first
     ``warmup`` iterations it ramps up linearly (``(it + 1) / warmup`` of the schedule's)."""
+    if not (isinstance(iteration, numbers.Integral) and iteration >= 0):
+        raise ValueError(f"iteration must be an int >= 0, got {iteration!r}")
+    if schedule == "poly" and not (isinstance(power, numbers.Real) and power > 0):
+        raise ValueError(f"power must be a number > 0, got {power!r}")
     if schedule == "fixed":
         lr = base_lr
     elif schedule == "poly":

@@ -326,3 +326,115 @@ def test_bad_input_leaves_layer_usable():
         layer.forward(np.ones((1, 2, 5, 5), np.float32))
     y = layer.forward(np.ones((1, 3, 5, 5), np.float32))
     assert layer.backward(np.ones(y.shape, np.float32)).shape == (1, 3, 5, 5)
+
+
+# -- the library's other entry points (an audit of the API found these accepted, or
+#    failing deep inside, or, the first four, silently wrong) ---------------------------
+
+def test_max_pool_backward_checks_the_winning_taps():
+    """Taps outside the window (or not integers) used to drop the gradient silently: the
+    sum of dx read 0.0 for ``tap + 10``."""
+    x = np.random.default_rng(0).standard_normal((1, 1, 4, 4))
+    _, tap = F.max_pool2d(x, 2, return_indices=True)
+    dy = np.ones(tap.shape)
+    for bad, needle in ((tap + 10, r"indices must be taps 0 \.\. 3 of the 2x2 window, got "
+                                   r"values from 1\d to 1\d"),
+                        (tap - 5, r"indices must be taps 0 \.\. 3.*from -\d"),
+                        (tap.astype(np.float64), r"indices must be an integer array")):
+        with pytest.raises(ValueError, match=needle):
+            F.max_pool2d_backward(dy, bad, (4, 4), 2)
+    assert F.max_pool2d_backward(dy, tap, (4, 4), 2).sum() == 4          # the good taps pass
+
+
+def test_an_optimizer_checks_each_gradient_before_moving_any_parameter():
+    """A gradient of another shape was broadcast over the weight (shape (1,) for a
+    (2, 1, 1, 1) weight: every value moved by the same step); now it is named, and no
+    parameter moves."""
+    from minifcn.optim import SGD
+    model = nn.Graph([("conv", nn.Conv2d(1, 2, 1), ["data"])])
+    before = {k: v.copy() for k, v in model.params.items()}
+    opt = SGD(model, lr=0.1)
+    grads = model.layers["conv"].grads
+    grads["bias"] = np.ones(2)
+    grads["weight"] = np.ones(1)
+    with pytest.raises(ValueError, match=r"gradient of 'conv.weight'.*\(2, 1, 1, 1\)"):
+        opt.step()
+    grads["weight"] = np.ones((2, 1, 1, 1), np.complex128)
+    with pytest.raises(ValueError, match=r"gradient of 'conv.weight' must be a float array"):
+        opt.step()
+    assert all(np.array_equal(model.params[k], before[k]) for k in before) and opt.steps == 0
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"lr": "0.1"}, "lr"), ({"lr": None}, "lr"), ({"lr": float("inf")}, "lr"),
+    ({"lr": True}, "lr"), ({"lr": 0.1, "weight_decay": float("nan")}, "weight_decay"),
+    ({"lr": 0.1, "bias_lr_mult": float("inf")}, "bias_lr_mult"),
+    ({"lr": 0.1, "momentum": "0.9"}, "momentum")])
+def test_optimizer_settings_are_finite_numbers(kwargs, needle):
+    from minifcn.optim import SGD
+    model = nn.Graph([("conv", nn.Conv2d(1, 2, 1), ["data"])])
+    with pytest.raises(ValueError, match=needle):
+        SGD(model, **kwargs)
+
+
+def test_optimizer_step_lr_and_state_are_checked():
+    from minifcn.optim import Adam, learning_rate
+    model = nn.Graph([("conv", nn.Conv2d(1, 2, 1), ["data"])])
+    opt = Adam(model, lr=0.1)
+    with pytest.raises(ValueError, match="eps"):
+        Adam(model, lr=0.1, eps=None)
+    for lr in (-1, float("nan")):
+        with pytest.raises(ValueError, match="step: lr"):
+            opt.step(lr=lr)
+    good = {"steps": np.array(3), "updates/conv.weight": np.array(3),
+            "m/conv.weight": np.zeros((2, 1, 1, 1)), "v/conv.weight": np.zeros((2, 1, 1, 1))}
+    opt.load_state_dict(good)
+    for bad, needle in ((dict(good, **{"m/conv.weight": np.zeros(3)}), r"'m/conv.weight' has shape"),
+                        (dict(good, steps=np.array(-5)), "'steps' must be a whole number"),
+                        (dict(good, **{"updates/conv.weight": np.array(-1)}), "'updates/conv.weight'"),
+                        ({k: v for k, v in good.items() if k != "steps"}, "no 'steps'"),
+                        (dict(good, nokind=np.zeros(1)), "'nokind' does not fit")):
+        with pytest.raises(ValueError, match=needle):
+            opt.load_state_dict(bad)
+    with pytest.raises(ValueError, match="power"):
+        learning_rate(0.1, 10, 100, "poly", power=-1)
+    with pytest.raises(ValueError, match="iteration"):
+        learning_rate(0.1, -50, 100, "poly")
+
+
+@pytest.mark.parametrize("value", [None, 1.5, "255", True])
+def test_ignore_index_is_an_int(value):
+    """None, 1.5 or '255' used to mean 'ignore nothing' without a word."""
+    from minifcn.metrics import ConfusionMatrix
+    logits, labels = np.zeros((1, 2, 2, 2)), np.zeros((1, 2, 2), np.int64)
+    with pytest.raises(ValueError, match="ignore_index must be an int"):
+        F.softmax_cross_entropy(logits, labels, ignore_index=value)
+    with pytest.raises(ValueError, match="SoftmaxCrossEntropy: ignore_index must be an int"):
+        nn.SoftmaxCrossEntropy(ignore_index=value)
+    with pytest.raises(ValueError, match="ignore_index must be an int"):
+        ConfusionMatrix(3, ignore_index=value)
+    with pytest.raises(ValueError, match="num_classes"):
+        ConfusionMatrix(True)
+
+
+def test_small_layers_and_helpers_name_what_is_wrong():
+    from minifcn import explain
+    with pytest.raises(ValueError, match="Scale: input must be a floating-point array"):
+        nn.Scale(0.5).forward(np.array([3]))                 # used to give [0]
+    with pytest.raises(ValueError, match="Graph: needs at least one node"):
+        nn.Graph([])
+    with pytest.raises(ValueError, match="same Cin"):          # used to use weight[:2]
+        explain.transposed_conv_by_stamping(np.ones((1, 2, 3, 3)), np.ones((3, 1, 2, 2)))
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        F.conv_output_size(4, 2, 0)                           # ZeroDivisionError
+
+
+def test_io_save_names_the_target_not_its_temporary_file(tmp_path):
+    """A missing folder or a folder in the file's place named ``.x.npz.rpnu5lkh.tmp``."""
+    from minifcn import io
+    with pytest.raises(FileNotFoundError, match=f"no such folder .*{tmp_path.name}.no.*x.npz"):
+        io.save(tmp_path / "no" / "x.npz", {"a": np.ones(2)})
+    (tmp_path / "d.npz").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"is a directory.*d\.npz"):
+        io.save(tmp_path / "d.npz", {"a": np.ones(2)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]        # no temporary left

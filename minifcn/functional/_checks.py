@@ -22,6 +22,15 @@ def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
     return h, w
 
 
+def check_ignore_index(value, owner: str = "ignore_index") -> int:
+    """The label that marks pixels not to count: an int (not a bool). Anything else (None,
+    1.5, '255') would silently mean "ignore nothing", since no label equals it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{owner} must be an int (the label of pixels not to count), "
+                         f"got {value!r}")
+    return int(value)
+
+
 def check_4d(x, name: str = "input", layout: str = "(N, C, H, W)"):
     if getattr(x, "ndim", None) != 4:
         shape = getattr(x, "shape", None)

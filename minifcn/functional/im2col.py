@@ -43,6 +43,8 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0,
     rounds up, but the last window must still start inside the input or its
     left padding (the rule torch and Caffe use).
     """
+    if stride < 1:
+        raise ValueError(f"conv_output_size: stride must be >= 1, got {stride!r}")
     span = size + 2 * padding - dilation * (kernel - 1) - 1
     if not ceil_mode:
         return span // stride + 1 if span >= 0 else 0

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import get_array_module
+from ._checks import check_ignore_index
 from ._select import all_finite, select
 
 REDUCTIONS = ("mean", "sum")
@@ -47,6 +48,7 @@ def _check(logits, labels, ignore_index, reduction):
         raise ValueError(f"labels must be an integer array, got dtype {labels.dtype}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_ignore_index(ignore_index)
     xp = get_array_module(labels)
     bad = ((labels < 0) | (labels >= k)) & (labels != ignore_index)
     if bool(bad.any()):

@@ -228,6 +228,12 @@ def max_pool2d_backward(dy, tap, input_size, kernel_size, stride=None, padding=0
                          f"indices {getattr(tap, 'shape', None)} must be equal 4-D shapes")
     xp = get_array_module(dy)
     n, c, ho, wo = dy.shape
+    if getattr(getattr(tap, "dtype", None), "kind", None) not in ("i", "u"):
+        raise ValueError(f"max_pool2d_backward: indices must be an integer array (the winning "
+                         f"tap of each window), got dtype {getattr(tap, 'dtype', type(tap).__name__)}")
+    if tap.size and not (0 <= int(tap.min()) and int(tap.max()) < kh * kw):
+        raise ValueError(f"max_pool2d_backward: indices must be taps 0 .. {kh * kw - 1} of the "
+                         f"{kh}x{kw} window, got values from {int(tap.min())} to {int(tap.max())}")
     fits = [(conv_output_size(size, k, s, p, d, ceil_mode), conv_output_size(size, k, s, p, d, False))
             for size, k, s, p, d in ((h, kh, sh, ph, dh), (w, kw, sw, pw, dw))]
     if not (ho in fits[0] and wo in fits[1]):

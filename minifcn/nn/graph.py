@@ -32,6 +32,9 @@ class Graph(Layer):
     def __init__(self, nodes):
         # no super().__init__(): a graph owns no parameters; params/grads are views
         self.training = True
+        nodes = list(nodes)
+        if not nodes:
+            raise ValueError("Graph: needs at least one node (name, layer, [input names])")
         self.nodes = []                     # (name, layer, [input names]) in run order
         self.layers = {}
         seen = {INPUT}

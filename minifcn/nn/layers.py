@@ -372,7 +372,8 @@ class SoftmaxCrossEntropy:
     def __init__(self, ignore_index=255, reduction="mean"):
         if reduction not in F.loss.REDUCTIONS:
             raise ValueError(f"reduction must be one of {F.loss.REDUCTIONS}, got {reduction!r}")
-        self.ignore_index, self.reduction = ignore_index, reduction
+        self.ignore_index = F.loss.check_ignore_index(ignore_index, "SoftmaxCrossEntropy: ignore_index")
+        self.reduction = reduction
         self._logits = self._labels = self._log_probs = None
         self.counted = None
 

@@ -98,6 +98,14 @@ class Crop(Layer):
         return f"offset={self.offset}"
 
 
+def _check_float_array(layer, what, x):
+    """A float array, or a ValueError naming the layer: an integer one would take the
+    factor in its own dtype (0.5 -> 0) and say nothing."""
+    if getattr(getattr(x, "dtype", None), "kind", None) != "f":
+        raise ValueError(f"{layer}: {what} must be a floating-point array, got "
+                         f"{getattr(x, 'dtype', type(x).__name__)}")
+
+
 class Scale(Layer):
     """``y = c * x`` with a fixed constant (FCN-8s at-once scales its pool skips)."""
 
@@ -110,11 +118,13 @@ class Scale(Layer):
         self._shape = None
 
     def forward(self, x):
+        _check_float_array("Scale", "input", x)
         self._shape = x.shape
         return x * x.dtype.type(self.factor)
 
     def backward(self, dy):
         _check_backward("Scale", dy, self._shape)
+        _check_float_array("Scale", "grad_output", dy)
         return dy * dy.dtype.type(self.factor)
 
     def extra_repr(self):
