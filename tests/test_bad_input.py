@@ -438,3 +438,28 @@ def test_io_save_names_the_target_not_its_temporary_file(tmp_path):
     with pytest.raises(IsADirectoryError, match=r"is a directory.*d\.npz"):
         io.save(tmp_path / "d.npz", {"a": np.ones(2)})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]        # no temporary left
+
+
+def test_data_and_model_helpers_refuse_what_they_would_get_wrong():
+    """A float image in 0..1 was preprocessed as if 0..255; noise=inf drew garbage images;
+    a float loader state was truncated; bilinear_kernel(2.5) and an integer
+    bilinear_weight (all zeros) came back without a word; dropout(rng=0) failed deep."""
+    from minifcn.data import BatchLoader, SyntheticShapes, preprocess
+    from minifcn.models.fcn import bilinear_kernel, bilinear_weight
+    with pytest.raises(ValueError, match="image must be uint8"):
+        preprocess(np.full((4, 4, 3), 0.5))
+    for kwargs in ({"noise": float("inf")}, {"texture": float("nan")}):
+        with pytest.raises(ValueError, match="noise and texture must be finite"):
+            SyntheticShapes(2, size=(32, 32), **kwargs)
+    loader = BatchLoader(SyntheticShapes(4, size=(32, 32)), batch_size=2)
+    state = loader.state_dict()
+    bad = dict(state, order=[float(i) + 0.5 for i in state["order"]])
+    with pytest.raises(ValueError, match="whole numbers"):
+        loader.load_state_dict(bad)
+    loader.load_state_dict(state)                                 # the good one still loads
+    with pytest.raises(ValueError, match="size must be a positive int"):
+        bilinear_kernel(2.5)
+    with pytest.raises(ValueError, match="dtype must be a float type"):
+        bilinear_weight(2, 4, dtype=np.int64)
+    with pytest.raises(ValueError, match="rng must be a random Generator"):
+        F.dropout(np.ones((2, 2)), 0.5, rng=0)

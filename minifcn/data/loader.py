@@ -185,7 +185,12 @@ class BatchLoader:
         if batch_size != self.batch_size:
             raise ValueError(f"the saved loader state is for batch_size={batch_size}, "
                              f"this loader has batch_size={self.batch_size}")
-        order = np.asarray(order, dtype=np.int64)
+        raw = np.asarray(order)
+        if (raw.size and raw.dtype.kind not in "iu") or any(isinstance(state[k], float) for k in (
+                "epoch", "position", "iteration", "seed", "num_items", "batch_size")):
+            raise ValueError("the saved loader state's counters and order must be whole numbers "
+                             f"(order has dtype {raw.dtype})")
+        order = raw.astype(np.int64)
         if order.shape != (num_items,) or not np.array_equal(np.sort(order), np.arange(num_items)):
             raise ValueError("the saved loader state's order is not a permutation of the dataset")
         if not (0 <= position < max(self._epoch_end(), 1) and epoch >= 0 and iteration >= 0):

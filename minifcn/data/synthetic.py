@@ -72,8 +72,9 @@ class SyntheticShapes:
                              f"(background + up to {len(SHAPES)} shapes), got {num_classes!r}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
-        if not noise >= 0 or not texture >= 0:
-            raise ValueError(f"noise and texture must be >= 0, got noise={noise!r}, texture={texture!r}")
+        if not (0 <= noise < float("inf")) or not (0 <= texture < float("inf")):
+            raise ValueError(f"noise and texture must be finite and >= 0, got noise={noise!r}, "
+                             f"texture={texture!r}")
         r_lo, r_hi = _pair(radius, "radius", numbers.Real)
         if not (all(isinstance(r, numbers.Real) and not isinstance(r, bool) for r in (r_lo, r_hi))
                 and 0 < r_lo <= r_hi <= 1):

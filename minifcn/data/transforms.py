@@ -49,6 +49,9 @@ class Preprocess:
         image = np.asarray(image)
         if image.ndim not in (3, 4) or image.shape[-1] != 3:
             raise ValueError(f"image must be RGB (H, W, 3) or (N, H, W, 3), got shape {image.shape}")
+        if image.dtype != np.uint8:         # a float image in 0..1 would be read as 0..255
+            raise ValueError(f"image must be uint8 (0..255), got dtype {image.dtype}; convert "
+                             "it first, e.g. (img * 255).round().astype(np.uint8) for 0..1 floats")
         x = image.astype(np.float32)
         if self.bgr:
             x = x[..., ::-1]

@@ -85,6 +85,9 @@ def dropout(x, p=0.5, training=True, rng=None, channelwise=False):
     xp = get_array_module(x)
     if rng is None:
         rng = xp.random.default_rng()
+    elif not callable(getattr(rng, "random", None)) or isinstance(rng, (int, np.integer)):
+        raise ValueError(f"dropout: rng must be a random Generator (numpy.random.default_rng(), "
+                         f"or CuPy's), got {type(rng).__name__}")
     if xp is not np and x.dtype in (np.float32, np.float64):
         from ..kernels import gpu_dropout          # same draws, one fused pass
         return gpu_dropout(x, p, rng, channelwise)

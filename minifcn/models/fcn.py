@@ -54,6 +54,8 @@ VARIANTS = ("32s", "16s", "8s", "8s-atonce")
 def bilinear_kernel(size):
     """The (size x size) kernel of bilinear interpolation for upsampling by ``ceil(size/2)``:
     ``k[i, j] = (1 - |i - c| / f) * (1 - |j - c| / f)``, f = ceil(size/2), centre c."""
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise ValueError(f"bilinear_kernel: size must be a positive int, got {size!r}")
     f = (size + 1) // 2
     c = f - 1 if size % 2 == 1 else f - 0.5
     t = 1 - np.abs(np.arange(size) - c) / f
@@ -63,6 +65,8 @@ def bilinear_kernel(size):
 def bilinear_weight(channels, size, dtype=np.float32):
     """Transposed-conv weight (C, C, k, k): bilinear kernel on the diagonal, 0 elsewhere
     (each class is upsampled on its own)."""
+    if np.dtype(dtype).kind != "f":                # an integer weight would be all zeros
+        raise ValueError(f"bilinear_weight: dtype must be a float type, got {np.dtype(dtype)}")
     w = np.zeros((channels, channels, size, size), dtype=dtype)
     w[np.arange(channels), np.arange(channels)] = bilinear_kernel(size)
     return w
