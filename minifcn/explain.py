@@ -308,6 +308,10 @@ def upsampling_error(image, factor):
     H and W must be multiples of ``factor`` (and factor even, or 1).
     """
     image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 2:
+        raise ValueError(f"upsampling_error: image must be 2-D (H, W), got shape {image.shape}")
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"upsampling_error: factor must be a positive int, got {factor!r}")
     h, w = image.shape
     if h % factor or w % factor or (factor > 1 and factor % 2):
         raise ValueError(f"upsampling_error: {h}x{w} is not a multiple of factor {factor}, "

@@ -463,3 +463,16 @@ def test_data_and_model_helpers_refuse_what_they_would_get_wrong():
         bilinear_weight(2, 4, dtype=np.int64)
     with pytest.raises(ValueError, match="rng must be a random Generator"):
         F.dropout(np.ones((2, 2)), 0.5, rng=0)
+
+
+def test_explain_and_load_state_dict_name_bad_arguments():
+    from minifcn import explain
+    with pytest.raises(ValueError, match="factor must be a positive int"):
+        explain.upsampling_error(np.ones((8, 8)), 0)             # ZeroDivisionError
+    with pytest.raises(ValueError, match="image must be 2-D"):
+        explain.upsampling_error(np.ones((2, 8, 8)), 2)
+    model = nn.Graph([("conv", nn.Conv2d(1, 2, 1), ["data"])])
+    with pytest.raises(ValueError, match="state must be a dict.*got list"):
+        model.load_state_dict([np.ones(2)])                       # 'unhashable type'
+    with pytest.raises(ValueError, match="non-str keys"):
+        model.load_state_dict({**model.state_dict(), 1: np.ones(2)})

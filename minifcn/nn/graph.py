@@ -156,6 +156,10 @@ class Graph(Layer):
         """Replace every parameter by the array of the same name (converted to the current
         dtype and device). Names or shapes that do not match raise one ValueError listing
         all of them; nothing is changed unless everything fits (with ``strict``)."""
+        if not hasattr(state, "keys") or not all(isinstance(k, str) for k in state.keys()):
+            raise ValueError(f"load_state_dict: state must be a dict of 'layer.param' names to "
+                             f"arrays, got {type(state).__name__}"
+                             + ("" if not hasattr(state, "keys") else " with non-str keys"))
         own = self.params
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
