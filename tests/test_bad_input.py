@@ -476,3 +476,19 @@ def test_explain_and_load_state_dict_name_bad_arguments():
         model.load_state_dict([np.ones(2)])                       # 'unhashable type'
     with pytest.raises(ValueError, match="non-str keys"):
         model.load_state_dict({**model.state_dict(), 1: np.ones(2)})
+
+
+def test_flags_and_dtypes_that_would_read_wrong():
+    """``ceil_mode='no'`` and ``training='no'`` read as True; ``astype(int)`` made integer
+    weights that only failed later, in forward."""
+    x = np.ones((1, 1, 4, 4))
+    with pytest.raises(ValueError, match="ceil_mode must be True or False"):
+        F.max_pool2d(x, 2, ceil_mode="no")
+    with pytest.raises(ValueError, match="training must be True or False"):
+        F.dropout(x, 0.5, training="no")
+    with pytest.raises(ValueError, match="Conv2d.astype: dtype must be a float type"):
+        nn.Conv2d(1, 2, 1).astype(np.int32)
+    model = nn.Graph([("conv", nn.Conv2d(1, 2, 1), ["data"])])
+    with pytest.raises(ValueError, match="dtype must be a float type"):
+        model.astype(np.complex64)
+    assert model.astype(np.float32).params["conv.weight"].dtype == np.float32

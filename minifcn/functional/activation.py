@@ -79,6 +79,8 @@ def dropout(x, p=0.5, training=True, rng=None, channelwise=False):
     """Inverted dropout. Returns ``(y, mask)``; ``mask`` is None when nothing is dropped
     (eval mode or p = 0), else the scaled mask to hand to :func:`dropout_backward`."""
     p = check_p(p)
+    if not isinstance(training, (bool, np.bool_)):     # 'no' would read as True
+        raise ValueError(f"dropout: training must be True or False, got {training!r}")
     if not training or p == 0.0:
         return x, None                     # the identity: any dtype, as torch
     check_dropout_input(x)

@@ -26,6 +26,8 @@ from .im2col import _col2im, _window_view, conv_output_size, pad_hw
 
 
 def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode):
+    if not isinstance(ceil_mode, (bool, np.bool_)):   # 'no' would read as True
+        raise ValueError(f"max_pool2d: ceil_mode must be True or False, got {ceil_mode!r}")
     check_4d(x, "input")
     check_float(x, "input")
     kh, kw = pair(kernel_size, "kernel_size", minimum=1)

@@ -54,6 +54,10 @@ class Layer:
         return self
 
     def astype(self, dtype):
+        """Parameters in another float dtype (float16/32/64); gradients dropped."""
+        if np.dtype(dtype).kind != "f":            # as the constructors: weights are floats
+            raise ValueError(f"{type(self).__name__}.astype: dtype must be a float type, got "
+                             f"{np.dtype(dtype)}")
         for name in self.params:
             self.params[name] = self.params[name].astype(dtype)
         self.grads = {}
