@@ -91,6 +91,8 @@ def metrics_from_matrix(matrix) -> dict:
     n = np.asarray(matrix, dtype=np.float64)
     if n.ndim != 2 or n.shape[0] != n.shape[1]:
         raise ValueError(f"a confusion matrix is square (K, K), got shape {n.shape}")
+    if not (np.isfinite(n).all() and (n >= 0).all()):
+        raise ValueError("a confusion matrix holds pixel counts: every entry finite and >= 0")
     diag = np.diag(n)            # n_ii
     t = n.sum(axis=1)            # t_i: pixels of class i
     p = n.sum(axis=0)            # p_i: pixels predicted as i

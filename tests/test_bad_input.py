@@ -492,3 +492,12 @@ def test_flags_and_dtypes_that_would_read_wrong():
     with pytest.raises(ValueError, match="dtype must be a float type"):
         model.astype(np.complex64)
     assert model.astype(np.float32).params["conv.weight"].dtype == np.float32
+
+
+def test_a_graph_node_must_be_a_layer_and_counts_must_be_counts():
+    from minifcn.metrics import metrics_from_matrix
+    with pytest.raises(ValueError, match="Graph: node 'f' is a function, not a layer"):
+        nn.Graph([("f", lambda x: x, ["data"])])                  # AttributeError at forward
+    for bad in (np.array([[1, -1], [0, 2]]), np.array([[1, np.nan], [0, 2]])):
+        with pytest.raises(ValueError, match="pixel counts"):     # NaN metrics before
+            metrics_from_matrix(bad)

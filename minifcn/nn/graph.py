@@ -41,6 +41,10 @@ class Graph(Layer):
         for name, layer, inputs in nodes:
             if name in seen:
                 raise ValueError(f"Graph: node name {name!r} is used twice")
+            if not (callable(getattr(layer, "forward", None))
+                    and callable(getattr(layer, "backward", None))):
+                raise ValueError(f"Graph: node {name!r} is a {type(layer).__name__}, not a "
+                                 "layer (it needs forward and backward)")
             missing = [i for i in inputs if i not in seen]
             if missing:
                 raise ValueError(f"Graph: node {name!r} reads {missing} before they are computed")
