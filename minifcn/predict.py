@@ -34,15 +34,20 @@ from .training import load_checkpoint_model
 MAX_CLASSES = 255       # a mask's uint8 values are class indices; 255 means "ignore"
 
 
+def check_num_classes(num_classes, what):
+    """Refuse a model whose classes do not fit a mask: ``what`` names where it came from."""
+    if num_classes > MAX_CLASSES:
+        raise ValueError(f"{what}: the model has {num_classes} classes; a mask holds at most "
+                         f"{MAX_CLASSES} (uint8 indices, 255 being the ignore label)")
+
+
 def predict(model, image, preprocess, device="cpu"):
     """uint8 RGB (H, W, 3) -> class indices uint8 (H, W)."""
     x = to_device(get_preprocess(preprocess)(image)[None], device)
     model.eval()
     scores = model.forward(x)
     model.clear_cache()
-    if scores.shape[1] > MAX_CLASSES:
-        raise ValueError(f"predict: the model has {scores.shape[1]} classes; a mask holds at "
-                         f"most {MAX_CLASSES} (uint8 indices, 255 being the ignore label)")
+    check_num_classes(scores.shape[1], "predict")
     return to_numpy(scores.argmax(axis=1))[0].astype(np.uint8)
 
 
@@ -103,10 +108,7 @@ def main(argv=None):
     check_device(args.device)
     check_output_dir(args.out, "--out")                             # before the work, not after
     model, spec = load_checkpoint_model(args.checkpoint, args.device, **model_overrides(args))
-    if int(spec["num_classes"]) > MAX_CLASSES:
-        raise ValueError(f"--checkpoint {args.checkpoint}: the model has {spec['num_classes']} "
-                         f"classes; a mask holds at most {MAX_CLASSES} (uint8 indices, 255 "
-                         "being the ignore label)")
+    check_num_classes(int(spec["num_classes"]), f"--checkpoint {args.checkpoint}")
     images = [(path, load_image(path)) for path in args.images]   # every image readable first
     stems = output_stems(args.images)
     outputs = [(os.path.join(args.out, f"{stem}_mask.png"),

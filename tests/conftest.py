@@ -99,7 +99,8 @@ def torch_grads(fn, inputs: dict, dy=None):
     ``inputs``: name -> NumPy array (or None). Every non-None array is upcast to float64 —
     the reference is the exact answer for the very values minifcn was given, so a float32
     result is measured against the truth, not against torch's own float32 rounding.
-    ``dy``: the output gradient; ``grads[name]`` is d<y, dy>/d input (None if dy is None).
+    ``dy``: the output gradient, or a function of y's shape that makes it; ``grads[name]``
+    is d<y, dy>/d input (None if dy is None).
     """
     import torch
     tensors = {k: (None if v is None else
@@ -107,10 +108,21 @@ def torch_grads(fn, inputs: dict, dy=None):
                for k, v in inputs.items()}
     y = fn(**tensors)
     grads = {}
+    if callable(dy):
+        dy = dy(tuple(y.shape))
     if dy is not None:
         y.backward(torch.tensor(np.asarray(to_np(dy), dtype=np.float64)))
         grads = {k: (None if t is None else to_np(t.grad)) for k, t in tensors.items()}
     return to_np(y), grads
+
+
+def torch_grads_random_dy(fn, inputs: dict, rng, dtype=np.float64):
+    """:func:`torch_grads` with the output gradient drawn from ``rng`` at y's shape (one
+    torch run): ``(y, dy, grads)``, ``dy`` in ``dtype`` for minifcn's side."""
+    drawn = []
+    y, grads = torch_grads(fn, inputs, lambda shape: drawn.append(
+        rng.standard_normal(shape).astype(dtype)) or drawn[0])
+    return y, drawn[0], grads
 
 
 @pytest.fixture(scope="session", autouse=True)

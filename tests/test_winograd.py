@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch.nn.functional as TF
 
-from conftest import assert_close, assert_conv2d_non_finite_like_torch, rel_error, torch_grads
+from conftest import (assert_close, assert_conv2d_non_finite_like_torch, rel_error, torch_grads,
+                      torch_grads_random_dy)
 from minifcn.functional import conv2d, conv2d_backward
 from minifcn.functional import winograd
 from minifcn.functional.blas import uses_cblas
@@ -356,9 +357,7 @@ def test_float16_runs_through_matmul_within_its_rounding():
     x = rng.standard_normal((1, 64, 12, 12)).astype(np.float16)
     w = (rng.standard_normal((48, 64, 3, 3)) / 24).astype(np.float16)
     fn = lambda x, w: TF.conv2d(x, w, None, 1, 1)  # noqa: E731
-    y_ref, _ = torch_grads(fn, {"x": x, "w": w})
-    dy = rng.standard_normal(y_ref.shape).astype(np.float16)
-    _, g = torch_grads(fn, {"x": x, "w": w}, dy)
+    y_ref, dy, g = torch_grads_random_dy(fn, {"x": x, "w": w}, rng, np.float16)
     got = {"forward": (winograd.winograd_conv2d(x, w, 1, 1), y_ref),
            "dx": (winograd.winograd_conv2d_input_grad(dy, w, 1, 1), g["x"]),
            "dW": (winograd.winograd_conv2d_weight_grad(dy, x, 1, 1), g["w"])}

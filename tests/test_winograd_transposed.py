@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch.nn.functional as TF
 
-from conftest import assert_close, rel_error, torch_grads
+from conftest import assert_close, rel_error, torch_grads, torch_grads_random_dy
 from minifcn.functional import conv_transpose2d, conv_transpose2d_backward
 from minifcn.functional import winograd_transposed as wt
 from minifcn.functional.blas import uses_cblas
@@ -247,9 +247,7 @@ def test_forward_and_both_gradients_match_torch(monkeypatch, dtype, n, c, o, h, 
     band of one where the batch is odd."""
     rng, x, weight = _data(dtype, n, c, o, h, w, *stride)
     fn = lambda x, w: TF.conv_transpose2d(x, w, None, stride, padding, output_padding)  # noqa: E731
-    y_ref, _ = torch_grads(fn, {"x": x, "w": weight})
-    dy = rng.standard_normal(y_ref.shape).astype(dtype)
-    _, g = torch_grads(fn, {"x": x, "w": weight}, dy)
+    y_ref, dy, g = torch_grads_random_dy(fn, {"x": x, "w": weight}, rng, dtype)
     _, _, _, ay, ax, _ = wt._plan(x.shape, weight, y_ref.shape[2:], stride, padding)
     per_row = ax.windows * wt.window_bytes(c, o, *stride, np.dtype(dtype).itemsize)
     if bands == "one window row":
@@ -319,9 +317,7 @@ def test_float32_rounding_stays_near_the_direct_sums():
     x = rng.standard_normal((2, 128, 12, 12)).astype(np.float32)
     weight = (rng.standard_normal((128, 128, 4, 4)) / 23).astype(np.float32)
     fn = lambda x, w: TF.conv_transpose2d(x, w, None, 2, 1)  # noqa: E731
-    y_ref, _ = torch_grads(fn, {"x": x, "w": weight})
-    dy = rng.standard_normal(y_ref.shape).astype(np.float32)
-    _, g = torch_grads(fn, {"x": x, "w": weight}, dy)
+    y_ref, dy, g = torch_grads_random_dy(fn, {"x": x, "w": weight}, rng, np.float32)
     refs = [y_ref, g["x"], g["w"]]
 
     def errors(algorithm):
@@ -344,9 +340,7 @@ def test_float16_runs_through_matmul_within_its_rounding():
     x = rng.standard_normal((2, 64, 9, 9)).astype(np.float16)
     weight = (rng.standard_normal((64, 32, 4, 4)) / 16).astype(np.float16)
     fn = lambda x, w: TF.conv_transpose2d(x, w, None, 2, 1)  # noqa: E731
-    y_ref, _ = torch_grads(fn, {"x": x, "w": weight})
-    dy = rng.standard_normal(y_ref.shape).astype(np.float16)
-    _, g = torch_grads(fn, {"x": x, "w": weight}, dy)
+    y_ref, dy, g = torch_grads_random_dy(fn, {"x": x, "w": weight}, rng, np.float16)
     y = conv_transpose2d(x, weight, None, 2, 1, algorithm="winograd")
     dx, dw, _ = conv_transpose2d_backward(dy, x, weight, 2, 1, algorithm="winograd")
     for what, got, ref in (("forward", y, y_ref), ("dx", dx, g["x"]), ("dW", dw, g["w"])):
@@ -366,9 +360,7 @@ def test_the_kept_workspace_carries_nothing_from_one_call_to_the_next():
     for i, (n, c, o, h, w, s, p) in enumerate(seq):
         rng, x, weight = _data(np.float64, n, c, o, h, w, s, s, seed=i)
         fn = lambda x, w: TF.conv_transpose2d(x, w, None, s, p)  # noqa: E731
-        y_ref, _ = torch_grads(fn, {"x": x, "w": weight})
-        dy = rng.standard_normal(y_ref.shape)
-        _, g = torch_grads(fn, {"x": x, "w": weight}, dy)
+        y_ref, dy, g = torch_grads_random_dy(fn, {"x": x, "w": weight}, rng)
         y = wt.winograd_conv_transpose2d(x, weight, (s, s), (p, p), y_ref.shape[2:])
         dx, dw = wt.winograd_conv_transpose2d_backward(dy, x, weight, (s, s), (p, p))
         for got, ref, what in ((y, y_ref, "forward"), (dx, g["x"], "dx"), (dw, g["w"], "dW")):

@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import functional as F
 from ..backend import get_array_module
-from ..functional._checks import pair
+from ..functional._checks import check_ignore_index, pair
 from ..functional.conv import ALGORITHMS
 from .module import Layer, default_rng
 
@@ -372,7 +372,7 @@ class SoftmaxCrossEntropy:
     def __init__(self, ignore_index=255, reduction="mean"):
         if reduction not in F.loss.REDUCTIONS:
             raise ValueError(f"reduction must be one of {F.loss.REDUCTIONS}, got {reduction!r}")
-        self.ignore_index = F.loss.check_ignore_index(ignore_index, "SoftmaxCrossEntropy: ignore_index")
+        self.ignore_index = check_ignore_index(ignore_index, "SoftmaxCrossEntropy: ignore_index")
         self.reduction = reduction
         self._logits = self._labels = self._log_probs = None
         self.counted = None

@@ -15,6 +15,7 @@ import numbers
 from fractions import Fraction
 
 from ..backend import get_array_module
+from ..functional._checks import check_float
 from .layers import _check_backward
 from .module import Layer
 
@@ -98,14 +99,6 @@ class Crop(Layer):
         return f"offset={self.offset}"
 
 
-def _check_float_array(layer, what, x):
-    """A float array, or a ValueError naming the layer: an integer one would take the
-    factor in its own dtype (0.5 -> 0) and say nothing."""
-    if getattr(getattr(x, "dtype", None), "kind", None) != "f":
-        raise ValueError(f"{layer}: {what} must be a floating-point array, got "
-                         f"{getattr(x, 'dtype', type(x).__name__)}")
-
-
 class Scale(Layer):
     """``y = c * x`` with a fixed constant (FCN-8s at-once scales its pool skips)."""
 
@@ -118,13 +111,13 @@ class Scale(Layer):
         self._shape = None
 
     def forward(self, x):
-        _check_float_array("Scale", "input", x)
+        check_float(x, "Scale: input")          # an integer one would turn 0.5 into 0
         self._shape = x.shape
         return x * x.dtype.type(self.factor)
 
     def backward(self, dy):
         _check_backward("Scale", dy, self._shape)
-        _check_float_array("Scale", "grad_output", dy)
+        check_float(dy, "Scale: grad_output")
         return dy * dy.dtype.type(self.factor)
 
     def extra_repr(self):
