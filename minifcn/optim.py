@@ -35,6 +35,7 @@ import numbers
 import numpy as np
 
 from .backend import get_array_module, to_device, to_numpy
+from .functional._checks import shape_of
 
 
 CPU_UPDATE_CHUNK = 1 << 16   # values per chunk of a CPU parameter update (see Optimizer.step)
@@ -104,10 +105,9 @@ class Optimizer:
         for name, w, g in trainable:            # checked before any parameter moves
             if getattr(g, "shape", None) != w.shape or getattr(getattr(g, "dtype", None),
                                                                 "kind", None) != "f":
+                got = shape_of(g) if not hasattr(g, "dtype") else f"{g.dtype} {shape_of(g)}"
                 raise ValueError(f"the gradient of {name!r} must be a float array of its "
-                                 f"parameter's shape {tuple(w.shape)}, got "
-                                 f"{getattr(g, 'dtype', type(g).__name__)} "
-                                 f"{getattr(g, 'shape', None)}")
+                                 f"parameter's shape {tuple(w.shape)}, got {got}")
         self.steps += 1
         for name, w, g in trainable:
             decays = _decays(name)

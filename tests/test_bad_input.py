@@ -501,3 +501,68 @@ def test_a_graph_node_must_be_a_layer_and_counts_must_be_counts():
     for bad in (np.array([[1, -1], [0, 2]]), np.array([[1, np.nan], [0, 2]])):
         with pytest.raises(ValueError, match="pixel counts"):     # NaN metrics before
             metrics_from_matrix(bad)
+
+
+_X = np.ones((1, 2, 4, 4), np.float32)
+_LIST = _X.tolist()
+
+
+@pytest.mark.parametrize("call,name", [
+    pytest.param(lambda: F.relu_backward(_LIST, _X), "grad_output", id="relu_backward-dy"),
+    pytest.param(lambda: F.relu_backward(_X, _LIST), "forward output", id="relu_backward-y"),
+    pytest.param(lambda: F.dropout_backward(_LIST, _X), "grad_output", id="dropout_backward-dy"),
+    pytest.param(lambda: F.dropout_backward(_X, _LIST), "mask", id="dropout_backward-mask"),
+    pytest.param(lambda: F.log_softmax(_LIST), "z", id="log_softmax"),
+    pytest.param(lambda: F.softmax_cross_entropy(_LIST, np.zeros((1, 4, 4), np.int64)),
+                 "logits", id="softmax_cross_entropy"),
+    pytest.param(lambda: F.conv2d(_X, np.ones((2, 2, 3, 3)).tolist()), "weight", id="conv2d-w"),
+    pytest.param(lambda: nn.Add().forward(_X, _LIST), "second input", id="Add"),
+    pytest.param(lambda: nn.Crop().forward(_LIST, _X), "Crop: input", id="Crop-x"),
+    pytest.param(lambda: nn.Crop().forward(_X, _LIST), "reference map", id="Crop-ref"),
+    pytest.param(lambda: nn.PadTo(8).forward(_LIST), "PadTo: input", id="PadTo"),
+    pytest.param(lambda: nn.Scale(2).forward(_LIST), "Scale: input", id="Scale"),
+])
+def test_a_list_where_an_array_belongs_is_named(call, name):
+    # before: AttributeError "'list' object has no attribute 'shape'" (Add, Crop, PadTo,
+    # Scale, log_softmax) or a message about shape None
+    with pytest.raises(ValueError, match=f"{name}.*a list, not an array"):
+        call()
+
+
+def test_crop_and_pad_need_4d_maps():
+    with pytest.raises(ValueError, match=r"Crop: input must be a 4-D .* shape \(3, 3\)"):
+        nn.Crop().forward(np.ones((3, 3)), _X)                    # ValueError from unpacking
+    with pytest.raises(ValueError, match=r"PadTo: input must be a 4-D .* shape \(3,\)"):
+        nn.PadTo(4).forward(np.ones(3))
+
+
+def test_conv_transpose_layer_checks_its_algorithm_when_built():
+    # before: only the first forward said so
+    with pytest.raises(ValueError, match=r"ConvTranspose2d: algorithm 'winograd' .*kernel \(3, 3\)"):
+        nn.ConvTranspose2d(2, 2, 3, stride=1, algorithm="winograd")
+    with pytest.raises(ValueError, match=r"ConvTranspose2d: algorithm 'implicit' needs .*groups 2"):
+        nn.ConvTranspose2d(2, 2, 4, stride=2, groups=2, algorithm="implicit")
+    layer = nn.ConvTranspose2d(2, 3, 4, stride=2, padding=1, algorithm="winograd", seed=0)
+    assert layer.forward(_X).shape == (1, 3, 8, 8)
+
+
+def test_max_pool_backward_names_padding_and_ceil_mode():
+    dy, tap = np.ones((1, 1, 8, 8)), np.zeros((1, 1, 8, 8), np.int64)
+    with pytest.raises(ValueError, match=r"max_pool2d_backward: padding \(2, 2\) must be at most "
+                                         r"half the kernel size \(3, 3\)"):
+        F.max_pool2d_backward(dy, tap, (8, 8), 3, 1, padding=2)  # blamed input_size before
+    with pytest.raises(ValueError, match="max_pool2d_backward: ceil_mode must be True or False"):
+        F.max_pool2d_backward(dy, tap, (8, 8), 3, 1, padding=1, ceil_mode="no")
+
+
+def test_load_state_dict_refuses_nan_or_inf_weights_and_keeps_its_own():
+    model = nn.Graph([("conv", nn.Conv2d(1, 2, 1, seed=0), ["data"])])
+    before = {k: v.copy() for k, v in model.params.items()}
+    state = {k: v.copy() for k, v in before.items()}
+    state["conv.weight"][0] = np.nan
+    state["conv.bias"][:] = np.inf
+    with pytest.raises(ValueError, match=r"NaN or inf: conv.weight: 1 of 2 values; "
+                                         r"conv.bias: 2 of 2 values"):
+        model.load_state_dict(state)                            # loaded silently before
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(v, before[k])

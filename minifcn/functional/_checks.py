@@ -31,10 +31,25 @@ def check_ignore_index(value, owner: str = "ignore_index") -> int:
     return int(value)
 
 
+def shape_of(x):
+    """What an error message says ``x`` is: ``'shape (2, 3)'``, or for something that is
+    not an array (a list, None) ``'a list, not an array'``."""
+    shape = getattr(x, "shape", None)
+    if shape is None or not hasattr(x, "dtype"):
+        return f"a {type(x).__name__}, not an array"
+    return f"shape {tuple(shape)}"
+
+
+def check_array(x, name: str):
+    """``x`` must be a NumPy or CuPy array: a list would fail later, inside NumPy, with a
+    message about lists."""
+    if getattr(x, "shape", None) is None or not hasattr(x, "dtype"):
+        raise ValueError(f"{name} must be a NumPy or CuPy array, got {shape_of(x)}")
+
+
 def check_4d(x, name: str = "input", layout: str = "(N, C, H, W)"):
     if getattr(x, "ndim", None) != 4:
-        shape = getattr(x, "shape", None)
-        raise ValueError(f"{name} must be a 4-D array {layout}, got shape {shape}")
+        raise ValueError(f"{name} must be a 4-D array {layout}, got {shape_of(x)}")
 
 
 def check_float(x, name: str = "input"):

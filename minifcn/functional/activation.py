@@ -13,6 +13,7 @@ import numbers
 import numpy as np
 
 from ..backend import get_array_module
+from ._checks import check_array, shape_of
 from ._select import all_finite, select
 
 
@@ -34,9 +35,11 @@ def relu_backward(dy, y):
     It is a select, not a product: where ``y <= 0``, ``dx`` is 0 even if ``dy`` is inf or
     NaN (as in torch and the CUDA kernel).
     """
-    if getattr(dy, "shape", None) != getattr(y, "shape", None):
-        raise ValueError(f"relu_backward: grad_output {getattr(dy, 'shape', None)} does not "
-                         f"match the forward output {getattr(y, 'shape', None)}")
+    check_array(dy, "relu_backward: grad_output")
+    check_array(y, "relu_backward: the forward output y")
+    if dy.shape != y.shape:
+        raise ValueError(f"relu_backward: grad_output {shape_of(dy)} does not "
+                         f"match the forward output {shape_of(y)}")
     xp = get_array_module(dy)
     if xp is not np:
         from ..kernels import gpu_relu_backward
@@ -106,6 +109,8 @@ def dropout_backward(dy, mask):
     """
     if mask is None:
         return dy
+    check_array(dy, "dropout_backward: grad_output")
+    check_array(mask, "dropout_backward: mask")
     shape, mshape = tuple(getattr(dy, "shape", ())), tuple(getattr(mask, "shape", ()))
     if mshape != shape and not (len(shape) == 4 and mshape == shape[:2] + (1, 1)):
         raise ValueError(f"dropout_backward: the mask {mshape} must have the grad_output's shape "

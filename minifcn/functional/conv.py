@@ -32,7 +32,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..openblas_core import avx512_kernels
-from ._checks import check_4d, check_float, check_positive_size, pair
+from ._checks import check_4d, check_float, check_positive_size, pair, shape_of
 from ._select import all_finite
 from .blas import gemm, uses_cblas
 from .implicit import conv_transpose2d_implicit, conv_transpose2d_implicit_backward
@@ -282,7 +282,7 @@ def _one_dtype(g, dy, x, weight):
 def _check_grad_shape(op, dy, g):
     want = (g.n, g.o, g.ho, g.wo)
     if tuple(getattr(dy, "shape", ())) != want:
-        raise ValueError(f"{op}: grad_output must have shape {want}, got {getattr(dy, 'shape', None)}")
+        raise ValueError(f"{op}: grad_output must have shape {want}, got {shape_of(dy)}")
 
 
 # -- conv2d ------------------------------------------------------------------------------
@@ -896,6 +896,24 @@ CPU_WINOGRAD_TRANSPOSED_AVX512_MIN_IN_CHANNELS = 256   # with AVX-512 GEMM kerne
 CPU_WINOGRAD_TRANSPOSED_AVX512_MIN_PIXELS = 4096       # ... and input pixels in the batch
 
 
+def check_algorithm(algorithm, kernel, stride, dilation, groups, gpu=False, owner=""):
+    """Whether a transposed convolution of this geometry can run ``algorithm`` (one of
+    ``ALGORITHMS``): 'subpixel' and 'implicit' need dilation 1 and groups 1, 'winograd'
+    that too, kernel = 2 x stride, and NumPy arrays. A ValueError says which condition
+    fails (``owner``, e.g. ``'ConvTranspose2d: '``, in front)."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"{owner}algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm in ("subpixel", "implicit") and (tuple(dilation) != (1, 1) or groups != 1):
+        raise ValueError(f"{owner}algorithm {algorithm!r} needs dilation 1 and groups 1, got "
+                         f"dilation {tuple(dilation)} and groups {groups}")
+    if algorithm == "winograd" and (gpu or not winograd_transposed_applies(
+            *kernel, *stride, *dilation, groups)):
+        raise ValueError(f"{owner}algorithm 'winograd' runs on the CPU (NumPy arrays) with "
+                         f"kernel = 2 x stride, dilation 1 and groups 1, got "
+                         f"{'CuPy arrays, ' if gpu else ''}kernel {tuple(kernel)}, stride "
+                         f"{tuple(stride)}, dilation {tuple(dilation)}, groups {groups}")
+
+
 def _pick_algorithm(algorithm, g, backward=False):
     """Resolve 'auto' (measured by benchmarks/deconv.py: the latest runs in
     benchmarks/RESULTS.md, each rule's own measurements in benchmarks/HISTORY.md).
@@ -947,18 +965,9 @@ def _pick_algorithm(algorithm, g, backward=False):
     (``benchmarks/gpu_session.sh`` times all algorithms side by side).
     A backward asked for with 'fused' runs 'col2im' (the fused kernel is forward only).
     """
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    check_algorithm(algorithm, (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw), g.groups, g.gpu)
     subpixel_ok = (g.dh, g.dw) == (1, 1) and g.groups == 1
-    if algorithm in ("subpixel", "implicit") and not subpixel_ok:
-        raise ValueError(f"algorithm {algorithm!r} needs dilation 1 and groups 1, got "
-                         f"dilation {(g.dh, g.dw)} and groups {g.groups}")
     winograd_ok = winograd_transposed_applies(g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.groups)
-    if algorithm == "winograd" and (g.gpu or not winograd_ok):
-        raise ValueError(f"algorithm 'winograd' runs on the CPU (NumPy arrays) with kernel = "
-                         f"2 x stride, dilation 1 and groups 1, got "
-                         f"{'CuPy arrays, ' if g.gpu else ''}kernel {(g.kh, g.kw)}, stride "
-                         f"{(g.sh, g.sw)}, dilation {(g.dh, g.dw)}, groups {g.groups}")
     if algorithm == "fused" and backward:
         algorithm = "col2im"
     if algorithm == "auto":

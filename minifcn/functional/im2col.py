@@ -32,7 +32,7 @@ import functools
 import numpy as np
 
 from ..backend import as_strided, get_array_module
-from ._checks import check_4d, check_positive_size, pair
+from ._checks import check_4d, check_positive_size, pair, shape_of
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0,
@@ -151,7 +151,7 @@ def col2im(col, image_size, stride=1, padding=0, dilation=1, method="auto"):
     """
     if getattr(col, "ndim", None) != 6:
         raise ValueError("col must be a 6-D array (N, C, kh, kw, Ho, Wo), "
-                         f"got shape {getattr(col, 'shape', None)}")
+                         f"got {shape_of(col)}")
     h, w = pair(image_size, "image_size", minimum=1)
     sh, sw = pair(stride, "stride", minimum=1)
     ph, pw = pair(padding, "padding", minimum=0)

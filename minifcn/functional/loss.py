@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import get_array_module
-from ._checks import check_ignore_index
+from ._checks import check_array, check_ignore_index, shape_of
 from ._select import all_finite, select
 
 REDUCTIONS = ("mean", "sum")
@@ -35,7 +35,7 @@ REDUCTIONS = ("mean", "sum")
 
 def _check(logits, labels, ignore_index, reduction):
     if getattr(logits, "ndim", None) != 4:
-        raise ValueError(f"logits must be a 4-D array (N, C, H, W), got shape {getattr(logits, 'shape', None)}")
+        raise ValueError(f"logits must be a 4-D array (N, C, H, W), got {shape_of(logits)}")
     if logits.dtype.kind != "f":
         raise ValueError(f"logits must be floating-point, got dtype {logits.dtype}")
     n, k, h, w = logits.shape
@@ -43,7 +43,7 @@ def _check(logits, labels, ignore_index, reduction):
         raise ValueError(f"logits must have at least one class (axis 1), got shape {tuple(logits.shape)}")
     if getattr(labels, "shape", None) != (n, h, w):
         raise ValueError(f"labels must have shape (N, H, W) = {(n, h, w)} to match logits "
-                         f"{tuple(logits.shape)}, got {getattr(labels, 'shape', None)}")
+                         f"{tuple(logits.shape)}, got {shape_of(labels)}")
     if labels.dtype.kind not in "iu":
         raise ValueError(f"labels must be an integer array, got dtype {labels.dtype}")
     if reduction not in REDUCTIONS:
@@ -59,6 +59,7 @@ def _check(logits, labels, ignore_index, reduction):
 
 def log_softmax(z, axis=1):
     """``z - logsumexp(z)`` along ``axis``, with the max subtracted first."""
+    check_array(z, "log_softmax: z")
     xp = get_array_module(z)
     shifted = z - z.max(axis=axis, keepdims=True)
     shifted -= xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
@@ -151,7 +152,7 @@ def softmax_cross_entropy_backward(logits, labels, ignore_index=255, reduction="
     """
     _check(logits, labels, ignore_index, reduction)
     if log_probs is not None and getattr(log_probs, "shape", None) != logits.shape:
-        raise ValueError(f"log_probs {getattr(log_probs, 'shape', None)} must have the shape "
+        raise ValueError(f"log_probs {shape_of(log_probs)} must have the shape "
                          f"of logits {tuple(logits.shape)}")
     return _backward(logits, labels, ignore_index, reduction, log_probs)
 

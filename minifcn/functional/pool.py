@@ -20,23 +20,27 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
-from ._checks import check_4d, check_float, check_positive_size, pair
+from ._checks import check_4d, check_float, check_positive_size, pair, shape_of
 from ._select import all_finite, select
 from .im2col import _col2im, _window_view, conv_output_size, pad_hw
 
 
-def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode):
+def _check_pool_settings(op, kh, kw, ph, pw, ceil_mode):
     if not isinstance(ceil_mode, (bool, np.bool_)):   # 'no' would read as True
-        raise ValueError(f"max_pool2d: ceil_mode must be True or False, got {ceil_mode!r}")
+        raise ValueError(f"{op}: ceil_mode must be True or False, got {ceil_mode!r}")
+    if 2 * ph > kh or 2 * pw > kw:         # torch's rule: half the kernel, dilation or not
+        raise ValueError(f"{op}: padding {(ph, pw)} must be at most half the "
+                         f"kernel size {(kh, kw)}")
+
+
+def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode):
     check_4d(x, "input")
     check_float(x, "input")
     kh, kw = pair(kernel_size, "kernel_size", minimum=1)
     sh, sw = pair(kernel_size if stride is None else stride, "stride", minimum=1)
     ph, pw = pair(padding, "padding", minimum=0)
     dh, dw = pair(dilation, "dilation", minimum=1)
-    if 2 * ph > kh or 2 * pw > kw:         # torch's rule: half the kernel, dilation or not
-        raise ValueError(f"max_pool2d: padding {(ph, pw)} must be at most half the "
-                         f"kernel size {(kh, kw)}")
+    _check_pool_settings("max_pool2d", kh, kw, ph, pw, ceil_mode)
     h, w = x.shape[2:]
     ho = conv_output_size(h, kh, sh, ph, dh, ceil_mode)
     wo = conv_output_size(w, kw, sw, pw, dw, ceil_mode)
@@ -227,9 +231,10 @@ def max_pool2d_backward(dy, tap, input_size, kernel_size, stride=None, padding=0
     sh, sw = pair(kernel_size if stride is None else stride, "stride", minimum=1)
     ph, pw = pair(padding, "padding", minimum=0)
     dh, dw = pair(dilation, "dilation", minimum=1)
+    _check_pool_settings("max_pool2d_backward", kh, kw, ph, pw, ceil_mode)
     if getattr(dy, "shape", None) != getattr(tap, "shape", None) or getattr(dy, "ndim", 0) != 4:
-        raise ValueError(f"max_pool2d_backward: grad_output {getattr(dy, 'shape', None)} and "
-                         f"indices {getattr(tap, 'shape', None)} must be equal 4-D shapes")
+        raise ValueError(f"max_pool2d_backward: grad_output {shape_of(dy)} and "
+                         f"indices {shape_of(tap)} must be equal 4-D shapes")
     xp = get_array_module(dy)
     n, c, ho, wo = dy.shape
     if getattr(getattr(tap, "dtype", None), "kind", None) not in ("i", "u"):

@@ -44,6 +44,7 @@ import numbers
 import numpy as np
 
 from ..nn import Add, Conv2d, ConvTranspose2d, Crop, Dropout, Graph, PadTo, ReLU, Scale
+from ..functional._checks import shape_of
 from .geometry import derive_crop_offsets
 from .vgg import STAGES, he_init, scaled, vgg16_from_torchvision, vgg16_nodes
 
@@ -235,7 +236,7 @@ class FCN(Graph):
 
     def forward(self, x, hook=None):
         if getattr(x, "ndim", None) != 4 or x.shape[1] != 3:
-            raise ValueError(f"FCN input must have shape (N, 3, H, W), got {getattr(x, 'shape', None)}")
+            raise ValueError(f"FCN input must have shape (N, 3, H, W), got {shape_of(x)}")
         return super().forward(x, hook=hook)
 
     def load_vgg16(self, state):

@@ -26,6 +26,13 @@ from .module import Layer
 INPUT = "data"
 
 
+def _count_non_finite(a):
+    """How many values of the array ``a`` (NumPy or CuPy) are NaN or inf."""
+    xp = get_array_module(a)
+    a = xp.asarray(a)
+    return 0 if a.dtype.kind not in "fc" else int(a.size - int(xp.isfinite(a).sum()))
+
+
 class Graph(Layer):
     """Named layers wired by name. See the module docstring."""
 
@@ -174,7 +181,11 @@ class Graph(Layer):
         wrong += [f"{k}: dtype {getattr(state[k], 'dtype', type(state[k]).__name__)} is not a "
                   "real number type (type mismatch)" for k in own if k in state
                   and getattr(getattr(state[k], "dtype", None), "kind", "f") not in "fiub"]
-        if wrong or (strict and (missing or unexpected)):
+        # NaN or inf weights would make every output NaN, silently
+        non_finite = [] if wrong else [f"{k}: {bad} of {np.size(state[k])} values"
+                                       for k in own if k in state
+                                       for bad in [_count_non_finite(state[k])] if bad]
+        if wrong or non_finite or (strict and (missing or unexpected)):
             parts = []
             if missing:
                 parts.append(f"missing from the weights: {', '.join(missing)}")
@@ -182,6 +193,8 @@ class Graph(Layer):
                 parts.append(f"not in the model: {', '.join(unexpected)}")
             if wrong:
                 parts.append("shape mismatch: " + "; ".join(wrong))
+            if non_finite:
+                parts.append("NaN or inf: " + "; ".join(non_finite))
             raise ValueError("state dict does not fit the model — " + " | ".join(parts))
         for name, layer, p in self.parameters():
             if name in state:

@@ -12,8 +12,8 @@ import numpy as np
 
 from .. import functional as F
 from ..backend import get_array_module
-from ..functional._checks import check_ignore_index, pair
-from ..functional.conv import ALGORITHMS
+from ..functional._checks import check_ignore_index, pair, shape_of
+from ..functional.conv import check_algorithm
 from .module import Layer, default_rng
 
 
@@ -25,7 +25,7 @@ def _check_counts(name, **counts):
 
 def _check_channels(name, x, expected):
     if getattr(x, "ndim", None) != 4:
-        raise ValueError(f"{name}: input must be a 4-D array (N, C, H, W), got shape {getattr(x, 'shape', None)}")
+        raise ValueError(f"{name}: input must be a 4-D array (N, C, H, W), got {shape_of(x)}")
     if x.shape[1] != expected:
         raise ValueError(f"{name}: expected {expected} input channels, got input of shape {tuple(x.shape)}")
 
@@ -34,7 +34,7 @@ def _check_backward(name, dy, expected_shape):
     if expected_shape is None:
         raise RuntimeError(f"{name}: backward() called before forward()")
     if tuple(getattr(dy, "shape", ())) != tuple(expected_shape):
-        raise ValueError(f"{name}: backward got grad of shape {getattr(dy, 'shape', None)}, "
+        raise ValueError(f"{name}: backward got grad of {shape_of(dy)}, "
                          f"but forward produced {tuple(expected_shape)}")
 
 
@@ -171,9 +171,10 @@ class ConvTranspose2d(_ConvBase):
                 raise ValueError(f"ConvTranspose2d: output_padding {self.output_padding} must be "
                                  f"smaller than max(stride, dilation) = "
                                  f"{max(self.stride[axis], self.dilation[axis])}")
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"ConvTranspose2d: algorithm must be one of {ALGORITHMS}, "
-                             f"got {algorithm!r}")
+        # the geometry's part of the check here; that 'winograd' runs on NumPy arrays
+        # only, at forward (the layer may move to the GPU meanwhile)
+        check_algorithm(algorithm, self.kernel_size, self.stride, self.dilation, groups,
+                        owner="ConvTranspose2d: ")
         self.algorithm = algorithm
         super().__init__((in_channels, out_channels // groups, kh, kw), bias, dtype, seed)
 

@@ -15,7 +15,7 @@ import numbers
 from fractions import Fraction
 
 from ..backend import get_array_module
-from ..functional._checks import check_float
+from ..functional._checks import check_4d, check_array, check_float
 from .layers import _check_backward
 from .module import Layer
 
@@ -30,6 +30,8 @@ class Add(Layer):
         self._shape = None
 
     def forward(self, a, b):
+        check_array(a, "Add: the first input")
+        check_array(b, "Add: the second input")
         if a.shape != b.shape:
             raise ValueError(f"Add: the two inputs must have equal shapes, got {a.shape} and {b.shape}")
         self._shape = a.shape
@@ -69,6 +71,8 @@ class Crop(Layer):
         self._in_shape = self._out_shape = None
 
     def forward(self, x, ref):
+        check_4d(x, "Crop: input")
+        check_4d(ref, "Crop: the reference map")
         oh, ow = self.offset
         h, w = ref.shape[2:]
         if oh + h > x.shape[2] or ow + w > x.shape[3] or oh < 0 or ow < 0:
@@ -111,6 +115,7 @@ class Scale(Layer):
         self._shape = None
 
     def forward(self, x):
+        check_array(x, "Scale: input")
         check_float(x, "Scale: input")          # an integer one would turn 0.5 into 0
         self._shape = x.shape
         return x * x.dtype.type(self.factor)
@@ -144,6 +149,7 @@ class PadTo(Layer):
         return -(-h // m) * m, -(-w // m) * m
 
     def forward(self, x):
+        check_4d(x, "PadTo: input")
         h, w = x.shape[2:]
         th, tw = self._target(h, w)
         self._hw, self._out_shape = (h, w), x.shape[:2] + (th, tw)
