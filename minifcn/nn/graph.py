@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module, to_device
+from ..functional._select import all_finite
 from .module import Layer
 
 INPUT = "data"
@@ -30,7 +31,9 @@ def _count_non_finite(a):
     """How many values of the array ``a`` (NumPy or CuPy) are NaN or inf."""
     xp = get_array_module(a)
     a = xp.asarray(a)
-    return 0 if a.dtype.kind not in "fc" else int(a.size - int(xp.isfinite(a).sum()))
+    if a.dtype.kind not in "fc" or all_finite(a):      # (a pass without a temporary)
+        return 0
+    return int(a.size - int(xp.isfinite(a).sum()))
 
 
 class Graph(Layer):
