@@ -114,7 +114,8 @@ class Optimizer:
             wd, lr = (self.weight_decay, base) if decays else (0.0, base * self.bias_lr_mult)
             t = self.updates[name] = self.updates.get(name, 0) + 1
             if get_array_module(w) is not np:      # one fused CUDA kernel per parameter
-                self._update_gpu(name, w, g, lr, wd, t)
+                # (its kernel takes one dtype; the NumPy update casts a float64 g likewise)
+                self._update_gpu(name, w, g.astype(w.dtype, copy=False), lr, wd, t)
                 continue
             arrays = [w, g, *self._buffers_of(name, w)]
             if all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays):
@@ -180,7 +181,10 @@ class SGD(Optimizer):
 
     def _update_gpu(self, name, w, g, lr, wd, t):
         from .kernels.fused import sgd_update
-        sgd_update(w, self._buffer("momentum", name, w), g, lr, self.momentum, wd)
+        # plain SGD keeps no state, on the GPU as on the CPU (a checkpoint must not depend
+        # on the device); its kernel still needs a buffer, of zeros (0 * NaN is NaN)
+        v = self._buffer("momentum", name, w) if self.momentum else get_array_module(w).zeros_like(w)
+        sgd_update(w, v, g, lr, self.momentum, wd)
 
     def _buffers_of(self, name, w):
         return super()._buffers_of(name, w) if self.momentum else []   # plain SGD: no state

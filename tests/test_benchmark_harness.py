@@ -734,3 +734,30 @@ def test_winograd_tiles_ranks_the_tiles_as_results_says(tmp_path, capsys):
     assert all(r["error_ratio"] < 3 for r in ours)
     assert larger and all(r["error_ratio"] > 3 for r in larger)
     assert all(r["direct_rms"] > 0 for r in rows)
+
+
+def test_gpu_session_script_fits_one_device_call():
+    """benchmarks/gpu_session.sh runs on a lent GPU, where a command may run 10 minutes
+    and the whole session has 15 with the machine's start: it must parse, and its steps'
+    limits (each stopped at its own, 10 s grace to die) must leave that start room. The
+    optional sweep (SWEEP=1) is not counted."""
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_session.sh"
+    if shutil.which("bash"):
+        subprocess.run(["bash", "-n", str(path)], check=True)
+    limits, optional = [], False
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith('if [ "${SWEEP'):
+            optional = True
+        elif line == "fi":
+            optional = False
+        elif not optional and not line.startswith("#"):
+            m = re.match(r"(?:run|timeout -s INT -k 10) (\d+) ", line)
+            if m:
+                limits.append(int(m.group(1)))
+    assert len(limits) >= 6                       # tests, deconv, step, train, conv2d, col2im
+    assert sum(limits) + 10 * len(limits) <= 540, limits

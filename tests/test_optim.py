@@ -357,16 +357,21 @@ def test_unknown_schedule_refused():
 # -- on the GPU: one fused kernel per parameter, held to the NumPy updates ------------------
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kind", ["sgd", "adam"])
-def test_fused_gpu_updates_match_numpy(kind):
+@pytest.mark.parametrize("kind,dtype", [("sgd", np.float64), ("sgd-plain", np.float64),
+                                        ("adam", np.float64), ("sgd", np.float32),
+                                        ("adam", np.float32)])
+def test_fused_gpu_updates_match_numpy(kind, dtype):
+    """The fused kernels against the NumPy updates; with float32 weights the gradients
+    come as float64 (the NumPy update casts them, the kernel takes one dtype); plain SGD
+    keeps no state on either device, so their checkpoints match."""
     import cupy
     from minifcn.models import FCN32s
     from minifcn.optim import Adam, SGD
     rng = np.random.default_rng(0)
-    models = [FCN32s(num_classes=3, width=1 / 32, dtype=np.float64, seed=1) for _ in range(2)]
+    models = [FCN32s(num_classes=3, width=1 / 32, dtype=dtype, seed=1) for _ in range(2)]
     models[1].to("cuda")
-    opts = [SGD(m, 0.1, momentum=0.9, weight_decay=1e-2) if kind == "sgd" else
-            Adam(m, 1e-2, weight_decay=1e-2) for m in models]
+    opts = [SGD(m, 0.1, momentum=0.0 if kind == "sgd-plain" else 0.9, weight_decay=1e-2)
+            if kind.startswith("sgd") else Adam(m, 1e-2, weight_decay=1e-2) for m in models]
     for _ in range(3):
         grads = {name: rng.standard_normal(layer.params[p].shape)
                  for name, layer, p in models[0].parameters() if name not in models[0].frozen}
@@ -376,6 +381,8 @@ def test_fused_gpu_updates_match_numpy(kind):
                     layer.grads[p] = grads[name] if m is models[0] else cupy.asarray(grads[name])
             opt.step()
     cpu, gpu = models[0].params, models[1].params
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
     for name in cpu:
-        np.testing.assert_allclose(cupy.asnumpy(gpu[name]), cpu[name], rtol=1e-12, atol=1e-14,
-                                   err_msg=name)
+        assert gpu[name].dtype == dtype, name
+        np.testing.assert_allclose(cupy.asnumpy(gpu[name]), cpu[name], err_msg=name, **tol)
+    assert sorted(opts[1].state_dict()) == sorted(opts[0].state_dict())
