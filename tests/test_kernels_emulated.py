@@ -564,6 +564,17 @@ def test_dropout(rt, dtype, p, channelwise):
     np.testing.assert_array_equal(get(dx), F.dropout_backward(dy, ref_mask))
 
 
+@pytest.mark.parametrize("p", [0.3, 1.0])
+def test_channelwise_dropout_of_an_empty_map_still_draws_its_mask(rt, p):
+    # no thread runs for an empty x: the mask was left as uninitialised memory
+    x = np.zeros((2, 3, 0, 5), np.float32)
+    u = dropout_draws((2, 3, 1, 1), p)
+    y, mask = ops.dropout(rt, put(rt, x), put(rt, u), p)
+    ref_y, ref_mask = F.dropout(x, p, True, FixedDraws(u), True)
+    assert get(y).shape == x.shape
+    np.testing.assert_array_equal(get(mask), ref_mask)
+
+
 def test_dropout_rejects_draws_of_the_wrong_shape():
     rt = runtime("emu")
     with pytest.raises(ValueError, match="do not fit"):

@@ -203,6 +203,9 @@ def dropout(rt, x, u, p):
     y = rt.xp.empty(x.shape, dtype=x.dtype)
     mask = rt.xp.empty(u.shape, dtype=x.dtype)
     scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)    # p = 1: u < 1 always, so every m is 0
+    if y.size == 0:        # no thread runs, but a channel-wise mask still holds N*C draws
+        mask[...] = (u >= np.float32(p)).astype(x.dtype) * x.dtype.type(scale)
+        return y, mask
     _launch(rt, "activation.cu", f"dropout_{sfx}", y.size,
             [x, u, y, mask, np.int64(y.size), np.int64(group), np.float32(p),
              x.dtype.type(scale)])
