@@ -365,12 +365,16 @@ def test_algorithms_return_the_same_dtype(xp):
     for alg in ("col2im", "subpixel", "fused", "implicit", "auto") + cpu:
         assert conv_transpose2d(x, wt, b, 2, 1, algorithm=alg).dtype == np.float32, alg
     # a float32 input with a float64 weight: float64 from every algorithm, at stride 2 and
-    # at stride 8 (where the CPU's 'subpixel' runs its channels-last GEMM)
+    # at stride 8 (where the CPU's 'subpixel' runs its channels-last GEMM), and computed in
+    # float64: float64 torch on the same values (float32 arithmetic is ~1e-7 off)
     for k, s in ((4, 2), (16, 8)):
         w64 = xp.asarray(rng.standard_normal((2, 3, k, k)))
+        ref, _ = torch_grads(lambda x, w: TF.conv_transpose2d(x, w, None, s, s // 2),
+                             {"x": x, "w": w64})
         for alg in ("col2im", "subpixel", "fused", "implicit", "auto") + cpu:
-            assert conv_transpose2d(x, w64, None, s, s // 2, algorithm=alg).dtype == np.float64, \
-                (alg, s)
+            y = conv_transpose2d(x, w64, None, s, s // 2, algorithm=alg)
+            assert y.dtype == np.float64, (alg, s)
+            assert_close(to_np(y), ref, np.float64, f"{alg}, stride {s}")
 
 
 def test_conv_transpose2d_pair_and_int_arguments_agree(xp):
@@ -573,6 +577,10 @@ def test_backward_gradients_take_the_dtype_of_all_three(algorithm):
     dy = rng.standard_normal((1, 128, 12, 12))                               # float64
     dx, dw, db = conv_transpose2d_backward(dy, x, wt, 2, 1, algorithm=algorithm)
     assert (dx.dtype, dw.dtype) == (np.float64, np.float64)
+    # and computed in float64 (a path that narrowed and cast back would be ~1e-7 off)
+    _, grads = torch_grads(lambda x, w: TF.conv_transpose2d(x, w, None, 2, 1), {"x": x, "w": wt}, dy)
+    assert_close(dx, grads["x"], np.float64, "dx")
+    assert_close(dw, grads["w"], np.float64, "dW")
 
 
 def test_conv2d_backward_dtype_does_not_depend_on_the_image_size(monkeypatch):
@@ -581,9 +589,12 @@ def test_conv2d_backward_dtype_does_not_depend_on_the_image_size(monkeypatch):
     w = rng.standard_normal((4, 4, 3, 3))                                    # float64
     x = rng.standard_normal((1, 4, 16, 16)).astype(np.float32)
     dy = rng.standard_normal((1, 4, 16, 16)).astype(np.float32)
+    _, grads = torch_grads(lambda x, w: TF.conv2d(x, w, None, 1, 1), {"x": x, "w": w}, dy)
     dtypes = set()
     for budget in (1 << 30, 64):                                             # one band, many
         monkeypatch.setattr(conv, "CPU_BAND_BYTES", budget)
         dx, dw, _ = conv2d_backward(dy, x, w, 1, 1)
         dtypes.add((dx.dtype, dw.dtype))
+        assert_close(dx, grads["x"], np.float64, f"dx, band budget {budget}")   # in float64
+        assert_close(dw, grads["w"], np.float64, f"dW, band budget {budget}")
     assert dtypes == {(np.dtype(np.float64), np.dtype(np.float64))}

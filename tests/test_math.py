@@ -416,8 +416,8 @@ def test_fc_is_conv_with_whole_map_kernel(c, h, w, out, extra_h, extra_w, seed):
     assert_close(conv2d(x, kernel, fc_b)[:, :, 0, 0], fc, "FC == conv on an HxW map")
     # a bigger input: the FC layer refuses it, the conv slides and keeps position
     big = rng.standard_normal((1, c, h + extra_h, w + extra_w))
-    if extra_h or extra_w:
-        with pytest.raises(ValueError):
+    if extra_h or extra_w:      # the claim's other half, plain linear algebra (no minifcn):
+        with pytest.raises(ValueError):     # the FC layer's matrix takes only c*h*w numbers
             big.reshape(1, -1) @ fc_w.T
     scores = conv2d(big, kernel, fc_b)
     assert scores.shape == (1, out, extra_h + 1, extra_w + 1)

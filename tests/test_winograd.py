@@ -413,25 +413,32 @@ def test_mixed_operands_are_refused_by_the_winograd_functions():
 
 def test_threads_get_their_own_workspace():
     """Two threads running Winograd at once, on different shapes, each get torch's
-    answer: the kept scratch buffers are per thread."""
+    answer: the kept scratch buffers are per thread. An exception in a thread (which
+    pytest would only warn about) fails the test too, and a thread that dies before the
+    barrier breaks it instead of leaving the other waiting forever."""
     import threading
     cases = [(1, 8, 8, 24, 24, (1, 1)), (1, 5, 7, 17, 19, (0, 2))]
-    errors, barrier = [], threading.Barrier(2)
+    errors, barrier = [], threading.Barrier(2, timeout=60)
 
     def work(case, seed):
-        n, c, o, h, w, padding = case
-        rng, x, wt = _data(np.float64, n, c, o, h, w, seed=seed)
-        y_ref, _ = torch_grads(lambda x, w: TF.conv2d(x, w, None, 1, padding), {"x": x, "w": wt})
-        barrier.wait()
-        for _ in range(20):
-            y = winograd.winograd_conv2d(x, wt, *padding)
-            if not np.allclose(y, y_ref, rtol=1e-10, atol=1e-10):
-                errors.append(case)
-                return
+        try:
+            n, c, o, h, w, padding = case
+            rng, x, wt = _data(np.float64, n, c, o, h, w, seed=seed)
+            y_ref, _ = torch_grads(lambda x, w: TF.conv2d(x, w, None, 1, padding), {"x": x, "w": wt})
+            barrier.wait()
+            for _ in range(20):
+                y = winograd.winograd_conv2d(x, wt, *padding)
+                if not np.allclose(y, y_ref, rtol=1e-10, atol=1e-10):
+                    errors.append(f"{case}: wrong values")
+                    return
+        except BaseException as e:       # noqa: BLE001 -- reported below, not swallowed
+            barrier.abort()
+            errors.append(f"{case}: {type(e).__name__}: {e}")
 
     threads = [threading.Thread(target=work, args=(case, i)) for i, case in enumerate(cases)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    assert not errors
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a thread is still running"
+    assert not errors, errors
