@@ -183,7 +183,8 @@ class SGD(Optimizer):
         from .kernels.fused import sgd_update
         # plain SGD keeps no state, on the GPU as on the CPU (a checkpoint must not depend
         # on the device); its kernel still needs a buffer, of zeros (0 * NaN is NaN)
-        v = self._buffer("momentum", name, w) if self.momentum else get_array_module(w).zeros_like(w)
+        v = (self._buffer("momentum", name, w) if self.momentum
+             else get_array_module(w).zeros_like(w))
         sgd_update(w, v, g, lr, self.momentum, wd)
 
     def _buffers_of(self, name, w):

@@ -28,11 +28,11 @@ Layout of this package: ``*.cu`` (the CUDA C, shared helpers in ``common.cuh``),
 Two things the GPU does that the CPU emulation does not: CuPy compiles every kernel with
 ``-ftz=true`` (it appends the option to any caller's), so float32 *subnormals* (below
 ~1.2e-38) read and write as zero there: ReLU of 1e-40 gives 0 on the GPU and 1e-40 on
-the CPU, and a comparison may take such a value for 0 (max pooling would see a tie). And NVRTC contracts a
-multiply and an add into one fused multiply-add (its default ``--fmad=true``), so the
-float32 results of the kernels that compute (the fused transposed convolution, the
-optimizer updates in :mod:`.fused`) differ from NumPy's in the last bits. The GPU tests
-compare with tolerances, and use no subnormal inputs.
+the CPU, and a comparison may take such a value for 0 (max pooling would see a tie).
+And NVRTC contracts a multiply and an add into one fused multiply-add (its default
+``--fmad=true``), so the float32 results of the kernels that compute (the fused
+transposed convolution, the optimizer updates in :mod:`.fused`) differ from NumPy's in
+the last bits. The GPU tests compare with tolerances, and use no subnormal inputs.
 """
 from __future__ import annotations
 
