@@ -431,7 +431,8 @@ def main(argv=None):
     except (KeyError, ValueError):
         ap.error(f"--variants: choose from {sorted(VARIANTS)}, got {args.variants!r}")
 
-    require_device(ap, args.device)
+    require_device(ap, args.device, hint="Here --device emulate validates the CUDA variants' "
+                   "source on the CPU (g++); --device cpu times the NumPy strategies.")
     path = json_path(ap, args, "col2im_kernels")
     about = dict(command=command_line("benchmarks.col2im_kernels", argv),
                  date=datetime.datetime.now().isoformat(timespec="seconds"),

@@ -229,15 +229,16 @@ def fix_malloc_thresholds():
             f"and trim threshold {TRIM_THRESHOLD >> 20} MB, fixed by the harness")
 
 
-def require_device(parser, device):
+def require_device(parser, device, hint=None):
     """Stop a benchmark CLI with a usage error (exit 2, no traceback) when ``device`` is
-    'cuda' and this machine has no usable GPU, saying why."""
+    'cuda' and this machine has no usable GPU, saying why (and ``hint``, what to run
+    instead, if given)."""
     if device == "cuda":
         from minifcn.backend import require_gpu
         try:
             require_gpu()
         except RuntimeError as e:
-            parser.error(str(e))
+            parser.error(str(e) if hint is None else f"{e} {hint}")
 
 
 def start(parser, argv, name):

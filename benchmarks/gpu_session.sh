@@ -17,16 +17,30 @@ OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 log="$OUT/log.txt"
 step() { echo "== $(date +%T) $*" | tee -a "$log"; }
 # run LIMIT_S CMD...: the command's output into the log (and on screen), then its status
+# exit: "-- exit STATUS", and whether the step was stopped at its limit (124)
+ended() { if [ "$1" = 124 ]; then echo "-- exit 124 (stopped at the $2 s limit)"; else echo "-- exit $1"; fi; }
 run() { local s=$1; shift; timeout -s INT -k 10 "$s" "$@" 2>&1 | tee -a "$log"
-        echo "-- exit ${PIPESTATUS[0]} (124: stopped at the ${s} s limit)" | tee -a "$log"; }
+        ended "${PIPESTATUS[0]}" "$s" | tee -a "$log"; }
 step "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$log"
 python3 -c "import numpy, cupy, torch; print('numpy', numpy.__version__, 'cupy', cupy.__version__, 'torch', torch.__version__, 'cudnn', torch.backends.cudnn.version())" 2>&1 | tee -a "$log"
+# without a usable GPU every step below would skip or fail in seconds: say so and stop
+if ! python3 -c "
+import sys
+from minifcn.backend import DeviceUnavailable, require_gpu
+try:
+    require_gpu()
+except DeviceUnavailable as e:
+    sys.exit(str(e))
+" 2>&1 | tee -a "$log"; then
+  echo "-- stopped: this machine has no usable GPU (it needs CuPy, pip install -e .[gpu], and a CUDA build of torch)" | tee -a "$log"
+  exit 2
+fi
 step "GPU test cases (pytest -m gpu; the list of results in gpu_tests.txt)"
 workers=""; python3 -c "import xdist" 2>/dev/null && workers="-n 8"
 timeout -s INT -k 10 150 python3 -m pytest -m gpu -q $workers -p no:cacheprovider \
     --continue-on-collection-errors tests > "$OUT/gpu_tests.txt" 2>&1
-echo "-- exit $? (124: stopped at the 150 s limit)" >> "$OUT/gpu_tests.txt"
+ended $? 150 >> "$OUT/gpu_tests.txt"
 tail -5 "$OUT/gpu_tests.txt" | tee -a "$log"
 step "transposed convolution vs cuDNN, the FCN shapes"
 run 80 python3 -m benchmarks.deconv --device cuda --json "$OUT/deconv_cuda.json"

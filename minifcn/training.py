@@ -409,8 +409,9 @@ class Run:
             allowed = ", ".join("--" + n.replace("_", "-") for n in sorted(RESUME_MAY_CHANGE)
                                 if n != "resume")
             raise ValueError(f"--resume {config.resume} continues that run with the settings it "
-                             f"saved: {flags} cannot be given with it (only {allowed} can; a "
-                             "new run needs a new --out)")
+                             f"saved: {flags} cannot be given with it (only {allowed}, and "
+                             f"--out naming the same directory, can; a new run needs a new "
+                             "--out)")
         if config.iters is not None and config.epochs is not None:
             raise ValueError("give --iters or --epochs, not both")
         if config.iters is not None:            # (--epochs: checked once the data is open)

@@ -1012,7 +1012,8 @@ def test_resume_refuses_flags_it_would_ignore_and_loses_nothing(tmp_path, capsys
     assert cli(train_main, [*SYN, "--iters", "2", "--val-every", "2", "--out", run], capsys)[0] == 0
     files = sorted(os.listdir(run))
     before = snapshot(run, files)
-    for extra, needles in ((["--lr", "1"], ["--lr", "cannot be given"]),
+    for extra, needles in ((["--lr", "1"], ["--lr", "cannot be given",
+                                            "--out naming the same directory, can"]),
                            (["--model", "fcn32s", "--out", tmp_path / "elsewhere"],
                             ["--model, --out", "cannot be given"]),
                            (["--init", run / "best.npz"], ["--init"]),
