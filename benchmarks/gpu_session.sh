@@ -3,11 +3,11 @@
 # the GPU test cases, the benchmarks against cuDNN, and the default training run on CUDA.
 # Usage there: OUT=<dir> bash benchmarks/gpu_session.sh   (run from the repository root)
 #
-# The steps run most important first; each has its own time limit (8 minutes in all,
-# under the device tool's 10 minutes per command, so that a session's 15 minutes of
-# device time also hold the machine's start; SWEEP=1 adds the sweep, one minute more)
-# and is stopped with SIGINT, so
-# pytest still prints its summary and the benchmarks keep what they measured (they write
+# The steps run most important first; each has its own time limit (8 minutes in all, 9
+# with each step's 10 s grace to die: under the device tool's 10 minutes per command, so
+# that a session's 15 minutes of device time also hold the machine's start; SWEEP=1 runs
+# the deconv sweep instead of the convolutions layer by layer, 20 s more) and is
+# stopped with SIGINT, so pytest still prints its summary and the benchmarks keep what they measured (they write
 # their JSON after every shape or size, to NAME.json.partial until the run completes and
 # to NAME.json when it does). Every step's whole output goes to log.txt with
 # its exit status; $OUT holds at most 8 files (the device tool returns 8).
@@ -17,8 +17,13 @@ OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 log="$OUT/log.txt"
 step() { echo "== $(date +%T) $*" | tee -a "$log"; }
 # run LIMIT_S CMD...: the command's output into the log (and on screen), then its status
-# exit: "-- exit STATUS", and whether the step was stopped at its limit (124)
-ended() { if [ "$1" = 124 ]; then echo "-- exit 124 (stopped at the $2 s limit)"; else echo "-- exit $1"; fi; }
+# ended STATUS LIMIT_S: "-- exit STATUS", and whether the step was stopped at its limit
+# (124: it stopped on SIGINT; 137: it ignored that and was killed 10 s later)
+ended() { case "$1" in
+            124) echo "-- exit 124 (stopped at the $2 s limit)" ;;
+            137) echo "-- exit 137 (killed 10 s after the $2 s limit)" ;;
+            *) echo "-- exit $1" ;;
+          esac; }
 run() { local s=$1; shift; timeout -s INT -k 10 "$s" "$@" 2>&1 | tee -a "$log"
         ended "${PIPESTATUS[0]}" "$s" | tee -a "$log"; }
 step "machine"
@@ -32,8 +37,11 @@ try:
     require_gpu()
 except DeviceUnavailable as e:
     sys.exit(str(e))
+import torch
+if not torch.cuda.is_available():
+    sys.exit(f'torch {torch.__version__} sees no CUDA device: the benchmarks compare with torch + cuDNN')
 " 2>&1 | tee -a "$log"; then
-  echo "-- stopped: this machine has no usable GPU (it needs CuPy, pip install -e .[gpu], and a CUDA build of torch)" | tee -a "$log"
+  echo "-- stopped (the line above says why): this script needs a GPU, CuPy (pip install -e .[gpu]) and a CUDA build of torch" | tee -a "$log"
   exit 2
 fi
 step "GPU test cases (pytest -m gpu; the list of results in gpu_tests.txt)"
@@ -50,13 +58,14 @@ step "python -m minifcn.train --device cuda (the default run)"
 rundir="/tmp/run_cuda_$(date +%s)"
 run 100 python3 -m minifcn.train --device cuda --out "$rundir" --no-progress
 cp "$rundir/metrics.json" "$OUT/train_metrics.json" 2>/dev/null
-step "FCN-8s's convolutions layer by layer vs cuDNN (the training run's layers)"
-run 40 python3 -m benchmarks.conv2d --device cuda --json "$OUT/conv2d_cuda.json"
 step "col2im kernel variants"
 run 40 python3 -m benchmarks.col2im_kernels --device cuda --json "$OUT/col2im_cuda.json"
 if [ "${SWEEP:-0}" = 1 ]; then
   step "transposed convolution vs cuDNN, the sweep (where 'fused' stops winning sets GPU_FUSED_MAX_MACS)"
   run 60 python3 -m benchmarks.deconv --device cuda --sweep --json "$OUT/deconv_cuda_sweep.json"
+else
+  step "FCN-8s's convolutions layer by layer vs cuDNN (the training run's layers)"
+  run 40 python3 -m benchmarks.conv2d --device cuda --json "$OUT/conv2d_cuda.json"
 fi
 step "done; the summary lines:"
 grep -E "^== |^-- exit|passed|failed|ratio|final validation" "$log" | tail -30

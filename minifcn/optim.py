@@ -114,7 +114,8 @@ class Optimizer:
             wd, lr = (self.weight_decay, base) if decays else (0.0, base * self.bias_lr_mult)
             t = self.updates[name] = self.updates.get(name, 0) + 1
             if get_array_module(w) is not np:      # one fused CUDA kernel per parameter
-                # (its kernel takes one dtype; the NumPy update casts a float64 g likewise)
+                # (its kernel takes one dtype: a float64 g is cast to w's first, where the
+                # NumPy update computes in float64 and casts the result)
                 self._update_gpu(name, w, g.astype(w.dtype, copy=False), lr, wd, t)
                 continue
             arrays = [w, g, *self._buffers_of(name, w)]

@@ -531,7 +531,7 @@ def test_a_list_where_an_array_belongs_is_named(call, name):
 
 def test_crop_and_pad_need_4d_maps():
     with pytest.raises(ValueError, match=r"Crop: input must be a 4-D .* shape \(3, 3\)"):
-        nn.Crop().forward(np.ones((3, 3)), _X)                    # ValueError from unpacking
+        nn.Crop().forward(np.ones((3, 3)), _X)                    # IndexError before
     with pytest.raises(ValueError, match=r"PadTo: input must be a 4-D .* shape \(3,\)"):
         nn.PadTo(4).forward(np.ones(3))
 
@@ -564,5 +564,8 @@ def test_load_state_dict_refuses_nan_or_inf_weights_and_keeps_its_own():
     with pytest.raises(ValueError, match=r"NaN or inf: conv.weight: 1 of 2 values; "
                                          r"conv.bias: 2 of 2 values"):
         model.load_state_dict(state)                            # loaded silently before
+    import torch                                                # a torch state dict too
+    with pytest.raises(ValueError, match=r"NaN or inf: conv.weight: 1 of 2 values"):
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     for k, v in model.params.items():
         np.testing.assert_array_equal(v, before[k])

@@ -28,12 +28,13 @@ INPUT = "data"
 
 
 def _count_non_finite(a):
-    """How many values of the array ``a`` (NumPy or CuPy) are NaN or inf."""
+    """``(how many values are NaN or inf, how many values)`` of ``a`` (a NumPy or CuPy
+    array, or anything NumPy reads as one: a list, a CPU torch tensor)."""
     xp = get_array_module(a)
     a = xp.asarray(a)
     if a.dtype.kind not in "fc" or all_finite(a):      # (a pass without a temporary)
-        return 0
-    return int(a.size - int(xp.isfinite(a).sum()))
+        return 0, a.size
+    return int(a.size - int(xp.isfinite(a).sum())), a.size
 
 
 class Graph(Layer):
@@ -185,9 +186,9 @@ class Graph(Layer):
                   "real number type (type mismatch)" for k in own if k in state
                   and getattr(getattr(state[k], "dtype", None), "kind", "f") not in "fiub"]
         # NaN or inf weights would make every output NaN, silently
-        non_finite = [] if wrong else [f"{k}: {bad} of {np.size(state[k])} values"
+        non_finite = [] if wrong else [f"{k}: {bad} of {size} values"
                                        for k in own if k in state
-                                       for bad in [_count_non_finite(state[k])] if bad]
+                                       for bad, size in [_count_non_finite(state[k])] if bad]
         if wrong or non_finite or (strict and (missing or unexpected)):
             parts = []
             if missing:
