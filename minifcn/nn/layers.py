@@ -13,7 +13,10 @@ import numpy as np
 from .. import functional as F
 from ..backend import get_array_module
 from ..functional._checks import check_ignore_index, pair, shape_of
+from ..functional._select import all_finite
 from ..functional.conv import check_algorithm
+from ..functional.separable import (axis_matrix, conv_transpose2d_separable,
+                                    conv_transpose2d_separable_input_grad, separable_factors)
 from .module import Layer, default_rng
 
 
@@ -176,6 +179,7 @@ class ConvTranspose2d(_ConvBase):
         check_algorithm(algorithm, self.kernel_size, self.stride, self.dilation, groups,
                         owner="ConvTranspose2d: ")
         self.algorithm = algorithm
+        self._axes = None           # the separable path's matrices, when the forward took it
         super().__init__((in_channels, out_channels // groups, kh, kw), bias, dtype, seed)
 
     def _n_out(self, weight_shape):
@@ -196,15 +200,49 @@ class ConvTranspose2d(_ConvBase):
         return tuple((Fraction(1, s), -(Fraction(d * (k - 1), 2) - p) / s) for k, s, p, d in
                      zip(self.kernel_size, self.stride, self.padding, self.dilation))
 
+    def _separable_axes(self, x):
+        """The two 1-D matrices of :mod:`minifcn.functional.separable` when this layer may
+        run as them: on the CPU, ``algorithm='auto'``, a frozen weight that upsamples each
+        channel on its own with one separable kernel (FCN's bilinear upsamplers), no bias,
+        dilation 1, a finite input of the weight's dtype and a non-empty output. Else None:
+        the general path (which also says what is wrong with a bad input). (One dtype:
+        the kernel's factors hold it to a few units in the last place of its dtype, so a
+        float64 input on a float32 weight would get float32's accuracy.)"""
+        w = self.weight
+        if (self.algorithm != "auto" or "weight" not in self.frozen or self.bias is not None
+                or self.dilation != (1, 1) or self.groups != 1
+                or type(x) is not np.ndarray or type(w) is not np.ndarray
+                or x.dtype != w.dtype or x.dtype.kind != "f" or x.size == 0):
+            return None
+        size_out = self.output_size(x.shape[2:])
+        if min(size_out) < 1 or not all_finite(x):      # (inf * 0: keep torch's NaN pattern)
+            return None
+        factors = separable_factors(w)
+        if factors is None:
+            return None
+        return tuple(axis_matrix(k, n_in, s, p, n_out) for k, n_in, s, p, n_out in
+                     zip(factors, x.shape[2:], self.stride, self.padding, size_out))
+
     def forward(self, x):
         _check_channels("ConvTranspose2d", x, self.in_channels)
-        y = F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
-                               self.output_padding, self.groups, self.dilation, self.algorithm)
+        self._axes = self._separable_axes(x)
+        if self._axes is not None:
+            y = conv_transpose2d_separable(x, *self._axes)
+        else:
+            y = F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
+                                   self.output_padding, self.groups, self.dilation,
+                                   self.algorithm)
         self._x, self._y_shape = x, y.shape
         return y
 
     def backward(self, dy):
         _check_backward("ConvTranspose2d", dy, self._y_shape)
+        if (self._axes is not None and type(dy) is np.ndarray and dy.dtype == self.weight.dtype
+                and all_finite(dy)):
+            # (the forward ran separable: the weight is frozen and there is no bias)
+            dx = (conv_transpose2d_separable_input_grad(dy, *self._axes)
+                  if self.need_input_grad else None)
+            return self._store_grads(None, None, dx)
         dx, dw, db = F.conv_transpose2d_backward(
             dy, self._x, self.weight, self.stride, self.padding, self.output_padding,
             self.groups, self.dilation, need_input_grad=self.need_input_grad,
