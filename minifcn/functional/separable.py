@@ -18,9 +18,9 @@ the row sum and the column sum. The input gradient is its adjoint,
 Cost: two products with small dense matrices (``T`` has ``k/s`` non-zeros per row, the
 rest multiplies zeros), ``N C H W Wo + N C Ho H Wo`` multiply-adds, where the general path
 does ``C`` times more (every output channel reads every input channel) and rearranges the
-data between phases. The default training run's step (FCN-8s, width 1/8, 4 classes,
-batch 16 at 64x64) took 0.969x of its time with its three upsamplers on this path, the
-full-width step at 224x224 0.986x (benchmarks/HISTORY.md, "Eighteenth session").
+data between phases. ``python -m minifcn.train`` (FCN-8s, width 1/8, 4 classes, batch 16
+at 64x64, three upsamplers) took 61 s where it took 66 just before, and its step read
+1.55x of torch's where it read 1.77x (benchmarks/HISTORY.md, "Eighteenth session").
 :class:`minifcn.nn.ConvTranspose2d` takes this path on the CPU for a frozen weight of
 this form (:func:`separable_factors`), of its input's dtype, and finite operands.
 """
