@@ -160,6 +160,9 @@ class ConvTranspose2d(_ConvBase):
 
     Forward GEMM + col2im, backward im2col + GEMM: see
     :func:`minifcn.functional.conv_transpose2d`. ``algorithm`` picks the col2im strategy.
+    With ``'auto'`` on the CPU, a frozen weight that upsamples each channel on its own with
+    one separable kernel (FCN's bilinear upsamplers) runs as two 1-D transposed
+    convolutions per channel (:mod:`minifcn.functional.separable`, :meth:`_separable_axes`).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
