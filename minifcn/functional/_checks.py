@@ -31,19 +31,23 @@ def check_ignore_index(value, owner: str = "ignore_index") -> int:
     return int(value)
 
 
+def _is_array(x):
+    """Has ``x`` a shape and a dtype, as NumPy and CuPy arrays (and NumPy scalars) do?"""
+    return getattr(x, "shape", None) is not None and hasattr(x, "dtype")
+
+
 def shape_of(x):
     """What an error message says ``x`` is: ``'shape (2, 3)'``, or for something that is
     not an array (a list, None) ``'a list, not an array'``."""
-    shape = getattr(x, "shape", None)
-    if shape is None or not hasattr(x, "dtype"):
+    if not _is_array(x):
         return f"a {type(x).__name__}, not an array"
-    return f"shape {tuple(shape)}"
+    return f"shape {tuple(x.shape)}"
 
 
 def check_array(x, name: str):
     """``x`` must be a NumPy or CuPy array: a list would fail later, inside NumPy, with a
     message about lists."""
-    if getattr(x, "shape", None) is None or not hasattr(x, "dtype"):
+    if not _is_array(x):
         raise ValueError(f"{name} must be a NumPy or CuPy array, got {shape_of(x)}")
 
 
